@@ -1,0 +1,149 @@
+"""Command line: ``phononbench run`` and ``phononbench summarize``. Errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from phononbench.errors import SetupError
+from phononbench.records import Status, StructureResult
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dynamical stability of generated crystals.")
+# Wide enough for the summary table when output goes to a file or CI log.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    """MatterSim and friends log every model load at INFO; keep the terminal for our progress bar."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        from loguru import logger
+
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+    except ImportError:
+        pass
+
+
+class ProgressReporter:
+    """A rich progress bar over the structures being relaxed, with running stable/unstable counts."""
+
+    def __init__(self, headline_threshold_thz: float):
+        self.threshold = headline_threshold_thz
+        self.counts: dict[str, int] = {}
+        self.progress = Progress(
+            TextColumn("[bold]relax + phonons"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=err_console,
+        )
+
+    def start(self, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("run", total=total, counts="")
+
+    def advance(self, result: StructureResult) -> None:
+        key = str(result.status)
+        if result.status == Status.OK:
+            key = "stable" if result.verdicts.get(self.threshold) else "unstable"
+        self.counts[key] = self.counts.get(key, 0) + 1
+        counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        self.progress.update(self.task, advance=1, counts=counts)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _guarded(action):
+    try:
+        return action()
+    except SetupError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; rows written so far are kept in the output folder")
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("PHONONBENCH_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (set PHONONBENCH_DEBUG=1 for the traceback)")
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[str], typer.Argument(help="Folders, .zip, CIF/POSCAR/extxyz files or CSV/JSON/JSONL/Parquet tables; NAME=PATH sets the generator.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not hold a run already).")],
+    model: Annotated[Optional[str], typer.Option(help="Potential: mattersim-5m (published), mattersim-1m, mattersim, chgnet, sevennet, emt.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Local checkpoint file for the potential.")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Stability threshold in THz (repeatable; first is the headline). Default -0.1 and -0.001.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    preset: Annotated[str, typer.Option(help="Protocol preset.")] = "published",
+    max_atoms: Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")] = None,
+) -> None:
+    """Relax every structure, compute its phonons and report per-generator stability rates."""
+    _quiet_libraries()
+
+    def action():
+        from phononbench.pipeline import run_benchmark
+        from phononbench.potentials import load_potential
+        from phononbench.report import summary_table
+        from phononbench.settings import preset as get_preset
+
+        protocol = get_preset(preset).with_overrides(
+            model=model, thresholds_thz=threshold or None, max_atoms=max_atoms
+        )
+        if limit is not None and limit < 1:
+            raise SetupError("--limit must be at least 1")
+        for spec in inputs:
+            path = spec.split("=", 1)[1] if "=" in spec and not Path(spec).exists() else spec
+            if not Path(path).exists():
+                raise SetupError(f"input not found: {path}")
+        start = time.time()
+        potential = load_potential(protocol.model, device=device, checkpoint=checkpoint)
+        summary = run_benchmark(
+            inputs, out, protocol, potential, limit_per_generator=limit,
+            reporter=ProgressReporter(protocol.headline_threshold_thz),
+            command=shlex.join(["phononbench", *sys.argv[1:]]),
+        )
+        console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
+        console.print(f"results in {out}/ ({time.time() - start:.0f} s)")
+
+    _guarded(action)
+
+
+@app.command()
+def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run.")]) -> None:
+    """Print the per-generator table of a finished run again, from its files."""
+
+    def action():
+        from phononbench.report import summary_table
+        from phononbench.results import read_run_info, read_summary
+
+        info = read_run_info(out)
+        summary = read_summary(out)
+        title = f"PhononBench ({info['protocol']['name']} protocol, {info['potential']['model']})"
+        console.print(summary_table(summary, title=title))
+
+    _guarded(action)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,83 @@
+"""Stage 4, phonons: phonopy finite displacements on a supercell, frequencies on the seekpath band path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from phonopy import Phonopy
+from phonopy.phonon.band_structure import get_band_qpoints_by_seekpath
+from phonopy.structure.atoms import PhonopyAtoms
+
+
+@dataclass
+class BandStructure:
+    qpoints: np.ndarray  # (n_q, 3), fractional, reciprocal basis of the phonopy primitive (= input cell)
+    frequencies_thz: np.ndarray  # (n_q, n_bands), ascending within each q-point
+
+
+def to_phonopy_atoms(atoms: Atoms) -> PhonopyAtoms:
+    return PhonopyAtoms(
+        symbols=atoms.get_chemical_symbols(), cell=atoms.cell[:], scaled_positions=atoms.get_scaled_positions()
+    )
+
+
+def to_ase_atoms(cell: PhonopyAtoms) -> Atoms:
+    return Atoms(symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, pbc=True)
+
+
+def displace(unitcell: Atoms, supercell: tuple[int, int, int], displacement_a: float) -> Phonopy:
+    """A phonopy object on the given cell (it is its own primitive, as published) with displacements."""
+    # primitive_matrix="P": the input cell is the primitive, as in the published runs (phonopy < 4 default);
+    # phonopy 4 would otherwise search for a smaller primitive cell.
+    phonon = Phonopy(to_phonopy_atoms(unitcell), supercell_matrix=np.diag(supercell), primitive_matrix="P")
+    phonon.generate_displacements(distance=displacement_a, is_diagonal=False)
+    return phonon
+
+
+def displaced_supercells(phonon: Phonopy) -> list[Atoms]:
+    return [to_ase_atoms(cell) for cell in phonon.supercells_with_displacements]
+
+
+def produce_force_constants(
+    phonon: Phonopy, forces: list[np.ndarray], subtract_drift: bool = True, symmetrize: bool = True
+) -> None:
+    forces = [np.asarray(f, dtype=float) for f in forces]
+    if not all(np.all(np.isfinite(f)) for f in forces):
+        raise ValueError("potential returned NaN/inf forces on a displaced supercell")
+    if subtract_drift:
+        # a potential's forces need not sum to zero; the drift would leak into the acoustic modes
+        forces = [f - f.mean(axis=0) for f in forces]
+    phonon.forces = np.array(forces)
+    phonon.produce_force_constants()
+    if symmetrize:
+        phonon.symmetrize_force_constants()
+
+
+def band_structure(phonon: Phonopy, npoints: int = 101) -> BandStructure:
+    """Frequencies along seekpath's band path, constant q-spacing (the published settings)."""
+    bands, labels, connections = get_band_qpoints_by_seekpath(phonon.primitive, npoints, is_const_interval=True)
+    phonon.run_band_structure(bands, path_connections=connections, labels=labels, is_legacy_plot=False)
+    result = phonon.get_band_structure_dict()
+    return BandStructure(
+        qpoints=np.concatenate([np.asarray(q) for q in result["qpoints"]]),
+        frequencies_thz=np.concatenate([np.asarray(f) for f in result["frequencies"]]),
+    )
+
+
+def phonons(
+    unitcell: Atoms,
+    forces_of: Callable[[list[Atoms]], list[np.ndarray]],
+    supercell: tuple[int, int, int] = (2, 2, 2),
+    displacement_a: float = 0.01,
+    subtract_drift: bool = True,
+    symmetrize: bool = True,
+    band_npoints: int = 101,
+) -> tuple[Phonopy, BandStructure]:
+    """The whole stage for one relaxed cell; ``forces_of`` evaluates a batch of displaced supercells."""
+    phonon = displace(unitcell, supercell, displacement_a)
+    forces = forces_of(displaced_supercells(phonon))
+    produce_force_constants(phonon, forces, subtract_drift, symmetrize)
+    return phonon, band_structure(phonon, band_npoints)

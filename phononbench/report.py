@@ -1,0 +1,37 @@
+"""The per-generator table printed at the end of a run and by ``phononbench summarize``."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+from phononbench.records import ALL_GENERATORS, Col
+
+
+def _percent(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -> Table:
+    """Counts once per generator, then one rate column per threshold (headline first)."""
+    thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
+    table = Table(title=title)
+    table.add_column("generator", style="bold", no_wrap=True)
+    for name in ("input", "valid", "unique", "relaxed", "phonons"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for t in thresholds:
+        table.add_column(f"stable@{t:g}THz", justify="right", no_wrap=True)
+    generators = [g for g in dict.fromkeys(summary[Col.GENERATOR]) if g != ALL_GENERATORS]
+    for generator in generators + [ALL_GENERATORS]:
+        rows = summary[summary[Col.GENERATOR] == generator].set_index(Col.THRESHOLD_THZ)
+        if rows.empty:
+            continue
+        first = rows.iloc[0]
+        cells = [str(int(first[c])) for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)]
+        for t in thresholds:
+            r = rows.loc[t]
+            cells.append(f"{_percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
+        table.add_row(generator, *cells, end_section=(generator == generators[-1]) if generators else False)
+    return table

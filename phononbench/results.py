@@ -1,0 +1,152 @@
+"""Stage 6, results: per-structure rows as a Parquet dataset, per-generator summary, run.json.
+
+Rows are flushed in small part files while the run goes, each written under a temporary name and
+renamed, so a crash loses only the rows not yet flushed and never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from phononbench.errors import SetupError
+from phononbench.records import (
+    ALL_GENERATORS,
+    RELAXED_STATUSES,
+    SUMMARY_SCHEMA,
+    Col,
+    Status,
+    StructureResult,
+    structures_schema,
+    verdict_column,
+)
+
+STRUCTURES_DIR = "structures"
+SUMMARY_FILE = "summary.parquet"
+RUN_FILE = "run.json"
+
+
+def prepare_output(out: Path) -> Path:
+    """Create OUT for a new run; refuse one that already holds a run, so two runs never mix."""
+    out = Path(out)
+    if (out / RUN_FILE).exists() or (out / STRUCTURES_DIR).exists():
+        raise SetupError(f"{out} already holds a PhononBench run; choose another --out or delete it first")
+    try:
+        (out / STRUCTURES_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(f"cannot create output folder {out}: {exc}") from exc
+    return out
+
+
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(table, partial)
+    os.replace(partial, path)
+
+
+class ResultWriter:
+    """Collects rows and flushes them to OUT/structures/part-NNNNN.parquet every few rows or seconds."""
+
+    def __init__(self, out: Path, thresholds_thz: tuple[float, ...], every_rows: int = 50, every_s: float = 60.0):
+        self.directory = Path(out) / STRUCTURES_DIR
+        self.thresholds_thz = tuple(thresholds_thz)
+        self.schema = structures_schema(self.thresholds_thz)
+        self.every_rows, self.every_s = every_rows, every_s
+        self.pending: list[dict] = []
+        self.last_flush = time.monotonic()
+        self.n_parts = len(list(self.directory.glob("part-*.parquet")))
+
+    def add(self, result: StructureResult) -> None:
+        self.pending.append(result.to_row(self.thresholds_thz))
+        if len(self.pending) >= self.every_rows or time.monotonic() - self.last_flush > self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            table = pa.Table.from_pylist(self.pending, schema=self.schema)
+            _write_atomically(table, self.directory / f"part-{self.n_parts:05d}.parquet")
+            self.n_parts += 1
+            self.pending = []
+        self.last_flush = time.monotonic()
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()  # also on an exception: what was computed is kept
+
+
+def read_structures(out: Path) -> pd.DataFrame:
+    directory = Path(out) / STRUCTURES_DIR
+    parts = sorted(directory.glob("part-*.parquet"))
+    if not parts:
+        raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
+
+
+def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
+    """One row per (generator, threshold), plus the pooled ``(all)`` rows.
+
+    stability_rate = stable / successfully relaxed (the published rate); phonon failures count as unstable.
+    """
+    rows = []
+    groups = [(g, df) for g, df in structures.groupby(Col.GENERATOR, sort=True)]
+    groups.append((ALL_GENERATORS, structures))
+    for generator, df in groups:
+        status = df[Col.STATUS]
+        n_input = len(df)
+        n_valid = int((status != Status.INVALID_INPUT).sum())
+        n_unique = n_valid - int((status == Status.DUPLICATE).sum())
+        n_relaxed = int(status.isin([str(s) for s in RELAXED_STATUSES]).sum())
+        n_phonon = int((status == Status.OK).sum())
+        for threshold in thresholds_thz:
+            verdict = df[verdict_column(threshold)]
+            n_stable = int(((status == Status.OK) & (verdict == True)).sum())  # noqa: E712 (nullable)
+            rows.append(
+                {
+                    Col.GENERATOR: generator,
+                    Col.THRESHOLD_THZ: float(threshold),
+                    Col.N_INPUT: n_input,
+                    Col.N_VALID: n_valid,
+                    Col.N_UNIQUE: n_unique,
+                    Col.N_RELAXED: n_relaxed,
+                    Col.N_PHONON: n_phonon,
+                    Col.N_STABLE: n_stable,
+                    Col.STABILITY_RATE: n_stable / n_relaxed if n_relaxed else float("nan"),
+                    Col.STABILITY_RATE_UNIQUE: n_stable / n_unique if n_unique else float("nan"),
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA).to_pandas()
+
+
+def write_summary(out: Path, summary: pd.DataFrame) -> Path:
+    path = Path(out) / SUMMARY_FILE
+    _write_atomically(pa.Table.from_pandas(summary, schema=SUMMARY_SCHEMA, preserve_index=False), path)
+    return path
+
+
+def read_summary(out: Path) -> pd.DataFrame:
+    path = Path(out) / SUMMARY_FILE
+    if not path.exists():
+        raise SetupError(f"{path} not found; is {out} a finished PhononBench run?")
+    return pd.read_parquet(path)
+
+
+def write_run_info(out: Path, info: dict) -> None:
+    path = Path(out) / RUN_FILE
+    partial = path.with_name(f".{RUN_FILE}.partial")
+    partial.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(partial, path)
+
+
+def read_run_info(out: Path) -> dict:
+    path = Path(out) / RUN_FILE
+    if not path.exists():
+        raise SetupError(f"{path} not found; is {out} a PhononBench output folder?")
+    return json.loads(path.read_text())

@@ -1,0 +1,68 @@
+"""Protocol presets: every knob of the benchmark, with its unit and default, in one frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One benchmark protocol. ``PUBLISHED`` reproduces the PhononBench paper."""
+
+    name: str = "published"
+    model: str = "mattersim-5m"
+
+    # ingest: inputs failing these become invalid_input
+    max_atoms: int = 40  # per input cell; the 2x2x2 supercell has 8x this
+    min_distance_a: float = 0.5  # closer atoms are treated as overlapping
+
+    # relax: ASE FIRE on FrechetCellFilter, FixSymmetry constraint
+    relax_fmax_ev_per_a: float = 0.005  # on atoms and (Frechet-scaled) cell; not reached -> not converged
+    relax_max_steps: int = 1000
+    fix_symmetry: bool = True
+    symprec: float = 0.01  # FixSymmetry tolerance (ASE's default)
+
+    # phonons: phonopy finite displacements on a supercell of the relaxed input cell
+    supercell: tuple[int, int, int] = (2, 2, 2)
+    displacement_a: float = 0.01
+    subtract_drift: bool = True  # mean force removed from each displaced supercell
+    symmetrize_force_constants: bool = True
+    band_npoints: int = 101  # per seekpath segment; constant q-spacing, as published
+
+    # stability: stable when the lowest band frequency is >= threshold (THz), first one is the headline
+    thresholds_thz: tuple[float, ...] = (-0.1, -0.001)
+
+    @property
+    def headline_threshold_thz(self) -> float:
+        return self.thresholds_thz[0]
+
+    def with_overrides(self, **changes) -> "Protocol":
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "thresholds_thz" in changes:
+            changes["thresholds_thz"] = tuple(float(t) for t in changes["thresholds_thz"])
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Protocol":
+        data = dict(data)
+        for key in ("supercell", "thresholds_thz"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+PUBLISHED = Protocol()
+
+PRESETS: dict[str, Protocol] = {"published": PUBLISHED}
+
+
+def preset(name: str) -> Protocol:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

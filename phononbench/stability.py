@@ -1,0 +1,39 @@
+"""Stage 5, stability: the lowest frequency on the band path, where it sits, and the verdict per threshold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from phononbench.phonons import BandStructure
+
+GAMMA_TOLERANCE = 1e-6  # |q| (fractional) below which a q-point is Gamma
+N_ACOUSTIC = 3
+
+
+@dataclass
+class StabilityVerdict:
+    min_frequency_thz: float  # over every band and q-point, acoustic modes included (as published)
+    qpoint: list[float]
+    band: int
+    is_acoustic_gamma: bool  # the minimum is one of the three acoustic modes at Gamma (numerical noise)
+    min_frequency_excl_acoustic_gamma_thz: float
+    stable: dict[float, bool]  # threshold_thz -> min_frequency_thz >= threshold_thz
+
+
+def assess(bands: BandStructure, thresholds_thz: tuple[float, ...]) -> StabilityVerdict:
+    frequencies = np.asarray(bands.frequencies_thz)
+    iq, band = np.unravel_index(int(np.argmin(frequencies)), frequencies.shape)
+    at_gamma = np.linalg.norm(bands.qpoints, axis=1) < GAMMA_TOLERANCE
+    acoustic_gamma = np.zeros_like(frequencies, dtype=bool)
+    acoustic_gamma[at_gamma, :N_ACOUSTIC] = True
+    minimum = float(frequencies[iq, band])
+    return StabilityVerdict(
+        min_frequency_thz=minimum,
+        qpoint=[float(x) for x in bands.qpoints[iq]],
+        band=int(band),
+        is_acoustic_gamma=bool(acoustic_gamma[iq, band]),
+        min_frequency_excl_acoustic_gamma_thz=float(frequencies[~acoustic_gamma].min()),
+        stable={t: minimum >= t for t in thresholds_thz},
+    )
