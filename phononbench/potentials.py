@@ -19,7 +19,12 @@ from ase.calculators.calculator import Calculator
 
 from phononbench.errors import SetupError
 
-MATTERSIM_CHECKPOINT_DIR = Path("~/.local/mattersim/pretrained_models").expanduser()
+
+
+def mattersim_checkpoint_dir() -> Path:
+    """Where MatterSim itself keeps downloaded checkpoints."""
+    return Path("~/.local/mattersim/pretrained_models").expanduser()
+
 MATTERSIM_FILES = {"mattersim-5m": "mattersim-v1.0.0-5M.pth", "mattersim-1m": "mattersim-v1.0.0-1M.pth"}
 MATTERSIM_URL = "https://raw.githubusercontent.com/microsoft/mattersim/main/pretrained_models/"
 
@@ -83,14 +88,15 @@ def resolve_mattersim_checkpoint(name: str, checkpoint: str | None) -> Path:
     if name not in MATTERSIM_FILES:
         raise SetupError("--model mattersim needs --checkpoint PATH (or use mattersim-5m / mattersim-1m)")
     filename = MATTERSIM_FILES[name]
-    path = MATTERSIM_CHECKPOINT_DIR / filename
+    folder = mattersim_checkpoint_dir()
+    path = folder / filename
     if path.is_file():
         return path
     from mattersim.utils.download_utils import download_checkpoint
 
     try:
-        MATTERSIM_CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
-        download_checkpoint(filename, save_folder=str(MATTERSIM_CHECKPOINT_DIR))
+        folder.mkdir(parents=True, exist_ok=True)
+        download_checkpoint(filename, save_folder=str(folder))
     except Exception as exc:
         path.unlink(missing_ok=True)  # never leave a partial file that would look like a checkpoint
         raise SetupError(

@@ -39,7 +39,15 @@ def relax(
         atoms.set_constraint(FixSymmetry(atoms, symprec=symprec))
     cell_filter = FrechetCellFilter(atoms)
     optimizer = FIRE(cell_filter, logfile=None)
-    optimizer.run(fmax=fmax_ev_per_a, steps=max_steps)
+    try:
+        optimizer.run(fmax=fmax_ev_per_a, steps=max_steps)
+    except Exception:
+        # NaN forces surface as odd errors deep in FixSymmetry or FIRE; name the real cause
+        last = getattr(calculator, "results", {}) or {}
+        broken = any(not np.all(np.isfinite(last[k])) for k in ("energy", "forces", "stress") if k in last)
+        if broken or not (np.all(np.isfinite(atoms.positions)) and np.all(np.isfinite(atoms.cell[:]))):
+            raise NonFiniteForces("potential returned NaN/inf energy, forces or stress during relaxation")
+        raise
 
     forces = cell_filter.get_forces()
     energy = atoms.get_potential_energy()

@@ -1,0 +1,69 @@
+"""Agreement of a potential's stability verdicts with DFT phonon labels (phonondb_dev).
+
+    python benchmarks/phonondb_agreement.py --labels LABELS.csv --structures POSCAR_DIR --model chgnet --out runs/pdb-chgnet
+
+Runs the benchmark pipeline (published protocol) on the labelled unit cells, then prints accuracy,
+precision, recall and F1 at each threshold, taking "stable" as the positive class, and as its last
+line one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from phononbench.pipeline import run_benchmark
+from phononbench.potentials import load_potential
+from phononbench.records import Col, Status, verdict_column
+from phononbench.results import read_structures
+from phononbench.settings import PUBLISHED
+
+
+def scores(predicted_stable: pd.Series, dft_stable: pd.Series) -> dict:
+    tp = int((predicted_stable & dft_stable).sum())
+    tn = int((~predicted_stable & ~dft_stable).sum())
+    fp = int((predicted_stable & ~dft_stable).sum())
+    fn = int((~predicted_stable & dft_stable).sum())
+    n = tp + tn + fp + fn
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
+    return {"n": n, "accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+            "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--structures", required=True)
+    parser.add_argument("--model", default="chgnet")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    protocol = PUBLISHED.with_overrides(model=args.model)
+    start = time.time()
+    if not Path(args.out, "summary.parquet").exists():
+        run_benchmark([f"phonondb={args.structures}"], args.out, protocol, load_potential(args.model, args.device))
+    wall = time.time() - start
+    rows = read_structures(args.out)
+    rows["mp_id"] = rows[Col.SOURCE].map(lambda s: Path(s).name.split(".")[0])
+    labels = pd.read_csv(args.labels)
+    merged = labels.merge(rows, on="mp_id", how="left")
+    dft_stable = merged["label"] == "stable"
+    report = {"model": args.model, "wall_s": round(wall, 1), "n_labelled": len(labels),
+              "status_counts": merged[Col.STATUS].value_counts().to_dict()}
+    for t in protocol.thresholds_thz:
+        # not relaxed / phonon failure -> predicted unstable, as the benchmark counts it
+        predicted = (merged[Col.STATUS] == Status.OK) & (merged[verdict_column(t)] == True)  # noqa: E712
+        report[f"{t:g}"] = scores(predicted.astype(bool), dft_stable)
+        print(f"threshold {t:g} THz:", report[f"{t:g}"])
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The whole run through the CLI: files, schema, summary, refusal to mix runs, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from phononbench.cli import app
+from phononbench.records import SUMMARY_SCHEMA, Col, Status, structures_schema, verdict_column
+from phononbench.results import read_structures
+
+runner = CliRunner()
+
+
+def test_run_writes_schema_rows_and_summary(copper_folder, data_dir, tmp_path):
+    out = tmp_path / "out"
+    inputs = [str(copper_folder), f"traps={data_dir / 'mattergpt_sample.csv'}"]
+    result = runner.invoke(app, ["run", *inputs, "--out", str(out), "--model", "emt", "--threshold", "-0.1",
+                                 "--threshold", "-0.001", "--max-atoms", "16"])
+    assert result.exit_code == 0, result.output
+    assert "metals" in result.output and "(all)" in result.output
+
+    # structures: one row per input structure, the schema of records.py exactly
+    parts = sorted((out / "structures").glob("part-*.parquet"))
+    assert parts and not list((out / "structures").glob(".*partial"))
+    assert pq.read_schema(parts[0]).remove_metadata() == structures_schema((-0.1, -0.001))
+    rows = read_structures(out).set_index(Col.STRUCTURE_ID)
+    assert len(rows) == 4 + 3
+    statuses = rows[Col.STATUS].to_dict()
+    assert statuses["metals/Cu_fcc.cif"] == Status.OK
+    assert statuses["metals/Cu_bcc.cif"] == Status.OK
+    assert statuses["metals/broken.cif"] == Status.INVALID_INPUT
+    assert statuses["metals/Cu_fcc_conventional.cif"] == Status.DUPLICATE
+    assert rows.loc["metals/Cu_fcc_conventional.cif", Col.DUPLICATE_OF] == "metals/Cu_fcc.cif"
+    assert rows.loc["metals/Cu_fcc.cif", verdict_column(-0.1)] == True  # noqa: E712
+    assert rows.loc["metals/Cu_bcc.cif", verdict_column(-0.1)] == False  # noqa: E712
+    assert rows.loc["metals/Cu_fcc.cif", Col.RELAXED_CIF].startswith("# generated using pymatgen")
+    # MatterGPT rows hold elements EMT does not know: they fail relaxation, with a reason, or are invalid
+    traps = rows[rows[Col.GENERATOR] == "traps"]
+    assert set(traps[Col.STATUS]) <= {Status.RELAX_FAILED, Status.INVALID_INPUT}
+    assert traps[Col.ERROR].notna().all()
+
+    # summary: per (generator, threshold); rate = stable / relaxed
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert pq.read_schema(out / "summary.parquet").remove_metadata() == SUMMARY_SCHEMA
+    metals = summary[(summary[Col.GENERATOR] == "metals") & (summary[Col.THRESHOLD_THZ] == -0.1)].iloc[0]
+    assert (metals[Col.N_INPUT], metals[Col.N_VALID], metals[Col.N_UNIQUE], metals[Col.N_RELAXED],
+            metals[Col.N_STABLE]) == (4, 3, 2, 2, 1)
+    assert metals[Col.STABILITY_RATE] == 0.5 and metals[Col.STABILITY_RATE_UNIQUE] == 0.5
+    assert set(summary[Col.GENERATOR]) == {"metals", "traps", "(all)"}
+
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert info["protocol"]["relax_fmax_ev_per_a"] == 0.005 and info["protocol"]["supercell"] == [2, 2, 2]
+    assert info["potential"]["model"] == "emt" and info["versions"]["phonopy"]
+
+    again = runner.invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "emt"])
+    assert again.exit_code == 2 and "already holds a PhononBench run" in again.output
+    assert len(read_structures(out)) == 7  # nothing was mixed in
+
+    table = runner.invoke(app, ["summarize", str(out)])
+    assert table.exit_code == 0 and "metals" in table.output and "50.0%" in table.output
+
+
+def test_errors_are_one_line(tmp_path):
+    missing = runner.invoke(app, ["run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--model", "emt"])
+    assert missing.exit_code == 2 and "input not found" in missing.output and "Traceback" not in missing.output
+    unknown = runner.invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "nope"])
+    assert unknown.exit_code == 2 and "unknown model" in unknown.output
+    not_a_run = runner.invoke(app, ["summarize", str(tmp_path)])
+    assert not_a_run.exit_code == 2 and "run.json" in not_a_run.output
