@@ -1,0 +1,31 @@
+"""Potentials whose weights ship in their wheels, on real physics (no network needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from phononbench.ingest import InputStructure
+from phononbench.pipeline import evaluate
+from phononbench.potentials import load_potential
+from phononbench.records import Status
+from phononbench.settings import PUBLISHED
+
+
+@pytest.mark.parametrize("name", ["chgnet", "sevennet"])
+def test_shipped_potential_loads_offline_with_checksum(name):
+    potential = load_potential(name)
+    assert potential.checkpoint_sha256 and len(potential.checkpoint_sha256) == 64
+    forces = potential.forces([bulk("Si", "diamond", a=5.43)])[0]
+    assert forces.shape == (2, 3) and np.abs(forces).max() < 1e-3  # symmetric sites: no net force
+
+
+def test_chgnet_finds_diamond_silicon_stable():
+    item = InputStructure("t/Si", "t", "Si", AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.45)))
+    result = evaluate(item, load_potential("chgnet"), PUBLISHED.with_overrides(model="chgnet"))
+    assert result.status == Status.OK, result.error
+    assert result.spacegroup_number == 227
+    assert result.verdicts[-0.1] is True
+    assert result.min_frequency_excl_acoustic_gamma_thz > 0
