@@ -27,7 +27,10 @@ def assess(bands: BandStructure, thresholds_thz: tuple[float, ...]) -> Stability
     iq, band = np.unravel_index(int(np.argmin(frequencies)), frequencies.shape)
     at_gamma = np.linalg.norm(bands.qpoints, axis=1) < GAMMA_TOLERANCE
     acoustic_gamma = np.zeros_like(frequencies, dtype=bool)
-    acoustic_gamma[at_gamma, :N_ACOUSTIC] = True
+    for iq_gamma in np.flatnonzero(at_gamma):
+        # the acoustic modes are the three closest to zero, not the three lowest: an imaginary optical
+        # mode at Gamma sorts below them
+        acoustic_gamma[iq_gamma, np.argsort(np.abs(frequencies[iq_gamma]))[:N_ACOUSTIC]] = True
     minimum = float(frequencies[iq, band])
     return StabilityVerdict(
         min_frequency_thz=minimum,

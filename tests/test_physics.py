@@ -94,3 +94,4 @@ def test_nan_forces_in_phonons_is_phonon_failed_and_unstable():
 def test_element_outside_emt_is_relax_failed(emt):
     result = _evaluate(bulk("Si", "diamond", a=5.43), emt)
     assert result.status == Status.RELAX_FAILED and result.error
+

@@ -29,3 +29,17 @@ def test_chgnet_finds_diamond_silicon_stable():
     assert result.spacegroup_number == 227
     assert result.verdicts[-0.1] is True
     assert result.min_frequency_excl_acoustic_gamma_thz > 0
+
+
+def test_cubic_batio3_has_an_imaginary_polar_mode_at_gamma():
+    """The ferroelectric instability: an optical mode at Gamma, below the three acoustic zeros."""
+    from pymatgen.core import Lattice, Structure
+
+    cubic = Structure(Lattice.cubic(4.0), ["Ba", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    result = evaluate(InputStructure("t/BaTiO3", "t", "BaTiO3", cubic), load_potential("chgnet"), PUBLISHED)
+    assert result.status == Status.OK and result.spacegroup_number == 221  # FixSymmetry kept it cubic
+    assert result.min_frequency_thz < -1.0
+    assert result.min_frequency_qpoint == [0.0, 0.0, 0.0]
+    assert not result.min_frequency_is_acoustic_gamma  # it sorts below the acoustic modes: must not be mistaken
+    assert result.verdicts == {-0.1: False, -0.001: False}
