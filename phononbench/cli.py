@@ -102,6 +102,7 @@ def run(
     _quiet_libraries()
 
     def action():
+        from phononbench.ingest import split_input
         from phononbench.pipeline import run_benchmark
         from phononbench.potentials import load_potential
         from phononbench.report import summary_table
@@ -113,9 +114,7 @@ def run(
         if limit is not None and limit < 1:
             raise SetupError("--limit must be at least 1")
         for spec in inputs:
-            path = spec.split("=", 1)[1] if "=" in spec and not Path(spec).exists() else spec
-            if not Path(path).exists():
-                raise SetupError(f"input not found: {path}")
+            split_input(spec)  # a typo in a path stops the run before the potential loads
         start = time.time()
         potential = load_potential(protocol.model, device=device, checkpoint=checkpoint)
         summary = run_benchmark(

@@ -13,7 +13,7 @@ import io
 import math
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -264,7 +264,7 @@ def _generator_for(relative: PurePosixPath, root_name: str, forced: str | None) 
 
 
 def _from_files(
-    files: list[tuple[PurePosixPath, callable]], root_name: str, forced: str | None, label: str
+    files: list[tuple[PurePosixPath, Callable[[], bytes]]], root_name: str, forced: str | None, label: str
 ) -> Iterator[InputStructure]:
     """files: (path relative to the root, function returning the bytes)."""
     for relative, read_bytes in sorted(files, key=lambda f: str(f[0])):
@@ -315,14 +315,20 @@ def _iter_folder(path: Path, forced: str | None) -> Iterator[InputStructure]:
             yield from _iter_zip(f, forced)
 
 
-def iter_input(spec: str) -> Iterator[InputStructure]:
-    """Structures of one input, unchecked. ``spec`` is PATH or NAME=PATH."""
+def split_input(spec: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` -> (NAME, PATH); ``PATH`` -> (None, PATH). Raises SetupError if PATH is missing."""
     forced = None
     if "=" in spec and not Path(spec).exists():
         forced, spec = spec.split("=", 1)
     path = Path(spec)
     if not path.exists():
         raise SetupError(f"input not found: {spec}")
+    return forced, path
+
+
+def iter_input(spec: str) -> Iterator[InputStructure]:
+    """Structures of one input, unchecked. ``spec`` is PATH or NAME=PATH."""
+    forced, path = split_input(spec)
     if path.is_dir():
         yield from _iter_folder(path, forced)
     elif path.suffix.lower() == ".zip":
@@ -331,7 +337,7 @@ def iter_input(spec: str) -> Iterator[InputStructure]:
         reader = _reader_for(path.name)
         if reader is None:
             raise SetupError(
-                f"unsupported input {spec}: expected a folder, .zip, .cif, POSCAR, .extxyz, "
+                f"unsupported input {path}: expected a folder, .zip, .cif, POSCAR, .extxyz, "
                 f".csv, .json, .jsonl or .parquet"
             )
         generator = forced or path.stem
