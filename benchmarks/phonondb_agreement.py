@@ -43,12 +43,15 @@ def main() -> None:
     parser.add_argument("--model", default="chgnet")
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the rows already in --out (e.g. of an interrupted run) without running")
+    parser.add_argument("--only-ids", help="file of mp-ids to score (to compare potentials on one set)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N materials (by mp-id file name)")
     args = parser.parse_args()
 
     protocol = PUBLISHED.with_overrides(model=args.model)
     start = time.time()
-    if not Path(args.out, "summary.parquet").exists():
+    if not args.score_only:
         run_benchmark([f"phonondb={args.structures}"], args.out, protocol, load_potential(args.model, args.device),
                       limit_per_generator=args.limit)
     wall = time.time() - start
@@ -57,10 +60,16 @@ def main() -> None:
     by_id = rows.set_index(Col.STRUCTURE_ID)
     verdict_columns = [Col.STATUS] + [verdict_column(t) for t in protocol.thresholds_thz]
     for index in rows.index[rows[Col.STATUS] == Status.DUPLICATE]:
-        rows.loc[index, verdict_columns] = by_id.loc[rows.at[index, Col.DUPLICATE_OF], verdict_columns].values
+        original = rows.at[index, Col.DUPLICATE_OF]
+        if original in by_id.index:
+            rows.loc[index, verdict_columns] = by_id.loc[original, verdict_columns].values
+        else:  # interrupted run: the original was not reached
+            rows = rows.drop(index)
     rows["mp_id"] = rows[Col.SOURCE].map(lambda s: Path(s).name.split(".")[0])
     labels = pd.read_csv(args.labels)
     merged = labels.merge(rows, on="mp_id", how="inner")
+    if args.only_ids:
+        merged = merged[merged["mp_id"].isin(Path(args.only_ids).read_text().split())]
     dft_stable = merged["label"] == "stable"
     report = {"model": args.model, "wall_s": round(wall, 1), "n_labelled": len(merged),
               "status_counts": merged[Col.STATUS].value_counts().to_dict()}
