@@ -97,6 +97,9 @@ def run(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     preset: Annotated[str, typer.Option(help="Protocol preset.")] = "published",
     max_atoms: Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")] = None,
+    engine: Annotated[str, typer.Option(help="batched (default) or serial (one structure and displacement per call, as published).")] = "batched",
+    batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 1024 on cpu, 16384 on cuda).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Structures relaxed and phonon-computed together.")] = 32,
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""
     _quiet_libraries()
@@ -116,11 +119,12 @@ def run(
         for spec in inputs:
             split_input(spec)  # a typo in a path stops the run before the potential loads
         start = time.time()
-        potential = load_potential(protocol.model, device=device, checkpoint=checkpoint)
+        potential = load_potential(protocol.model, device=device, checkpoint=checkpoint,
+                                   max_atoms_per_batch=batch_atoms)
         summary = run_benchmark(
             inputs, out, protocol, potential, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
-            command=shlex.join(["phononbench", *sys.argv[1:]]),
+            command=shlex.join(["phononbench", *sys.argv[1:]]), engine=engine, chunk_size=chunk_size,
         )
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)")

@@ -81,3 +81,69 @@ def phonons(
     forces = forces_of(displaced_supercells(phonon))
     produce_force_constants(phonon, forces, subtract_drift, symmetrize)
     return phonon, band_structure(phonon, band_npoints)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many structures at once: every displaced supercell of every structure goes through one batched
+# force evaluation (split by atom count inside the potential).
+
+
+def force_constants_many(
+    unitcells: list[Atoms],
+    forces_of: Callable[[list[Atoms]], list[np.ndarray]],
+    supercell: tuple[int, int, int] = (2, 2, 2),
+    displacement_a: float = 0.01,
+    subtract_drift: bool = True,
+    symmetrize: bool = True,
+) -> list[Phonopy | Exception]:
+    """Force constants for each cell; a structure that fails gets its exception, the others go on."""
+    outcome: list[Phonopy | Exception | None] = [None] * len(unitcells)
+    phonons: dict[int, Phonopy] = {}
+    cells: dict[int, list[Atoms]] = {}
+    for k, unitcell in enumerate(unitcells):
+        try:
+            phonons[k] = displace(unitcell, supercell, displacement_a)
+            cells[k] = displaced_supercells(phonons[k])
+        except Exception as exc:
+            outcome[k] = exc
+    forces = _forces_isolating_failures(cells, forces_of)
+    for k, phonon in phonons.items():
+        try:
+            if isinstance(forces[k], Exception):
+                raise forces[k]
+            produce_force_constants(phonon, forces[k], subtract_drift, symmetrize)
+            outcome[k] = phonon
+        except Exception as exc:
+            outcome[k] = exc
+    return outcome
+
+
+def _forces_isolating_failures(cells: dict[int, list[Atoms]], forces_of) -> dict[int, list | Exception]:
+    """All structures' supercells in one call; if it raises, one call per structure."""
+    order = list(cells)
+    flat = [atoms for k in order for atoms in cells[k]]
+    try:
+        forces = forces_of(flat) if flat else []
+        out, start = {}, 0
+        for k in order:
+            out[k] = forces[start:start + len(cells[k])]
+            start += len(cells[k])
+        return out
+    except Exception:
+        if len(order) == 1:
+            return {order[0]: _call(forces_of, cells[order[0]])}
+    return {k: _call(forces_of, cells[k]) for k in order}
+
+
+def _call(forces_of, cells: list[Atoms]) -> list | Exception:
+    try:
+        return forces_of(cells)
+    except Exception as exc:
+        return exc
+
+
+def gamma_frequencies(phonon: Phonopy) -> BandStructure:
+    """Frequencies at Gamma alone (exact from any supercell, the unit cell included)."""
+    phonon.run_qpoints([[0.0, 0.0, 0.0]])
+    frequencies = np.asarray(phonon.get_qpoints_dict()["frequencies"])
+    return BandStructure(qpoints=np.zeros((1, 3)), frequencies_thz=frequencies.reshape(1, -1))

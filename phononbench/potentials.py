@@ -30,20 +30,65 @@ MATTERSIM_URL = "https://raw.githubusercontent.com/microsoft/mattersim/main/pret
 
 
 @dataclass
+class Evaluation:
+    """What a potential says about one structure (ASE units: eV, eV/A, eV/A^3 Voigt stress)."""
+
+    energy_ev: float
+    forces: np.ndarray
+    stress: np.ndarray | None = None
+
+
+@dataclass
 class Potential:
+    """An ASE calculator (the reference path) plus batched evaluation (the engine's path).
+
+    ``evaluate`` splits a list of structures into batches of at most ``max_atoms_per_batch`` atoms
+    and, on a GPU out-of-memory error, retries with halves. Subclasses override ``_evaluate_batch``
+    with the model's own batched inference; the default asks the calculator one structure at a time.
+    """
+
     name: str
     calculator: Calculator
     device: str
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    max_atoms_per_batch: int = 2048
+
+    def evaluate(self, structures: list[Atoms], stress: bool = True) -> list[Evaluation]:
+        out: list[Evaluation] = []
+        for batch in batches_by_atoms(structures, self.max_atoms_per_batch):
+            out.extend(self._evaluate_splitting_on_oom(batch, stress))
+        return out
 
     def forces(self, structures: list[Atoms]) -> list[np.ndarray]:
-        """Forces (eV/A) on each structure. The reference path: one calculator call per structure."""
+        """Forces (eV/A) on each structure, batched."""
+        return [e.forces for e in self.evaluate(structures, stress=False)]
+
+    def forces_serial(self, structures: list[Atoms]) -> list[np.ndarray]:
+        """Forces through the ASE calculator, one structure per call: the published scripts' path."""
+        return [e.forces for e in Potential._evaluate_batch(self, structures, stress=False)]
+
+    def _evaluate_splitting_on_oom(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+        try:
+            return self._evaluate_batch(batch, stress)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if "out of memory" not in str(exc).lower() or len(batch) == 1:
+                raise
+            _empty_cuda_cache()
+            half = len(batch) // 2
+            return self._evaluate_splitting_on_oom(batch[:half], stress) + \
+                self._evaluate_splitting_on_oom(batch[half:], stress)
+
+    def _evaluate_batch(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
         out = []
-        for atoms in structures:
+        for atoms in batch:
             atoms = atoms.copy()
             atoms.calc = self.calculator
-            out.append(np.asarray(atoms.get_forces(), dtype=float))
+            out.append(Evaluation(
+                float(atoms.get_potential_energy()),
+                np.asarray(atoms.get_forces(), dtype=float),
+                np.asarray(atoms.get_stress(), dtype=float) if stress else None,
+            ))
         return out
 
     def describe(self) -> dict:
@@ -52,7 +97,76 @@ class Potential:
             "device": self.device,
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "max_atoms_per_batch": self.max_atoms_per_batch,
         }
+
+
+def batches_by_atoms(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
+    """Consecutive groups of at most ``max_atoms`` atoms (a larger structure goes alone)."""
+    batches: list[list[Atoms]] = []
+    current: list[Atoms] = []
+    count = 0
+    for atoms in structures:
+        if current and count + len(atoms) > max_atoms:
+            batches.append(current)
+            current, count = [], 0
+        current.append(atoms)
+        count += len(atoms)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class MatterSimPotential(Potential):
+    """Batched inference through MatterSim's own dataloader and ``predict_properties``."""
+
+    def _evaluate_batch(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+        from ase.stress import full_3x3_to_voigt_6_stress
+        from ase.units import GPa
+        from mattersim.datasets.utils.build import build_dataloader
+
+        model = self.calculator.potential
+        args = model.model.model_args
+        loader = build_dataloader(
+            batch, batch_size=len(batch), only_inference=True,
+            cutoff=args["cutoff"], threebody_cutoff=args["threebody_cutoff"],
+        )
+        energies, forces, stresses = model.predict_properties(loader, include_forces=True, include_stresses=stress)
+        return [
+            Evaluation(float(e), np.asarray(f, dtype=float),
+                       GPa * full_3x3_to_voigt_6_stress(np.asarray(stresses[k])) if stress else None)
+            for k, (e, f) in enumerate(zip(energies, forces))
+        ]
+
+
+class CHGNetPotential(Potential):
+    """Batched inference through CHGNet's ``predict_structure``."""
+
+    def _evaluate_batch(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+        from ase.stress import full_3x3_to_voigt_6_stress
+        from ase.units import GPa
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        model = self.calculator.model
+        structures = [AseAtomsAdaptor.get_structure(a) for a in batch]
+        predictions = model.predict_structure(structures, task="efs" if stress else "ef", batch_size=len(batch))
+        if isinstance(predictions, dict):
+            predictions = [predictions]
+        out = []
+        for atoms, p in zip(batch, predictions):
+            s = None
+            if stress:
+                s = np.asarray(p["s"], dtype=float)
+                s = GPa * (full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s)
+            out.append(Evaluation(float(p["e"]) * len(atoms), np.asarray(p["f"], dtype=float), s))
+        return out
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -114,19 +228,19 @@ def _load_mattersim(name: str, device: str, checkpoint: str | None) -> Potential
     path = resolve_mattersim_checkpoint(name, checkpoint)
     try:
         from mattersim.forcefield import MatterSimCalculator
-        from mattersim.forcefield.potential import Potential as MatterSimPotential
+        from mattersim.forcefield.potential import Potential as MatterSimModel
     except Exception as exc:  # most often a torchvision built for another torch
         raise SetupError(
             f"cannot import MatterSim ({type(exc).__name__}: {exc}). If the message names torchvision, "
             "run `pip uninstall -y torchvision torchaudio` (MatterSim does not need them)."
         ) from exc
     try:
-        model = MatterSimPotential.from_checkpoint(load_path=str(path), device=device, load_training_state=False)
+        model = MatterSimModel.from_checkpoint(load_path=str(path), device=device, load_training_state=False)
     except Exception as exc:
         raise SetupError(f"cannot load MatterSim checkpoint {path} ({type(exc).__name__}: {exc}); "
                          "delete it and download it again") from exc
     calculator = MatterSimCalculator(potential=model, device=device)
-    return Potential(name, calculator, device, str(path), sha256_of(path))
+    return MatterSimPotential(name, calculator, device, str(path), sha256_of(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +258,7 @@ def _load_chgnet(name: str, device: str, checkpoint: str | None) -> Potential:
         model = CHGNet.load(model_name="0.3.0", verbose=False)
         path = next((Path(chgnet.__file__).parent / "pretrained" / "0.3.0").glob("*.pth.tar"))
     calculator = CHGNetCalculator(model=model, use_device=device)
-    return Potential(name, calculator, device, str(path), sha256_of(path))
+    return CHGNetPotential(name, calculator, device, str(path), sha256_of(path))
 
 
 def _load_sevennet(name: str, device: str, checkpoint: str | None) -> Potential:
@@ -175,7 +289,15 @@ POTENTIALS: dict[str, Callable[[str, str, str | None], Potential]] = {
 }
 
 
-def load_potential(name: str, device: str = "cpu", checkpoint: str | None = None) -> Potential:
+# Atoms per batched forward pass: a GPU takes far more than a CPU core gains from.
+DEFAULT_MAX_ATOMS_PER_BATCH = {"cpu": 1024, "cuda": 16384}
+
+
+def load_potential(
+    name: str, device: str = "cpu", checkpoint: str | None = None, max_atoms_per_batch: int | None = None
+) -> Potential:
     if name not in POTENTIALS:
         raise SetupError(f"unknown model {name!r}; choose one of {', '.join(POTENTIALS)}")
-    return POTENTIALS[name](name, _check_device(device), checkpoint)
+    potential = POTENTIALS[name](name, _check_device(device), checkpoint)
+    potential.max_atoms_per_batch = max_atoms_per_batch or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]
+    return potential

@@ -46,6 +46,7 @@ class Col(StrEnum):
     RELAX_STEPS = "relax_steps"
     RELAX_FMAX_EV_PER_A = "relax_fmax_ev_per_a"
     N_DISPLACEMENTS = "n_displacements"
+    PHONON_METHOD = "phonon_method"
     MIN_FREQUENCY_THZ = "min_frequency_thz"
     MIN_FREQUENCY_QPOINT = "min_frequency_qpoint"
     MIN_FREQUENCY_BAND = "min_frequency_band"
@@ -90,6 +91,7 @@ class StructureResult:
     relax_steps: int | None = None
     relax_fmax_ev_per_a: float | None = None
     n_displacements: int | None = None
+    phonon_method: str | None = None  # "supercell" (the full protocol) or "gamma_screen" (tiered preset)
     min_frequency_thz: float | None = None
     min_frequency_qpoint: list[float] | None = None
     min_frequency_band: int | None = None
@@ -125,6 +127,7 @@ _FIXED_FIELDS: list[tuple[str, pa.DataType]] = [
     (Col.RELAX_STEPS, pa.int32()),
     (Col.RELAX_FMAX_EV_PER_A, pa.float64()),
     (Col.N_DISPLACEMENTS, pa.int32()),
+    (Col.PHONON_METHOD, pa.string()),
     (Col.MIN_FREQUENCY_THZ, pa.float64()),
     (Col.MIN_FREQUENCY_QPOINT, pa.list_(pa.float64(), 3)),
     (Col.MIN_FREQUENCY_BAND, pa.int32()),

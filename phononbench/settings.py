@@ -30,6 +30,11 @@ class Protocol:
     symmetrize_force_constants: bool = True
     band_npoints: int = 101  # per seekpath segment; constant q-spacing, as published
 
+    # tiered screening: Gamma frequencies from displacements of the unit cell alone (exact at Gamma);
+    # an optical mode below every threshold (minus the margin) there is unstable without the supercell
+    gamma_screen: bool = False
+    gamma_screen_margin_thz: float = 0.0
+
     # stability: stable when the lowest band frequency is >= threshold (THz), first one is the headline
     thresholds_thz: tuple[float, ...] = (-0.1, -0.001)
 
@@ -58,7 +63,10 @@ class Protocol:
 
 PUBLISHED = Protocol()
 
-PRESETS: dict[str, Protocol] = {"published": PUBLISHED}
+# The published protocol plus the Gamma screen: same verdicts, fewer supercells.
+TIERED = dataclasses.replace(PUBLISHED, name="tiered", gamma_screen=True)
+
+PRESETS: dict[str, Protocol] = {"published": PUBLISHED, "tiered": TIERED}
 
 
 def preset(name: str) -> Protocol:
