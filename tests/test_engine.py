@@ -89,6 +89,6 @@ def test_tiered_screen_fires_on_batio3_and_agrees_with_full_protocol():
     # displacements of a whole sublattice); the verdict is what must agree
     assert tiered[0].min_frequency_thz < -1.0
     assert tiered[0].min_frequency_thz == pytest.approx(full[0].min_frequency_thz, rel=0.15)
-    assert tiered[0].n_displacements < full[0].n_displacements
+    assert tiered[0].n_displacements == full[0].n_displacements  # same displacements, in an 8x smaller cell
     assert tiered[1].phonon_method == "supercell"  # stable silicon is not screened out
     assert np.isclose(tiered[1].min_frequency_thz, full[1].min_frequency_thz)
