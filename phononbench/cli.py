@@ -98,7 +98,7 @@ def run(
     preset: Annotated[str, typer.Option(help="Protocol preset.")] = "published",
     max_atoms: Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")] = None,
     engine: Annotated[str, typer.Option(help="batched (default) or serial (one structure and displacement per call, as published).")] = "batched",
-    batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 1024 on cpu, 16384 on cuda).")] = None,
+    batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Structures relaxed and phonon-computed together.")] = 32,
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""

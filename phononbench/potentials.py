@@ -290,7 +290,7 @@ POTENTIALS: dict[str, Callable[[str, str, str | None], Potential]] = {
 
 
 # Atoms per batched forward pass: a GPU takes far more than a CPU core gains from.
-DEFAULT_MAX_ATOMS_PER_BATCH = {"cpu": 1024, "cuda": 16384}
+DEFAULT_MAX_ATOMS_PER_BATCH = {"cpu": 256, "cuda": 16384}
 
 
 def load_potential(
