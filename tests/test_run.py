@@ -72,3 +72,19 @@ def test_errors_are_one_line(tmp_path):
     assert unknown.exit_code == 2 and "unknown model" in unknown.output
     not_a_run = runner.invoke(app, ["summarize", str(tmp_path)])
     assert not_a_run.exit_code == 2 and "run.json" in not_a_run.output
+
+
+def test_serial_and_batched_engines_write_the_same_verdicts(copper_folder, tmp_path):
+    columns = [Col.STRUCTURE_ID, Col.STATUS, verdict_column(-0.1), Col.N_DISPLACEMENTS, Col.RELAX_STEPS]
+    tables = {}
+    for engine in ("serial", "batched"):
+        out = tmp_path / engine
+        result = runner.invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "emt",
+                                     "--engine", engine, "--batch-atoms", "4", "--chunk-size", "2"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "run.json").read_text())["engine"] == engine
+        tables[engine] = read_structures(out)[columns].sort_values(Col.STRUCTURE_ID).reset_index(drop=True)
+    pd.testing.assert_frame_equal(tables["serial"], tables["batched"])
+    bad = runner.invoke(app, ["run", str(copper_folder), "--out", str(tmp_path / "x"), "--model", "emt",
+                              "--engine", "warp"])
+    assert bad.exit_code == 2 and "unknown engine" in bad.output
