@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from phononbench.executors import InProcessExecutor, WorkerSpec
 from phononbench.pipeline import run_benchmark
 from phononbench.potentials import load_potential
 from phononbench.records import Col, Status, verdict_column
@@ -52,8 +53,10 @@ def main() -> None:
     protocol = PUBLISHED.with_overrides(model=args.model)
     start = time.time()
     if not args.score_only:
-        run_benchmark([f"phonondb={args.structures}"], args.out, protocol, load_potential(args.model, args.device),
-                      limit_per_generator=args.limit)
+        potential = load_potential(args.model, args.device)
+        spec = WorkerSpec(args.model, args.device, None, None, protocol)
+        run_benchmark([f"phonondb={args.structures}"], args.out, spec, potential.describe(),
+                      InProcessExecutor(potential), limit_per_generator=args.limit)
     wall = time.time() - start
     rows = read_structures(args.out)
     # a duplicate (two mp-ids of one crystal) takes the verdict of the structure it duplicates

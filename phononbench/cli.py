@@ -50,7 +50,7 @@ class ProgressReporter:
             console=err_console,
         )
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, done: int = 0) -> None:
         self.progress.start()
         self.task = self.progress.add_task("run", total=total, counts="")
 
@@ -100,11 +100,19 @@ def run(
     engine: Annotated[str, typer.Option(help="batched (default) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Structures relaxed and phonon-computed together.")] = 32,
+    ray_address: Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT (default: a local Ray).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker slots (default: all CPUs, or GPUs / --gpus-per-worker).")] = None,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs (and torch threads) per worker.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker; fractional shares a GPU (e.g. 0.25).")] = 0.0,
+    timeout_per_structure: Annotated[Optional[float], typer.Option(help="Seconds a structure may take before it is cut off (status timeout).")] = None,
+    max_retries: Annotated[int, typer.Option(help="Ray retries of a chunk whose worker died.")] = 2,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray (debugging).")] = False,
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""
     _quiet_libraries()
 
     def action():
+        from phononbench.executors import InProcessExecutor, RayExecutor, WorkerSpec
         from phononbench.ingest import split_input
         from phononbench.pipeline import run_benchmark
         from phononbench.potentials import load_potential
@@ -119,12 +127,19 @@ def run(
         for spec in inputs:
             split_input(spec)  # a typo in a path stops the run before the potential loads
         start = time.time()
+        # loaded here first so a missing checkpoint stops the run before any work
         potential = load_potential(protocol.model, device=device, checkpoint=checkpoint,
                                    max_atoms_per_batch=batch_atoms)
+        spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
+        if in_process:
+            executor = InProcessExecutor(potential)
+        else:
+            executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker,
+                                   timeout_per_structure, max_retries)
         summary = run_benchmark(
-            inputs, out, protocol, potential, limit_per_generator=limit,
+            inputs, out, spec, potential.describe(), executor, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
-            command=shlex.join(["phononbench", *sys.argv[1:]]), engine=engine, chunk_size=chunk_size,
+            command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size,
         )
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)")

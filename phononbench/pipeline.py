@@ -8,10 +8,10 @@ argument (in-process by default), chosen by the caller, never here.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol as TypingProtocol
@@ -24,6 +24,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from phononbench import results as results_io
 from phononbench.dedup import find_duplicates
 from phononbench.errors import SetupError
+from phononbench.executors import InProcessExecutor, WorkerSpec
 from phononbench.ingest import InputStructure, read_inputs
 from phononbench.phonons import band_structure, force_constants_many, gamma_frequencies, phonons
 from phononbench.potentials import Potential
@@ -211,21 +212,16 @@ def evaluate_batch(items: list[InputStructure], potential: Potential, protocol: 
 
 
 class Reporter(TypingProtocol):
-    def start(self, total: int) -> None: ...
+    def start(self, total: int, done: int = 0) -> None: ...
     def advance(self, result: StructureResult) -> None: ...
     def stop(self) -> None: ...
 
 
-EvaluateChunk = Callable[[list[InputStructure]], list[StructureResult]]
-MapChunks = Callable[[EvaluateChunk, list[list[InputStructure]]], Iterable[list[StructureResult]]]
-
-
-def map_in_process(evaluate_chunk: EvaluateChunk, chunks: list[list[InputStructure]]) -> Iterator[list[StructureResult]]:
-    for chunk in chunks:
-        yield evaluate_chunk(chunk)
-
-
 ENGINES = ("batched", "serial")
+
+# run.json keys that must match for a resume: anything that changes a verdict
+RESUME_KEYS = ("protocol", "inputs", "limit_per_generator")
+RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -238,57 +234,76 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def _check_resumable(previous: dict, info: dict) -> None:
+    differing = [k for k in RESUME_KEYS if previous.get(k) != info[k]]
+    differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
+                  if previous.get("potential", {}).get(k) != info["potential"].get(k)]
+    if differing:
+        raise SetupError(
+            f"the run in this output folder used other settings ({', '.join(differing)}); resuming would mix "
+            "two runs. Use the same command as before, or another --out."
+        )
+
+
 def run_benchmark(
     inputs: list[str],
     out: str | Path,
-    protocol: Protocol,
-    potential: Potential,
+    spec: WorkerSpec,
+    potential_info: dict,
+    executor=None,
     limit_per_generator: int | None = None,
     reporter: Reporter | None = None,
-    map_chunks: MapChunks = map_in_process,
     command: str | None = None,
-    engine: str = "batched",
     chunk_size: int = 32,
 ):
     """Run the benchmark on ``inputs`` into ``out``; returns the summary DataFrame.
 
-    ``engine``: "batched" (``evaluate_batch`` over chunks of ``chunk_size`` structures) or "serial"
-    (``evaluate``, one structure at a time, the published scripts' way).
+    An ``out`` that already holds a run with the same settings is resumed: structures already written
+    are skipped, so running the same command twice never duplicates a row. ``executor`` decides where
+    chunks run (``InProcessExecutor`` by default, ``RayExecutor`` for a local Ray or a cluster).
     """
-    if engine not in ENGINES:
-        raise SetupError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if spec.engine not in ENGINES:
+        raise SetupError(f"unknown engine {spec.engine!r}; choose one of {', '.join(ENGINES)}")
+    executor = executor or InProcessExecutor()
+    protocol = spec.protocol
     started = time.time()
-    out = results_io.prepare_output(Path(out))
+    out = Path(out)
     info = {
         "status": "running",
         "started": dt.datetime.now(dt.timezone.utc).isoformat(),
         "command": command,
         "inputs": [str(i) for i in inputs],
         "limit_per_generator": limit_per_generator,
-        "engine": engine,
+        "engine": spec.engine,
         "chunk_size": chunk_size,
+        "executor": executor.describe(),
         "protocol": protocol.to_dict(),
-        "potential": potential.describe(),
+        "potential": potential_info,
         "versions": package_versions(),
         "python": platform.python_version(),
         "host": platform.node(),
     }
+    # JSON round trip so tuples compare equal to what run.json holds
+    info = json.loads(json.dumps(info, default=str))
+    resumed = (out / results_io.RUN_FILE).exists()
+    if resumed:
+        previous = results_io.read_run_info(out)
+        _check_resumable(previous, info)
+        info["resumed_from"] = previous.get("started")
+    out = results_io.prepare_output(out)
     results_io.write_run_info(out, info)
+    done = results_io.finished_ids(out)
 
     items = read_inputs(inputs, protocol.max_atoms, protocol.min_distance_a, limit_per_generator)
     duplicate_of = find_duplicates(items)
-    todo = [i for i in items if i.valid and i.structure_id not in duplicate_of]
+    todo = [i for i in items if i.valid and i.structure_id not in duplicate_of and i.structure_id not in done]
 
-    def evaluate_chunk(chunk: list[InputStructure]) -> list[StructureResult]:
-        if engine == "serial":
-            return [evaluate(item, potential, protocol) for item in chunk]
-        return evaluate_batch(chunk, potential, protocol)
-
-    size = 1 if engine == "serial" else max(1, chunk_size)
+    size = 1 if spec.engine == "serial" else max(1, chunk_size)
     chunks = [todo[k:k + size] for k in range(0, len(todo), size)]
-
     with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
         for item in items:
+            if item.structure_id in done:
+                continue
             if not item.valid:
                 writer.add(base_result(item))
             elif item.structure_id in duplicate_of:
@@ -299,11 +314,12 @@ def run_benchmark(
         if reporter:
             reporter.start(len(todo))
         try:
-            for chunk_results in map_chunks(evaluate_chunk, chunks):
+            for chunk_results in executor.map(spec, chunks):
                 for result in chunk_results:
                     writer.add(result)
                     if reporter:
                         reporter.advance(result)
+                writer.flush()  # a finished chunk is on disk before the next one is awaited
         finally:
             if reporter:
                 reporter.stop()
@@ -315,7 +331,8 @@ def run_benchmark(
         finished=dt.datetime.now(dt.timezone.utc).isoformat(),
         wall_s=round(time.time() - started, 2),
         n_input=len(items),
-        n_evaluated=len(todo),
+        n_evaluated_this_time=len(todo),
+        n_already_done=len(done),
     )
     results_io.write_run_info(out, info)
     return summary

@@ -289,6 +289,17 @@ POTENTIALS: dict[str, Callable[[str, str, str | None], Potential]] = {
 }
 
 
+def _plugin(name: str):
+    """``python:package.module:function``: a potential of your own, built by function(name, device, checkpoint)."""
+    import importlib
+
+    try:
+        _, module, function = name.split(":")
+        return getattr(importlib.import_module(module), function)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise SetupError(f"cannot load potential {name!r}: {exc}") from exc
+
+
 # Atoms per batched forward pass: a GPU takes far more than a CPU core gains from.
 DEFAULT_MAX_ATOMS_PER_BATCH = {"cpu": 256, "cuda": 16384}
 
@@ -296,8 +307,12 @@ DEFAULT_MAX_ATOMS_PER_BATCH = {"cpu": 256, "cuda": 16384}
 def load_potential(
     name: str, device: str = "cpu", checkpoint: str | None = None, max_atoms_per_batch: int | None = None
 ) -> Potential:
-    if name not in POTENTIALS:
-        raise SetupError(f"unknown model {name!r}; choose one of {', '.join(POTENTIALS)}")
-    potential = POTENTIALS[name](name, _check_device(device), checkpoint)
+    if name.startswith("python:"):
+        factory = _plugin(name)
+    elif name in POTENTIALS:
+        factory = POTENTIALS[name]
+    else:
+        raise SetupError(f"unknown model {name!r}; choose one of {', '.join(POTENTIALS)} or python:MODULE:FUNCTION")
+    potential = factory(name, _check_device(device), checkpoint)
     potential.max_atoms_per_batch = max_atoms_per_batch or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]
     return potential

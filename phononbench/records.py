@@ -21,6 +21,8 @@ class Status(StrEnum):
     RELAX_FAILED = "relax_failed"  # the potential raised or returned NaN while relaxing
     RELAX_NOT_CONVERGED = "relax_not_converged"  # hit the step limit above fmax
     PHONON_FAILED = "phonon_failed"  # relaxed, but phonopy or the forces failed: counts as unstable
+    TIMEOUT = "timeout"  # ran past --timeout-per-structure on its own
+    WORKER_CRASHED = "worker_crashed"  # its worker died on every retry, with the structure alone
 
 
 # Statuses whose relaxation converged: the published denominator ("successfully relaxed").

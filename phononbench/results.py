@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -33,15 +34,24 @@ RUN_FILE = "run.json"
 
 
 def prepare_output(out: Path) -> Path:
-    """Create OUT for a new run; refuse one that already holds a run, so two runs never mix."""
+    """Create OUT (or reuse an existing run's OUT, for resuming); clear half-written files of a crash."""
     out = Path(out)
-    if (out / RUN_FILE).exists() or (out / STRUCTURES_DIR).exists():
-        raise SetupError(f"{out} already holds a PhononBench run; choose another --out or delete it first")
     try:
         (out / STRUCTURES_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SetupError(f"cannot create output folder {out}: {exc}") from exc
+    for partial in (out / STRUCTURES_DIR).glob(".*.partial"):
+        partial.unlink()
     return out
+
+
+def finished_ids(out: Path) -> set[str]:
+    """structure_ids already written under OUT/structures (empty for a new folder)."""
+    parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))
+    ids: set[str] = set()
+    for part in parts:
+        ids.update(pq.read_table(part, columns=[str(Col.STRUCTURE_ID)]).column(0).to_pylist())
+    return ids
 
 
 def _write_atomically(table: pa.Table, path: Path) -> None:
@@ -60,7 +70,8 @@ class ResultWriter:
         self.every_rows, self.every_s = every_rows, every_s
         self.pending: list[dict] = []
         self.last_flush = time.monotonic()
-        self.n_parts = len(list(self.directory.glob("part-*.parquet")))
+        self.run_tag = uuid.uuid4().hex[:8]  # parts of a resumed run never overwrite earlier ones
+        self.n_parts = 0
 
     def add(self, result: StructureResult) -> None:
         self.pending.append(result.to_row(self.thresholds_thz))
@@ -70,7 +81,7 @@ class ResultWriter:
     def flush(self) -> None:
         if self.pending:
             table = pa.Table.from_pylist(self.pending, schema=self.schema)
-            _write_atomically(table, self.directory / f"part-{self.n_parts:05d}.parquet")
+            _write_atomically(table, self.directory / f"part-{self.run_tag}-{self.n_parts:05d}.parquet")
             self.n_parts += 1
             self.pending = []
         self.last_flush = time.monotonic()
@@ -87,7 +98,8 @@ def read_structures(out: Path) -> pd.DataFrame:
     parts = sorted(directory.glob("part-*.parquet"))
     if not parts:
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
-    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
+    return table.drop_duplicates(subset=[str(Col.STRUCTURE_ID)], keep="first").reset_index(drop=True)
 
 
 def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:

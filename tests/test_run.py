@@ -19,7 +19,7 @@ def test_run_writes_schema_rows_and_summary(copper_folder, data_dir, tmp_path):
     out = tmp_path / "out"
     inputs = [str(copper_folder), f"traps={data_dir / 'mattergpt_sample.csv'}"]
     result = runner.invoke(app, ["run", *inputs, "--out", str(out), "--model", "emt", "--threshold", "-0.1",
-                                 "--threshold", "-0.001", "--max-atoms", "16"])
+                                 "--threshold", "-0.001", "--max-atoms", "16", "--in-process"])
     assert result.exit_code == 0, result.output
     assert "metals" in result.output and "(all)" in result.output
 
@@ -57,8 +57,13 @@ def test_run_writes_schema_rows_and_summary(copper_folder, data_dir, tmp_path):
     assert info["protocol"]["relax_fmax_ev_per_a"] == 0.005 and info["protocol"]["supercell"] == [2, 2, 2]
     assert info["potential"]["model"] == "emt" and info["versions"]["phonopy"]
 
-    again = runner.invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "emt"])
-    assert again.exit_code == 2 and "already holds a PhononBench run" in again.output
+    same = runner.invoke(app, ["run", *inputs, "--out", str(out), "--model", "emt", "--threshold", "-0.1",
+                               "--threshold", "-0.001", "--max-atoms", "16"])
+    assert same.exit_code == 0, same.output  # resumed: nothing left to do, no row twice
+    assert sum(pq.read_metadata(p).num_rows for p in (out / "structures").glob("part-*.parquet")) == 7
+    changed = runner.invoke(app, ["run", *inputs, "--out", str(out), "--model", "emt", "--threshold", "-0.05",
+                                  "--max-atoms", "16"])
+    assert changed.exit_code == 2 and "other settings (protocol)" in changed.output
     assert len(read_structures(out)) == 7  # nothing was mixed in
 
     table = runner.invoke(app, ["summarize", str(out)])
@@ -80,7 +85,7 @@ def test_serial_and_batched_engines_write_the_same_verdicts(copper_folder, tmp_p
     for engine in ("serial", "batched"):
         out = tmp_path / engine
         result = runner.invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "emt",
-                                     "--engine", engine, "--batch-atoms", "4", "--chunk-size", "2"])
+                                     "--engine", engine, "--batch-atoms", "4", "--chunk-size", "2", "--in-process"])
         assert result.exit_code == 0, result.output
         assert json.loads((out / "run.json").read_text())["engine"] == engine
         tables[engine] = read_structures(out)[columns].sort_values(Col.STRUCTURE_ID).reset_index(drop=True)

@@ -1,0 +1,39 @@
+"""Potentials that misbehave on purpose, loaded by the workers as ``python:tests.potentials_for_tests:NAME``.
+
+Each is ASE's EMT with a delay: real physics, plus the slow or hanging structure a long run meets.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+
+from phononbench.potentials import Potential
+
+
+class DelayedEMT(Calculator):
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, delays_s: dict[str, float]):
+        super().__init__()
+        self.delays_s, self.emt = delays_s, EMT()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        for symbol, delay in self.delays_s.items():
+            if symbol in atoms.get_chemical_symbols():
+                time.sleep(delay)
+        self.emt.calculate(atoms, ["energy", "forces", "stress"], system_changes)
+        self.results = dict(self.emt.results)
+
+
+def hangs_on_gold(name, device, checkpoint):
+    """Any structure with Au never finishes (an hour per call)."""
+    return Potential(name, DelayedEMT({"Au": 3600.0}), "cpu")
+
+
+def slow_on_palladium(name, device, checkpoint):
+    """Each call on a Pd structure takes a while: time to kill a worker mid-batch."""
+    return Potential(name, DelayedEMT({"Pd": 0.3}), "cpu")
