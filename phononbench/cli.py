@@ -46,13 +46,15 @@ class ProgressReporter:
         self.counts: dict[str, int] = {}
         self.progress = Progress(
             TextColumn("[bold]relax + phonons"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(),
             console=err_console,
         )
 
     def start(self, total: int, done: int = 0) -> None:
         self.progress.start()
-        self.task = self.progress.add_task("run", total=total, counts="")
+        self.started = time.monotonic()
+        self.task = self.progress.add_task("run", total=total, counts="", rate="")
 
     def advance(self, result: StructureResult) -> None:
         key = str(result.status)
@@ -60,7 +62,9 @@ class ProgressReporter:
             key = "stable" if result.verdicts.get(self.threshold) else "unstable"
         self.counts[key] = self.counts.get(key, 0) + 1
         counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-        self.progress.update(self.task, advance=1, counts=counts)
+        done = sum(self.counts.values())
+        rate = f"{3600 * done / max(time.monotonic() - self.started, 1e-9):.0f}/h"
+        self.progress.update(self.task, advance=1, counts=counts, rate=rate)
 
     def stop(self) -> None:
         self.progress.stop()

@@ -145,7 +145,7 @@ class RayExecutor:
             retry_exceptions=False,
         )
         spec_ref = ray.put(spec)
-        queue = [list(c) for c in chunks][::-1]
+        queue = _rechunk_for(chunks, slots)[::-1]
         running: dict = {}  # ref -> (chunk, submitted_at)
         while queue or running:
             while queue and len(running) < slots:
@@ -174,6 +174,15 @@ class RayExecutor:
             queue.extend([[item] for item in chunk][::-1])
             return
         yield [failed_result(chunk[0], status, reason)]
+
+
+def _rechunk_for(chunks: list[list[InputStructure]], slots: int) -> list[list[InputStructure]]:
+    """Smaller chunks when there are too few to keep every worker busy (a small run, many workers)."""
+    items = [item for chunk in chunks for item in chunk]
+    if len(chunks) >= 2 * slots or not items:
+        return [list(c) for c in chunks]
+    size = max(1, -(-len(items) // (2 * slots)))
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
 
 def _reason(exc: BaseException) -> str:
