@@ -116,10 +116,8 @@ def run(
     _quiet_libraries()
 
     def action():
-        from phononbench.executors import InProcessExecutor, RayExecutor, WorkerSpec
         from phononbench.ingest import split_input
         from phononbench.pipeline import run_benchmark
-        from phononbench.potentials import load_potential
         from phononbench.report import summary_table
         from phononbench.settings import preset as get_preset
 
@@ -131,15 +129,9 @@ def run(
         for spec in inputs:
             split_input(spec)  # a typo in a path stops the run before the potential loads
         start = time.time()
-        # loaded here first so a missing checkpoint stops the run before any work
-        potential = load_potential(protocol.model, device=device, checkpoint=checkpoint,
-                                   max_atoms_per_batch=batch_atoms)
-        spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
-        if in_process:
-            executor = InProcessExecutor(potential)
-        else:
-            executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker,
-                                   timeout_per_structure, max_retries)
+        potential, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
+                                           ray_address, workers, cpus_per_worker, gpus_per_worker,
+                                           timeout_per_structure, max_retries)
         summary = run_benchmark(
             inputs, out, spec, potential.describe(), executor, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
@@ -147,6 +139,74 @@ def run(
         )
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)")
+
+    _guarded(action)
+
+
+def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_address=None, workers=None,
+           cpus_per_worker=1.0, gpus_per_worker=0.0, timeout_per_structure=None, max_retries=2):
+    """The potential (loaded here first, so a missing checkpoint stops the run before any work), the
+    workers' spec and the executor."""
+    from phononbench.executors import InProcessExecutor, RayExecutor, WorkerSpec
+    from phononbench.potentials import load_potential
+
+    potential = load_potential(protocol.model, device=device, checkpoint=checkpoint, max_atoms_per_batch=batch_atoms)
+    spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
+    if in_process:
+        return potential, spec, InProcessExecutor(potential)
+    executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
+    return potential, spec, executor
+
+
+@app.command()
+def validate(
+    labels: Annotated[Path, typer.Option(help="CSV of DFT labels: an id column (mp_id, ...) and label = stable/unstable.")],
+    structures: Annotated[Path, typer.Option(help="Folder of the labelled structures, files named by id (mp-1190.POSCAR-unitcell).")],
+    model: Annotated[str, typer.Option(help="Potential (see run).")] = "mattersim-5m",
+    checkpoint: Annotated[Optional[str], typer.Option(help="Local checkpoint file for the potential.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/validate-MODEL); resumes if it exists.")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Thresholds in THz (repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray.")] = False,
+) -> None:
+    """Relax and compute phonons for DFT-labelled structures; report accuracy, precision, recall, F1."""
+    _quiet_libraries()
+
+    def action():
+        import json
+
+        from rich.table import Table
+
+        from phononbench import validation
+        from phononbench.pipeline import run_benchmark
+        from phononbench.results import read_structures
+        from phononbench.settings import PUBLISHED
+
+        label_table = validation.load_labels(labels)
+        if not structures.is_dir():
+            raise SetupError(f"--structures {structures} is not a folder")
+        protocol = PUBLISHED.with_overrides(model=model, thresholds_thz=threshold or None)
+        folder = out or Path("runs") / f"validate-{model}"
+        potential, spec, executor = _setup(protocol, device, checkpoint, None, "batched", in_process)
+        run_benchmark([f"validation={structures}"], folder, spec, potential.describe(), executor,
+                      reporter=ProgressReporter(protocol.headline_threshold_thz),
+                      command=shlex.join(["phononbench", *sys.argv[1:]]))
+        rows = read_structures(folder)
+        report = validation.validate(rows, label_table, protocol.thresholds_thz)
+        report["model"] = model
+        (folder / "validation.json").write_text(json.dumps(report, indent=2))
+        plot = validation.scatter_plot(rows, label_table, protocol.thresholds_thz, folder / "validation_scatter.png")
+        table = Table(title=f"{model} against DFT labels ({report['n_scored']} of {report['n_labelled']} scored; "
+                            "positive = stable)")
+        for name in ("threshold", "accuracy", "precision", "recall", "F1", "TP", "FP", "FN", "TN"):
+            table.add_column(name, justify="right")
+        for t in protocol.thresholds_thz:
+            r = report[f"{t:g}"]
+            c = r["confusion"]
+            table.add_row(f"{t:g} THz", *(f"{r[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1")),
+                          *(str(c[k]) for k in ("tp", "fp", "fn", "tn")))
+        console.print(table)
+        console.print(f"validation.json{' and ' + plot.name if plot else ''} in {folder}/")
 
     _guarded(action)
 
