@@ -212,6 +212,71 @@ def validate(
 
 
 @app.command()
+def leaderboard(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders; their generators are ranked together.")],
+    format: Annotated[str, typer.Option("--format", help="md, csv, json or html (one self-contained page).")] = "md",
+    output: Annotated[Optional[Path], typer.Option(help="Write to this file (default: print).")] = None,
+) -> None:
+    """Rank generators by headline stability rate, with 95% intervals and counts."""
+
+    def action():
+        from phononbench.leaderboard import export
+
+        text = export(run_dirs, format)
+        if output:
+            output.write_text(text)
+            console.print(f"leaderboard written to {output}")
+        else:
+            sys.stdout.write(text)
+
+    _guarded(action)
+
+
+@app.command("plot-bands")
+def plot_bands(
+    out: Annotated[Path, typer.Argument(help="Run folder.")],
+    structure_id: Annotated[str, typer.Argument(help="structure_id of a relaxed structure in that run.")],
+    output: Annotated[Optional[Path], typer.Option(help="PNG file (default OUT/bands/<id>.png).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Recompute (with the run's potential and protocol) and plot one structure's phonon bands."""
+    _quiet_libraries()
+
+    def action():
+        import io
+
+        from ase.io import read as read_atoms
+
+        from phononbench.phonons import displace, displaced_supercells, produce_force_constants
+        from phononbench.plots import band_structure_figure
+        from phononbench.potentials import load_potential
+        from phononbench.records import Col
+        from phononbench.results import read_run_info, read_structures
+        from phononbench.settings import Protocol
+
+        info = read_run_info(out)
+        rows = read_structures(out).set_index(Col.STRUCTURE_ID)
+        if structure_id not in rows.index:
+            raise SetupError(f"no structure {structure_id!r} in {out}")
+        row = rows.loc[structure_id]
+        if not isinstance(row[Col.RELAXED_CIF], str):
+            raise SetupError(f"{structure_id} has no relaxed structure (status {row[Col.STATUS]}: {row[Col.ERROR]})")
+        protocol = Protocol.from_dict(info["protocol"])
+        potential = load_potential(info["potential"]["model"], device, info["potential"].get("checkpoint"))
+        unitcell = read_atoms(io.StringIO(row[Col.RELAXED_CIF]), format="cif")
+        phonon = displace(unitcell, protocol.supercell, protocol.displacement_a)
+        produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)),
+                                protocol.subtract_drift, protocol.symmetrize_force_constants)
+        target = output or out / "bands" / (structure_id.replace("/", "__").replace("#", "_") + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        title = f"{structure_id} ({row[Col.FORMULA]}), min {row[Col.MIN_FREQUENCY_THZ]:.3g} THz"
+        band_structure_figure(phonon, title, target, protocol.band_npoints)
+        console.print(f"band structure written to {target}")
+
+    _guarded(action)
+
+
+@app.command()
 def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run.")]) -> None:
     """Print the per-generator table of a finished run again, from its files."""
 

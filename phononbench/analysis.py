@@ -1,0 +1,107 @@
+"""Reading a run: stability rates with their uncertainty, and where generators succeed or fail.
+
+Plain functions over the structures table (``results.read_structures``); notebooks and the leaderboard
+call these, so a number means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Composition
+
+from phononbench.records import RELAXED_STATUSES, Col, Status, verdict_column
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); (nan, nan) for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def relaxed(structures: pd.DataFrame) -> pd.DataFrame:
+    """The published denominator: structures whose relaxation converged."""
+    return structures[structures[Col.STATUS].isin([str(s) for s in RELAXED_STATUSES])]
+
+
+def is_stable(structures: pd.DataFrame, threshold_thz: float) -> pd.Series:
+    """Stable at the threshold; phonon failures count as unstable, as published."""
+    return (structures[Col.STATUS] == Status.OK) & (structures[verdict_column(threshold_thz)] == True)  # noqa: E712
+
+
+def _rate_row(frame: pd.DataFrame, threshold_thz: float) -> dict:
+    n = len(frame)
+    k = int(is_stable(frame, threshold_thz).sum())
+    low, high = wilson_interval(k, n)
+    return {"n_relaxed": n, "n_stable": k, "stability_rate": k / n if n else float("nan"),
+            "ci_low": low, "ci_high": high}
+
+
+def rates(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
+    """Per generator and threshold: stable / relaxed with its 95% Wilson interval."""
+    pool = relaxed(structures)
+    rows = []
+    for generator, frame in pool.groupby(Col.GENERATOR, sort=True):
+        for t in thresholds_thz:
+            rows.append({Col.GENERATOR: generator, Col.THRESHOLD_THZ: t, **_rate_row(frame, t)})
+    return pd.DataFrame(rows)
+
+
+def rate_vs_sample_size(
+    structures: pd.DataFrame, threshold_thz: float, sizes=None, n_bootstrap: int = 200, seed: int = 0
+) -> pd.DataFrame:
+    """How the rate settles as the sample grows: for each size, the mean and 2.5-97.5% band of the rate
+    over bootstrap samples (drawn with replacement) of the relaxed structures."""
+    verdicts = is_stable(relaxed(structures), threshold_thz).to_numpy()
+    if len(verdicts) == 0:
+        return pd.DataFrame(columns=["sample_size", "mean", "low", "high"])
+    if sizes is None:
+        sizes = np.unique(np.geomspace(1, len(verdicts), num=min(20, len(verdicts))).astype(int))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        draws = rng.choice(verdicts, size=(n_bootstrap, int(size)), replace=True).mean(axis=1)
+        rows.append({"sample_size": int(size), "mean": float(draws.mean()),
+                     "low": float(np.percentile(draws, 2.5)), "high": float(np.percentile(draws, 97.5))})
+    return pd.DataFrame(rows)
+
+
+def _elements(formula: str) -> list[str]:
+    return sorted(str(e) for e in Composition(formula).elements)
+
+
+def breakdown(structures: pd.DataFrame, by: str, threshold_thz: float) -> pd.DataFrame:
+    """Rate per crystal system, space group number, number of elements, or element.
+
+    ``by``: ``crystal_system``, ``spacegroup_number``, ``n_elements`` or ``element`` (a structure counts
+    once for each element it contains).
+    """
+    pool = relaxed(structures).copy()
+    if by == "n_elements":
+        pool["n_elements"] = pool[Col.FORMULA].map(lambda f: len(_elements(f)))
+    elif by == "element":
+        pool["element"] = pool[Col.FORMULA].map(_elements)
+        pool = pool.explode("element")
+    elif by not in (Col.CRYSTAL_SYSTEM, Col.SPACEGROUP_NUMBER):
+        raise ValueError(f"cannot break down by {by!r}")
+    rows = [{by: key, **_rate_row(frame, threshold_thz)} for key, frame in pool.groupby(by, sort=True)]
+    table = pd.DataFrame(rows)
+    if by == "element" and len(table):
+        overall = _rate_row(relaxed(structures), threshold_thz)["stability_rate"]
+        table["rate_minus_overall"] = table["stability_rate"] - overall  # which elements raise or lower it
+    return table
+
+
+def min_frequencies(structures: pd.DataFrame) -> pd.DataFrame:
+    """Lowest frequency per structure that has one, with its generator (for histograms)."""
+    done = structures[structures[Col.STATUS] == Status.OK]
+    return done[[Col.GENERATOR, Col.STRUCTURE_ID, Col.MIN_FREQUENCY_THZ]].reset_index(drop=True)

@@ -1,0 +1,101 @@
+"""Figures for a run (PNG): rates with intervals, rate against sample size, lowest-frequency
+histograms, and the phonon band structure of one structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from phononbench import analysis  # noqa: E402
+from phononbench.records import Col  # noqa: E402
+
+
+def _save(figure, path: str | Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def rates_figure(board: pd.DataFrame, path: str | Path) -> Path:
+    """Headline rate per generator with its 95% Wilson interval (board: from ``leaderboard.build``)."""
+    figure, axes = plt.subplots(figsize=(6, 0.45 * len(board) + 1.2))
+    y = np.arange(len(board))[::-1]
+    rate = 100 * board["stability_rate"].to_numpy()
+    errors = 100 * np.vstack([board["stability_rate"] - board["ci_low"], board["ci_high"] - board["stability_rate"]])
+    axes.errorbar(rate, y, xerr=errors, fmt="o", capsize=3)
+    axes.set_yticks(y, board["generator"])
+    axes.set_xlabel("dynamically stable / relaxed (%)")
+    axes.set_xlim(0, 100)
+    return _save(figure, path)
+
+
+def rate_vs_sample_size_figure(structures: pd.DataFrame, threshold_thz: float, path: str | Path) -> Path:
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
+        curve = analysis.rate_vs_sample_size(frame, threshold_thz)
+        if curve.empty:
+            continue
+        line, = axes.plot(curve["sample_size"], 100 * curve["mean"], label=generator)
+        axes.fill_between(curve["sample_size"], 100 * curve["low"], 100 * curve["high"], alpha=0.2,
+                          color=line.get_color())
+    axes.set_xscale("log")
+    axes.set_xlabel("sample size (relaxed structures)")
+    axes.set_ylabel(f"stable at {threshold_thz:g} THz (%)")
+    axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def min_frequency_histogram(structures: pd.DataFrame, path: str | Path, thresholds_thz=(-0.1,)) -> Path:
+    data = analysis.min_frequencies(structures)
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    if len(data):
+        low, high = min(data[Col.MIN_FREQUENCY_THZ].min(), -1.0), max(data[Col.MIN_FREQUENCY_THZ].max(), 0.5)
+        bins = np.linspace(low, high, 40)
+        for generator, frame in data.groupby(Col.GENERATOR, sort=True):
+            axes.hist(frame[Col.MIN_FREQUENCY_THZ], bins=bins, histtype="step", label=generator)
+    for t in thresholds_thz:
+        axes.axvline(t, color="grey", ls="--", lw=0.8)
+    axes.set_xlabel("lowest frequency on the band path (THz)")
+    axes.set_ylabel("structures")
+    axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def band_structure_figure(phonon, title: str, path: str | Path, npoints: int = 101) -> Path:
+    """Phonon bands along the seekpath path; imaginary branches (shown negative) in red."""
+    from phonopy.phonon.band_structure import get_band_qpoints_by_seekpath
+
+    bands, labels, connections = get_band_qpoints_by_seekpath(phonon.primitive, npoints, is_const_interval=True)
+    phonon.run_band_structure(bands, path_connections=connections, labels=labels, is_legacy_plot=False)
+    result = phonon.get_band_structure_dict()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    ticks, tick_labels, label_index, after_break = [], [], 0, False
+    for k, (distance, frequency) in enumerate(zip(result["distances"], result["frequencies"])):
+        for branch in np.asarray(frequency).T:
+            axes.plot(distance, branch, color="tab:red" if branch.min() < -0.1 else "tab:blue", lw=0.9)
+        if not ticks:
+            ticks.append(distance[0])
+            tick_labels.append(labels[label_index])
+        elif after_break:  # a jump in the path: both ends share one tick, "H|P"
+            tick_labels[-1] = f"{tick_labels[-1]}|{labels[label_index]}"
+        label_index += 1
+        ticks.append(distance[-1])
+        tick_labels.append(labels[label_index])
+        after_break = not connections[k]
+        if after_break:
+            label_index += 1
+    axes.axhline(0, color="black", lw=0.6)
+    for x in ticks:
+        axes.axvline(x, color="grey", lw=0.4)
+    axes.set_xticks(ticks, tick_labels)
+    axes.set_xlim(ticks[0], ticks[-1])
+    axes.set_ylabel("frequency (THz)")
+    axes.set_title(title)
+    return _save(figure, path)

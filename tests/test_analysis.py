@@ -1,0 +1,102 @@
+"""Reading a run: Wilson intervals, bootstrap convergence, breakdowns, leaderboard exports, band plots."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from phononbench import analysis
+from phononbench.cli import app
+from phononbench.records import Col
+from phononbench.results import read_structures
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("k, n, low, high", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (41, 100, 0.3187, 0.5080)])
+def test_wilson_interval_matches_reference_values(k, n, low, high):
+    got = analysis.wilson_interval(k, n)
+    assert got == pytest.approx((low, high), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, request):
+    """Two EMT runs: metals A (fcc Cu, bcc Cu, fcc Al, fcc Ni) and metals B (bcc Cu only)."""
+    from ase.build import bulk
+
+    root = tmp_path_factory.mktemp("runs")
+    for name, cells in {"A": {"Cu_fcc": bulk("Cu", "fcc", a=3.6), "Cu_bcc": bulk("Cu", "bcc", a=2.87),
+                              "Al_fcc": bulk("Al", "fcc", a=4.05), "Ni_fcc": bulk("Ni", "fcc", a=3.52)},
+                        "B": {"Cu_bcc": bulk("Cu", "bcc", a=2.87)}}.items():
+        folder = root / "in" / f"metals{name}"
+        folder.mkdir(parents=True)
+        for stem, atoms in cells.items():
+            atoms.write(folder / f"{stem}.cif")
+        result = runner.invoke(app, ["run", str(folder), "--out", str(root / f"run{name}"), "--model", "emt",
+                                     "--in-process"])
+        assert result.exit_code == 0, result.output
+    return root / "runA", root / "runB"
+
+
+def test_rates_breakdowns_and_convergence(two_runs):
+    rows = read_structures(two_runs[0])
+    table = analysis.rates(rows, (-0.1,)).iloc[0]
+    assert (table["n_relaxed"], table["n_stable"]) == (4, 3) and table["stability_rate"] == 0.75
+    assert table["ci_low"] < 0.75 < table["ci_high"]
+    by_element = analysis.breakdown(rows, "element", -0.1).set_index("element")
+    assert by_element.loc["Cu", "stability_rate"] == 0.5 and by_element.loc["Al", "stability_rate"] == 1.0
+    assert by_element.loc["Cu", "rate_minus_overall"] == pytest.approx(-0.25)
+    by_system = analysis.breakdown(rows, Col.CRYSTAL_SYSTEM, -0.1)
+    assert list(by_system[Col.CRYSTAL_SYSTEM]) == ["cubic"]
+    curve = analysis.rate_vs_sample_size(rows, -0.1, sizes=[1, 4, 100], n_bootstrap=400)
+    assert list(curve["sample_size"]) == [1, 4, 100]
+    assert curve["mean"].iloc[-1] == pytest.approx(0.75, abs=0.03)
+    widths = (curve["high"] - curve["low"]).tolist()
+    assert widths[0] > widths[-1]  # the band narrows as the sample grows
+
+
+class _Table(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self.in_body, self.images = 0, False, 0
+
+    def handle_starttag(self, tag, attrs):
+        self.in_body |= tag == "tbody"
+        self.rows += tag == "tr" and self.in_body
+        self.images += tag == "img" and dict(attrs).get("src", "").startswith("data:image/png;base64,")
+
+
+def test_leaderboard_merges_runs_in_every_format(two_runs, tmp_path):
+    md = runner.invoke(app, ["leaderboard", *map(str, two_runs)])
+    assert md.exit_code == 0, md.output
+    assert md.output.splitlines()[2].startswith("| 1 | metalsA | 75.0%")  # ranked by headline rate
+    assert "| 2 | metalsB | 0.0%" in md.output
+
+    as_json = json.loads(runner.invoke(app, ["leaderboard", *map(str, two_runs), "--format", "json"]).output)
+    assert [r["generator"] for r in as_json["rows"]] == ["metalsA", "metalsB"]
+    assert as_json["rows"][0]["n_stable"] == 3 and as_json["headline_threshold_thz"] == -0.1
+
+    csv = tmp_path / "board.csv"
+    runner.invoke(app, ["leaderboard", *map(str, two_runs), "--format", "csv", "--output", str(csv)])
+    assert list(pd.read_csv(csv)["rank"]) == [1, 2]
+
+    page = tmp_path / "board.html"
+    result = runner.invoke(app, ["leaderboard", *map(str, two_runs), "--format", "html", "--output", str(page)])
+    assert result.exit_code == 0, result.output
+    parser = _Table()
+    parser.feed(page.read_text())
+    assert parser.rows == 2 and parser.images == 3  # one row per generator, three inlined plots
+    assert "http" not in page.read_text()  # self-contained: nothing fetched
+
+
+def test_plot_bands_of_unstable_bcc_copper(two_runs, tmp_path):
+    target = tmp_path / "bands.png"
+    result = runner.invoke(app, ["plot-bands", str(two_runs[1]), "metalsB/Cu_bcc.cif", "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = runner.invoke(app, ["plot-bands", str(two_runs[1]), "nope"])
+    assert missing.exit_code == 2 and "no structure" in missing.output
