@@ -216,13 +216,17 @@ def leaderboard(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders; their generators are ranked together.")],
     format: Annotated[str, typer.Option("--format", help="md, csv, json or html (one self-contained page).")] = "md",
     output: Annotated[Optional[Path], typer.Option(help="Write to this file (default: print).")] = None,
+    plots_dir: Annotated[Optional[Path], typer.Option(help="Also write the plots as PNG files here.")] = None,
 ) -> None:
     """Rank generators by headline stability rate, with 95% intervals and counts."""
 
     def action():
-        from phononbench.leaderboard import export
+        from phononbench.leaderboard import export, write_figures
 
         text = export(run_dirs, format)
+        if plots_dir:
+            for path in write_figures(run_dirs, plots_dir):
+                err_console.print(f"wrote {path}")
         if output:
             output.write_text(text)
             console.print(f"leaderboard written to {output}")

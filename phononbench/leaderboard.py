@@ -134,6 +134,18 @@ per generator; click a column to sort.</p>
 """
 
 
+def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Path]:
+    """The leaderboard's plots as PNG files."""
+    structures, infos = load_runs(run_dirs)
+    thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    board = build(structures, thresholds)
+    return [plots.rates_figure(board, directory / "stability_rates.png"),
+            plots.rate_vs_sample_size_figure(structures, thresholds[0], directory / "rate_vs_sample_size.png"),
+            plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
+
+
 def export(run_dirs: list[str | Path], fmt: str) -> str:
     if fmt not in FORMATS:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -81,8 +81,11 @@ def test_leaderboard_merges_runs_in_every_format(two_runs, tmp_path):
     assert as_json["rows"][0]["n_stable"] == 3 and as_json["headline_threshold_thz"] == -0.1
 
     csv = tmp_path / "board.csv"
-    runner.invoke(app, ["leaderboard", *map(str, two_runs), "--format", "csv", "--output", str(csv)])
+    runner.invoke(app, ["leaderboard", *map(str, two_runs), "--format", "csv", "--output", str(csv),
+                        "--plots-dir", str(tmp_path / "plots")])
     assert list(pd.read_csv(csv)["rank"]) == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "min_frequency_histogram.png", "rate_vs_sample_size.png", "stability_rates.png"]
 
     page = tmp_path / "board.html"
     result = runner.invoke(app, ["leaderboard", *map(str, two_runs), "--format", "html", "--output", str(page)])
