@@ -154,6 +154,8 @@ def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_ad
     spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
     if in_process:
         return potential, spec, InProcessExecutor(potential)
+    if device.startswith("cuda") and not gpus_per_worker:
+        gpus_per_worker = 1.0  # GPU workers when a GPU is asked for; fractions share one
     executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
     return potential, spec, executor
 
