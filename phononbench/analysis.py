@@ -38,7 +38,8 @@ def is_stable(structures: pd.DataFrame, threshold_thz: float) -> pd.Series:
     return (structures[Col.STATUS] == Status.OK) & (structures[verdict_column(threshold_thz)] == True)  # noqa: E712
 
 
-def _rate_row(frame: pd.DataFrame, threshold_thz: float) -> dict:
+def rate_with_interval(frame: pd.DataFrame, threshold_thz: float) -> dict:
+    """Stable / all rows of ``frame`` (pass relaxed rows for the published rate), with its Wilson interval."""
     n = len(frame)
     k = int(is_stable(frame, threshold_thz).sum())
     low, high = wilson_interval(k, n)
@@ -52,7 +53,7 @@ def rates(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     rows = []
     for generator, frame in pool.groupby(Col.GENERATOR, sort=True):
         for t in thresholds_thz:
-            rows.append({Col.GENERATOR: generator, Col.THRESHOLD_THZ: t, **_rate_row(frame, t)})
+            rows.append({Col.GENERATOR: generator, Col.THRESHOLD_THZ: t, **rate_with_interval(frame, t)})
     return pd.DataFrame(rows)
 
 
@@ -93,10 +94,10 @@ def breakdown(structures: pd.DataFrame, by: str, threshold_thz: float) -> pd.Dat
         pool = pool.explode("element")
     elif by not in (Col.CRYSTAL_SYSTEM, Col.SPACEGROUP_NUMBER):
         raise ValueError(f"cannot break down by {by!r}")
-    rows = [{by: key, **_rate_row(frame, threshold_thz)} for key, frame in pool.groupby(by, sort=True)]
+    rows = [{by: key, **rate_with_interval(frame, threshold_thz)} for key, frame in pool.groupby(by, sort=True)]
     table = pd.DataFrame(rows)
     if by == "element" and len(table):
-        overall = _rate_row(relaxed(structures), threshold_thz)["stability_rate"]
+        overall = rate_with_interval(relaxed(structures), threshold_thz)["stability_rate"]
         table["rate_minus_overall"] = table["stability_rate"] - overall  # which elements raise or lower it
     return table
 

@@ -47,8 +47,8 @@ def build(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
-        rate = analysis._rate_row(analysis.relaxed(frame), headline)
-        strict_rate = analysis._rate_row(analysis.relaxed(frame), strict)["stability_rate"]
+        rate = analysis.rate_with_interval(analysis.relaxed(frame), headline)
+        strict_rate = analysis.rate_with_interval(analysis.relaxed(frame), strict)["stability_rate"]
         valid = frame[Col.STATUS] != "invalid_input"
         rows.append({"generator": generator, **rate, "strict_stability_rate": strict_rate,
                      "n_input": len(frame), "n_unique": int((valid & (frame[Col.STATUS] != "duplicate")).sum()),
