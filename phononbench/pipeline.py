@@ -1,8 +1,8 @@
 """The benchmark top to bottom: ingest -> dedup -> relax -> phonons -> stability -> results.
 
-``evaluate`` is the science for one structure and needs nothing but a potential and a protocol;
-``run_benchmark`` drives a whole run. Where the per-structure work runs is the ``map_structures``
-argument (in-process by default), chosen by the caller, never here.
+``evaluate`` (the serial reference) and ``evaluate_batch`` (the engine) are the science and need nothing
+but a potential and a protocol; ``run_benchmark`` drives a whole run. Where chunks run is the
+``executor`` argument (in-process by default, or Ray), chosen by the caller, never here.
 """
 
 from __future__ import annotations

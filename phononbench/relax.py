@@ -33,38 +33,18 @@ def relax(
     fix_symmetry: bool = True,
     symprec: float = 0.01,
 ) -> Relaxation:
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    if fix_symmetry:
-        atoms.set_constraint(FixSymmetry(atoms, symprec=symprec))
-    cell_filter = FrechetCellFilter(atoms)
-    optimizer = FIRE(cell_filter, logfile=None)
+    run = _start(0, atoms, fmax_ev_per_a, fix_symmetry, symprec)
+    run.atoms.calc = calculator
     try:
-        optimizer.run(fmax=fmax_ev_per_a, steps=max_steps)
+        run.optimizer.run(fmax=fmax_ev_per_a, steps=max_steps)
     except Exception:
         # NaN forces surface as odd errors deep in FixSymmetry or FIRE; name the real cause
         last = getattr(calculator, "results", {}) or {}
         broken = any(not np.all(np.isfinite(last[k])) for k in ("energy", "forces", "stress") if k in last)
-        if broken or not (np.all(np.isfinite(atoms.positions)) and np.all(np.isfinite(atoms.cell[:]))):
+        if broken or not (np.all(np.isfinite(run.atoms.positions)) and np.all(np.isfinite(run.atoms.cell[:]))):
             raise NonFiniteForces("potential returned NaN/inf energy, forces or stress during relaxation")
         raise
-
-    forces = cell_filter.get_forces()
-    energy = atoms.get_potential_energy()
-    if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
-        raise NonFiniteForces("potential returned NaN/inf energy or forces during relaxation")
-    residual = float(np.sqrt((forces**2).sum(axis=1).max()))
-    relaxed = atoms.copy()
-    relaxed.set_constraint()
-    relaxed.calc = None
-    return Relaxation(
-        atoms=relaxed,
-        # judged on the final forces, never on the step count: a run that hits the limit is not converged
-        converged=residual < fmax_ev_per_a,
-        n_steps=int(optimizer.nsteps),
-        fmax_ev_per_a=residual,
-        energy_per_atom_ev=float(energy) / len(atoms),
-    )
+    return _finish(run, fmax_ev_per_a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,11 +72,14 @@ def _start(index: int, atoms: Atoms, fmax_ev_per_a: float, fix_symmetry: bool, s
 
 def _finish(run: _Run, fmax_ev_per_a: float) -> Relaxation:
     forces = run.cell_filter.get_forces()
-    residual = float(np.sqrt((forces**2).sum(axis=1).max()))
     energy = float(run.atoms.get_potential_energy())
+    if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+        raise NonFiniteForces("potential returned NaN/inf energy or forces during relaxation")
+    residual = float(np.sqrt((forces**2).sum(axis=1).max()))
     relaxed = run.atoms.copy()
     relaxed.set_constraint()
     relaxed.calc = None
+    # judged on the final forces, never on the step count: a run that hits the limit is not converged
     return Relaxation(relaxed, residual < fmax_ev_per_a, int(run.optimizer.nsteps), residual, energy / len(relaxed))
 
 
