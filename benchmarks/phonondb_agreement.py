@@ -14,11 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-from phononbench.executors import InProcessExecutor, WorkerSpec
+from phononbench.executors import InProcessExecutor
 from phononbench.pipeline import run_benchmark
 from phononbench.potentials import load_potential
 from phononbench.results import read_structures
 from phononbench.settings import PUBLISHED
+from phononbench.worker import WorkerSpec
 from phononbench.validation import load_labels, validate
 
 

@@ -5,7 +5,8 @@
     python benchmarks/throughput.py --model mattersim-5m --device cuda --n 200 --batch-atoms 16384
 
 Serial reference: one structure at a time, relaxation through the ASE calculator, one displaced supercell
-per calculator call (what the published scripts do). Engine: ``evaluate_batch`` over chunks of structures.
+per calculator call (what the published scripts do): the ``serial`` engine. Engine: the ``batched`` engine over
+chunks of structures. Both run the one method (``method.compute``).
 Both see the same structures (valid, deduplicated, first ``--n``) after one warm-up call. The tiered preset
 (Gamma screen) runs on the engine too, to measure how often the screen fires and whether it agrees.
 The last line printed is one JSON object with the figures.
@@ -20,8 +21,9 @@ import time
 from pathlib import Path
 
 from phononbench.dedup import find_duplicates
+from phononbench.engines import BatchedEngine, SerialEngine
 from phononbench.ingest import read_inputs
-from phononbench.pipeline import evaluate, evaluate_batch
+from phononbench.method import compute
 from phononbench.potentials import load_potential
 from phononbench.records import Status, StructureResult
 from phononbench.settings import preset
@@ -74,7 +76,8 @@ def main() -> None:
     items = [i for i in items if i.valid and i.structure_id not in duplicates][: args.n]
     print(f"{len(items)} structures, model {args.model} on {args.device}, "
           f"{potential.max_atoms_per_batch} atoms per batch, chunks of {args.chunk_size}")
-    evaluate_batch(items[:1], potential, published)  # warm-up: lazy imports, first graph, allocator
+    serial_engine, batched_engine = SerialEngine(potential), BatchedEngine(potential)
+    compute(items[:1], batched_engine, published)  # warm-up: lazy imports, first graph, allocator
 
     def timed(run):
         start = time.perf_counter()
@@ -82,8 +85,8 @@ def main() -> None:
         return out, time.perf_counter() - start
 
     chunks = [items[k:k + args.chunk_size] for k in range(0, len(items), args.chunk_size)]
-    serial, serial_s = timed(lambda: [evaluate(i, potential, published) for i in items])
-    engine, engine_s = timed(lambda: [r for c in chunks for r in evaluate_batch(c, potential, published)])
+    serial, serial_s = timed(lambda: [r for i in items for r in compute([i], serial_engine, published)])
+    engine, engine_s = timed(lambda: [r for c in chunks for r in compute(c, batched_engine, published)])
     agree, max_diff, differing = _compare(serial, engine)
 
     report = {
@@ -106,7 +109,7 @@ def main() -> None:
         report["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
     if not args.skip_tiered:
-        screened, tiered_s = timed(lambda: [r for c in chunks for r in evaluate_batch(c, potential, tiered)])
+        screened, tiered_s = timed(lambda: [r for c in chunks for r in compute(c, batched_engine, tiered)])
         tiered_agree, _, tiered_differing = _compare(engine, screened)
         fired = sum(r.phonon_method == "gamma_screen" for r in screened)
         report.update({

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition
 
-from phononbench.records import RELAXED_STATUSES, Col, Status, verdict_column
+from phononbench.records import Col, Status, is_relaxed, is_stable
 
 Z_95 = 1.959963984540054
 
@@ -29,13 +29,8 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
 
 
 def relaxed(structures: pd.DataFrame) -> pd.DataFrame:
-    """The published denominator: structures whose relaxation converged."""
-    return structures[structures[Col.STATUS].isin([str(s) for s in RELAXED_STATUSES])]
-
-
-def is_stable(structures: pd.DataFrame, threshold_thz: float) -> pd.Series:
-    """Stable at the threshold; phonon failures count as unstable, as published."""
-    return (structures[Col.STATUS] == Status.OK) & (structures[verdict_column(threshold_thz)] == True)  # noqa: E712
+    """The published denominator: structures whose relaxation converged (``records.is_relaxed``)."""
+    return structures[is_relaxed(structures)]
 
 
 def rate_with_interval(frame: pd.DataFrame, threshold_thz: float) -> dict:
@@ -43,8 +38,8 @@ def rate_with_interval(frame: pd.DataFrame, threshold_thz: float) -> dict:
     n = len(frame)
     k = int(is_stable(frame, threshold_thz).sum())
     low, high = wilson_interval(k, n)
-    return {"n_relaxed": n, "n_stable": k, "stability_rate": k / n if n else float("nan"),
-            "ci_low": low, "ci_high": high}
+    return {Col.N_RELAXED: n, Col.N_STABLE: k, Col.STABILITY_RATE: k / n if n else float("nan"),
+            Col.CI_LOW: low, Col.CI_HIGH: high}
 
 
 def rates(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
@@ -97,8 +92,8 @@ def breakdown(structures: pd.DataFrame, by: str, threshold_thz: float) -> pd.Dat
     rows = [{by: key, **rate_with_interval(frame, threshold_thz)} for key, frame in pool.groupby(by, sort=True)]
     table = pd.DataFrame(rows)
     if by == "element" and len(table):
-        overall = rate_with_interval(relaxed(structures), threshold_thz)["stability_rate"]
-        table["rate_minus_overall"] = table["stability_rate"] - overall  # which elements raise or lower it
+        overall = rate_with_interval(relaxed(structures), threshold_thz)[Col.STABILITY_RATE]
+        table["rate_minus_overall"] = table[Col.STABILITY_RATE] - overall  # which elements raise or lower it
     return table
 
 

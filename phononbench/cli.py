@@ -71,15 +71,22 @@ class ProgressReporter:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print("[red]error:[/red] ", end="", highlight=False)
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+# The command-line option behind each setting a library error can name.
+OPTIONS = {"checkpoint": "--checkpoint", "model": "--model", "device": "--device", "engine": "--engine",
+           "max_atoms": "--max-atoms", "preset": "--preset"}
 
 
 def _guarded(action):
     try:
         return action()
     except SetupError as exc:
-        _fail(str(exc))
+        hint = f" (option {OPTIONS[exc.setting]})" if exc.setting in OPTIONS else ""
+        _fail(f"{exc}{hint}")
     except KeyboardInterrupt:
         _fail("interrupted; rows written so far are kept in the output folder")
     except typer.Exit:
@@ -147,9 +154,12 @@ def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_ad
            cpus_per_worker=1.0, gpus_per_worker=0.0, timeout_per_structure=None, max_retries=2):
     """The potential (loaded here first, so a missing checkpoint stops the run before any work), the
     workers' spec and the executor."""
-    from phononbench.executors import InProcessExecutor, RayExecutor, WorkerSpec
+    from phononbench.engines import check_engine
+    from phononbench.executors import InProcessExecutor, RayExecutor
     from phononbench.potentials import load_potential
+    from phononbench.worker import WorkerSpec
 
+    check_engine(engine)
     potential = load_potential(protocol.model, device=device, checkpoint=checkpoint, max_atoms_per_batch=batch_atoms)
     spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
     if in_process:

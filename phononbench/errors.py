@@ -1,8 +1,24 @@
-"""Errors that stop a run. Structure-level failures never raise: they become a status on a row."""
+"""Errors that stop a run, and the one way a structure's failure is put into words.
+
+Structure-level failures never raise out of the method: they become a status and a reason on a row.
+"""
+
+from __future__ import annotations
 
 
 class SetupError(RuntimeError):
-    """The run cannot start or go on (missing checkpoint, bad option, unreadable output folder).
+    """The run cannot start or go on (missing checkpoint, bad setting, unreadable output folder).
 
-    The message says what to do; the CLI prints it as one line.
+    The message says what to do in the library's words; ``setting`` names the setting at fault, so the
+    command line can point at its own option for it.
     """
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+def reason(exc: BaseException, limit: int = 500) -> str:
+    """A structure's failure as one line: the exception's type and message, white space folded."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}"[:limit] if message else type(exc).__name__

@@ -127,7 +127,7 @@ def check_structure(structure: Structure, max_atoms: int, min_distance_a: float)
         if not isinstance(species, Element) or species.Z < 1 or species.Z > 103:
             return f"not a chemical element: {species}"
     if n > max_atoms:
-        return f"{n} atoms in the cell, above the limit of {max_atoms} (raise --max-atoms)"
+        return f"{n} atoms in the cell, above the limit of {max_atoms} (the max_atoms setting)"
     centres, _, _, distances = structure.get_neighbor_list(min_distance_a)
     if len(distances):
         k = int(np.argmin(distances))

@@ -13,12 +13,13 @@ import pandas as pd
 
 from phononbench import analysis, plots
 from phononbench.errors import SetupError
-from phononbench.records import Col
+from phononbench.records import Col, counts
+from phononbench.report import percent
 from phononbench.results import read_run_info, read_structures
 
 FORMATS = ("md", "csv", "json", "html")
-COLUMNS = ["rank", "generator", "stability_rate", "ci_low", "ci_high", "n_stable", "n_relaxed",
-           "strict_stability_rate", "n_input", "n_unique", "model", "protocol", "run"]
+COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH, Col.N_STABLE, Col.N_RELAXED,
+           Col.STRICT_STABILITY_RATE, Col.N_INPUT, Col.N_UNIQUE, Col.MODEL, Col.PROTOCOL, Col.RUN]
 
 
 def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -27,16 +28,16 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]
     names = [Path(d).name for d in run_dirs]
     for directory, name in zip(run_dirs, names):
         info = read_run_info(directory)
-        frame = read_structures(directory).assign(run=name, model=info["potential"]["model"],
-                                                  protocol=info["protocol"]["name"])
+        frame = read_structures(directory).assign(**{Col.RUN: name, Col.MODEL: info["potential"]["model"],
+                                                     Col.PROTOCOL: info["protocol"]["name"]})
         frames.append(frame)
         infos[name] = info
     structures = pd.concat(frames, ignore_index=True)
-    runs_per_generator = structures.groupby(Col.GENERATOR)["run"].nunique()
+    runs_per_generator = structures.groupby(Col.GENERATOR)[Col.RUN].nunique()
     clashing = set(runs_per_generator[runs_per_generator > 1].index)
     if clashing:
         structures[Col.GENERATOR] = [f"{g} ({r})" if g in clashing else g
-                                     for g, r in zip(structures[Col.GENERATOR], structures["run"])]
+                                     for g, r in zip(structures[Col.GENERATOR], structures[Col.RUN])]
     thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
     if len({t[0] for t in thresholds}) > 1:
         raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
@@ -47,29 +48,25 @@ def build(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
-        rate = analysis.rate_with_interval(analysis.relaxed(frame), headline)
-        strict_rate = analysis.rate_with_interval(analysis.relaxed(frame), strict)["stability_rate"]
-        valid = frame[Col.STATUS] != "invalid_input"
-        rows.append({"generator": generator, **rate, "strict_stability_rate": strict_rate,
-                     "n_input": len(frame), "n_unique": int((valid & (frame[Col.STATUS] != "duplicate")).sum()),
-                     "model": frame["model"].iloc[0], "protocol": frame["protocol"].iloc[0], "run": frame["run"].iloc[0]})
-    board = pd.DataFrame(rows).sort_values(["stability_rate", "n_relaxed"], ascending=[False, False],
+        pool = analysis.relaxed(frame)
+        tally = counts(frame, ())
+        rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline),
+                     Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict)[Col.STABILITY_RATE],
+                     Col.N_INPUT: tally[Col.N_INPUT], Col.N_UNIQUE: tally[Col.N_UNIQUE],
+                     **{c: frame[c].iloc[0] for c in (Col.MODEL, Col.PROTOCOL, Col.RUN)}})
+    board = pd.DataFrame(rows).sort_values([Col.STABILITY_RATE, Col.N_RELAXED], ascending=[False, False],
                                            na_position="last").reset_index(drop=True)
-    board.insert(0, "rank", range(1, len(board) + 1))
+    board.insert(0, Col.RANK, range(1, len(board) + 1))
     return board[COLUMNS]
-
-
-def _percent(x: float) -> str:
-    return "-" if pd.isna(x) else f"{100 * x:.1f}%"
 
 
 def to_markdown(board: pd.DataFrame, headline: float) -> str:
     lines = [f"| rank | generator | stable at {headline:g} THz (95% CI) | stable / relaxed | strict | input | unique | model |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in board.iterrows():
-        lines.append(f"| {r['rank']} | {r['generator']} | {_percent(r['stability_rate'])} "
-                     f"({_percent(r['ci_low'])}-{_percent(r['ci_high'])}) | {r['n_stable']}/{r['n_relaxed']} | "
-                     f"{_percent(r['strict_stability_rate'])} | {r['n_input']} | {r['n_unique']} | {r['model']} |")
+        lines.append(f"| {r[Col.RANK]} | {r[Col.GENERATOR]} | {percent(r[Col.STABILITY_RATE])} "
+                     f"({percent(r[Col.CI_LOW])}-{percent(r[Col.CI_HIGH])}) | {r[Col.N_STABLE]}/{r[Col.N_RELAXED]} | "
+                     f"{percent(r[Col.STRICT_STABILITY_RATE])} | {r[Col.N_INPUT]} | {r[Col.N_UNIQUE]} | {r[Col.MODEL]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,12 +109,13 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
               "input", "unique", "model"]
     body = []
     for _, r in board.iterrows():
-        cells = [(r["rank"], r["rank"]), (html.escape(str(r["generator"])), r["generator"]),
-                 (_percent(r["stability_rate"]), r["stability_rate"]),
-                 (f"{_percent(r['ci_low'])} - {_percent(r['ci_high'])}", r["ci_low"]),
-                 (r["n_stable"], r["n_stable"]), (r["n_relaxed"], r["n_relaxed"]),
-                 (_percent(r["strict_stability_rate"]), r["strict_stability_rate"]),
-                 (r["n_input"], r["n_input"]), (r["n_unique"], r["n_unique"]), (html.escape(str(r["model"])), r["model"])]
+        cells = [(r[Col.RANK], r[Col.RANK]), (html.escape(str(r[Col.GENERATOR])), r[Col.GENERATOR]),
+                 (percent(r[Col.STABILITY_RATE]), r[Col.STABILITY_RATE]),
+                 (f"{percent(r[Col.CI_LOW])} - {percent(r[Col.CI_HIGH])}", r[Col.CI_LOW]),
+                 (r[Col.N_STABLE], r[Col.N_STABLE]), (r[Col.N_RELAXED], r[Col.N_RELAXED]),
+                 (percent(r[Col.STRICT_STABILITY_RATE]), r[Col.STRICT_STABILITY_RATE]),
+                 (r[Col.N_INPUT], r[Col.N_INPUT]), (r[Col.N_UNIQUE], r[Col.N_UNIQUE]),
+                 (html.escape(str(r[Col.MODEL])), r[Col.MODEL])]
         body.append("<tr>" + "".join(f"<td data-value='{html.escape(str(v))}'>{text}</td>" for text, v in cells) + "</tr>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PhononBench leaderboard</title>
@@ -157,6 +155,7 @@ def export(run_dirs: list[str | Path], fmt: str) -> str:
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":
-        return json.dumps({"headline_threshold_thz": thresholds[0], "rows": board.to_dict(orient="records")},
+        records = [{str(k): v for k, v in row.items()} for row in board.to_dict(orient="records")]
+        return json.dumps({"headline_threshold_thz": thresholds[0], "rows": records},
                           indent=2, default=float)
     return to_html(board, structures, thresholds)

@@ -1,7 +1,13 @@
-"""Stage 4, phonons: phonopy finite displacements on a supercell, frequencies on the seekpath band path."""
+"""Stage 4, phonons: phonopy finite displacements on a supercell, frequencies on the seekpath band path.
+
+phonopy's verbs in the order they are used: ``displace`` (generate displacements), the displaced
+supercells' forces from the engine, ``produce_force_constants``, then frequencies on ``band_path``.
+``force_constants_many`` sends every displaced supercell of many structures through one forces call.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,6 +16,8 @@ from ase import Atoms
 from phonopy import Phonopy
 from phonopy.phonon.band_structure import get_band_qpoints_by_seekpath
 from phonopy.structure.atoms import PhonopyAtoms
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,31 +64,22 @@ def produce_force_constants(
         phonon.symmetrize_force_constants()
 
 
-def band_structure(phonon: Phonopy, npoints: int = 101) -> BandStructure:
-    """Frequencies along seekpath's band path, constant q-spacing (the published settings)."""
+def band_path(phonon: Phonopy, npoints: int = 101) -> dict:
+    """Run phonopy's band structure on seekpath's path (constant q-spacing, as published) and return
+    phonopy's band-structure dict (``qpoints``, ``distances``, ``frequencies`` per segment) with the
+    path's ``labels`` and ``path_connections``. The one band path that verdicts and plots share."""
     bands, labels, connections = get_band_qpoints_by_seekpath(phonon.primitive, npoints, is_const_interval=True)
     phonon.run_band_structure(bands, path_connections=connections, labels=labels, is_legacy_plot=False)
-    result = phonon.get_band_structure_dict()
+    return {**phonon.get_band_structure_dict(), "labels": labels, "path_connections": connections}
+
+
+def band_structure(phonon: Phonopy, npoints: int = 101) -> BandStructure:
+    """Frequencies along the band path, all segments together."""
+    result = band_path(phonon, npoints)
     return BandStructure(
         qpoints=np.concatenate([np.asarray(q) for q in result["qpoints"]]),
         frequencies_thz=np.concatenate([np.asarray(f) for f in result["frequencies"]]),
     )
-
-
-def phonons(
-    unitcell: Atoms,
-    forces_of: Callable[[list[Atoms]], list[np.ndarray]],
-    supercell: tuple[int, int, int] = (2, 2, 2),
-    displacement_a: float = 0.01,
-    subtract_drift: bool = True,
-    symmetrize: bool = True,
-    band_npoints: int = 101,
-) -> tuple[Phonopy, BandStructure]:
-    """The whole stage for one relaxed cell; ``forces_of`` evaluates a batch of displaced supercells."""
-    phonon = displace(unitcell, supercell, displacement_a)
-    forces = forces_of(displaced_supercells(phonon))
-    produce_force_constants(phonon, forces, subtract_drift, symmetrize)
-    return phonon, band_structure(phonon, band_npoints)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,9 +128,12 @@ def _forces_isolating_failures(cells: dict[int, list[Atoms]], forces_of) -> dict
             out[k] = forces[start:start + len(cells[k])]
             start += len(cells[k])
         return out
-    except Exception:
+    except Exception as exc:
         if len(order) == 1:
-            return {order[0]: _call(forces_of, cells[order[0]])}
+            return {order[0]: exc}
+        # a systematic bug here would otherwise be a silent slow path: say so
+        log.warning("batched forces for %d structures failed (%s); retrying one structure at a time",
+                    len(order), exc, exc_info=True)
     return {k: _call(forces_of, cells[k]) for k in order}
 
 

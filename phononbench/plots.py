@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from phononbench import analysis  # noqa: E402
+from phononbench.phonons import band_path  # noqa: E402
 from phononbench.records import Col  # noqa: E402
 
 
@@ -27,10 +28,10 @@ def rates_figure(board: pd.DataFrame, path: str | Path) -> Path:
     """Headline rate per generator with its 95% Wilson interval (board: from ``leaderboard.build``)."""
     figure, axes = plt.subplots(figsize=(6, 0.45 * len(board) + 1.2))
     y = np.arange(len(board))[::-1]
-    rate = 100 * board["stability_rate"].to_numpy()
-    errors = 100 * np.vstack([board["stability_rate"] - board["ci_low"], board["ci_high"] - board["stability_rate"]])
+    rate = 100 * board[Col.STABILITY_RATE].to_numpy()
+    errors = 100 * np.vstack([board[Col.STABILITY_RATE] - board[Col.CI_LOW], board[Col.CI_HIGH] - board[Col.STABILITY_RATE]])
     axes.errorbar(rate, y, xerr=errors, fmt="o", capsize=3)
-    axes.set_yticks(y, board["generator"])
+    axes.set_yticks(y, board[Col.GENERATOR])
     axes.set_xlabel("dynamically stable / relaxed (%)")
     axes.set_xlim(0, 100)
     return _save(figure, path)
@@ -70,11 +71,8 @@ def min_frequency_histogram(structures: pd.DataFrame, path: str | Path, threshol
 
 def band_structure_figure(phonon, title: str, path: str | Path, npoints: int = 101) -> Path:
     """Phonon bands along the seekpath path; imaginary branches (shown negative) in red."""
-    from phonopy.phonon.band_structure import get_band_qpoints_by_seekpath
-
-    bands, labels, connections = get_band_qpoints_by_seekpath(phonon.primitive, npoints, is_const_interval=True)
-    phonon.run_band_structure(bands, path_connections=connections, labels=labels, is_legacy_plot=False)
-    result = phonon.get_band_structure_dict()
+    result = band_path(phonon, npoints)
+    labels, connections = result["labels"], result["path_connections"]
     figure, axes = plt.subplots(figsize=(7, 4))
     ticks, tick_labels, label_index, after_break = [], [], 0, False
     for k, (distance, frequency) in enumerate(zip(result["distances"], result["frequencies"])):

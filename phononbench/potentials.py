@@ -1,8 +1,9 @@
 """Universal interatomic potentials by name: one small interface over ASE calculators.
 
-``load_potential(name)`` returns a ``Potential``: an ASE calculator for relaxation plus
-``forces(list_of_atoms)``, the batch path phonon displacements go through. Loading happens once, before
-any structure is touched, so a missing checkpoint stops the run at once with a message saying what to do.
+``load_potential(name)`` returns a ``Potential``: its ASE calculator (the published scripts' path, one
+structure per call) and ``predict(list_of_atoms)``, the model's own batched inference. Which of the two
+a run uses is the engine's choice (``engines.py``). Loading happens once per worker, before any
+structure is touched, so a missing checkpoint stops the run at once with a message saying what to do.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MATTERSIM_URL = "https://raw.githubusercontent.com/microsoft/mattersim/main/pret
 
 
 @dataclass
-class Evaluation:
+class Prediction:
     """What a potential says about one structure (ASE units: eV, eV/A, eV/A^3 Voigt stress)."""
 
     energy_ev: float
@@ -40,10 +41,10 @@ class Evaluation:
 
 @dataclass
 class Potential:
-    """An ASE calculator (the reference path) plus batched evaluation (the engine's path).
+    """An ASE calculator (the published path) plus batched prediction (the throughput path).
 
-    ``evaluate`` splits a list of structures into batches of at most ``max_atoms_per_batch`` atoms
-    and, on a GPU out-of-memory error, retries with halves. Subclasses override ``_evaluate_batch``
+    ``predict`` splits a list of structures into batches of at most ``max_atoms_per_batch`` atoms
+    and, on a GPU out-of-memory error, retries with halves. Subclasses override ``_predict_batch``
     with the model's own batched inference; the default asks the calculator one structure at a time.
     """
 
@@ -54,37 +55,38 @@ class Potential:
     checkpoint_sha256: str | None = None
     max_atoms_per_batch: int = 2048
 
-    def evaluate(self, structures: list[Atoms], stress: bool = True) -> list[Evaluation]:
-        out: list[Evaluation] = []
+    def predict(self, structures: list[Atoms], stress: bool = True) -> list[Prediction]:
+        """Energy, forces (and stress) of each structure, through the model's batched inference."""
+        out: list[Prediction] = []
         for batch in batches_by_atoms(structures, self.max_atoms_per_batch):
-            out.extend(self._evaluate_splitting_on_oom(batch, stress))
+            out.extend(self._predict_splitting_on_oom(batch, stress))
         return out
+
+    def predict_with_calculator(self, structures: list[Atoms], stress: bool = True) -> list[Prediction]:
+        """The same through the ASE calculator, one structure per call: the published scripts' path."""
+        return Potential._predict_batch(self, structures, stress)
 
     def forces(self, structures: list[Atoms]) -> list[np.ndarray]:
         """Forces (eV/A) on each structure, batched."""
-        return [e.forces for e in self.evaluate(structures, stress=False)]
+        return [p.forces for p in self.predict(structures, stress=False)]
 
-    def forces_serial(self, structures: list[Atoms]) -> list[np.ndarray]:
-        """Forces through the ASE calculator, one structure per call: the published scripts' path."""
-        return [e.forces for e in Potential._evaluate_batch(self, structures, stress=False)]
-
-    def _evaluate_splitting_on_oom(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+    def _predict_splitting_on_oom(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
         try:
-            return self._evaluate_batch(batch, stress)
+            return self._predict_batch(batch, stress)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if "out of memory" not in str(exc).lower() or len(batch) == 1:
                 raise
             _empty_cuda_cache()
             half = len(batch) // 2
-            return self._evaluate_splitting_on_oom(batch[:half], stress) + \
-                self._evaluate_splitting_on_oom(batch[half:], stress)
+            return self._predict_splitting_on_oom(batch[:half], stress) + \
+                self._predict_splitting_on_oom(batch[half:], stress)
 
-    def _evaluate_batch(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+    def _predict_batch(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
         out = []
         for atoms in batch:
-            atoms = atoms.copy()
+            atoms = _unconstrained(atoms)
             atoms.calc = self.calculator
-            out.append(Evaluation(
+            out.append(Prediction(
                 float(atoms.get_potential_energy()),
                 np.asarray(atoms.get_forces(), dtype=float),
                 np.asarray(atoms.get_stress(), dtype=float) if stress else None,
@@ -99,6 +101,13 @@ class Potential:
             "checkpoint_sha256": self.checkpoint_sha256,
             "max_atoms_per_batch": self.max_atoms_per_batch,
         }
+
+
+def _unconstrained(atoms: Atoms) -> Atoms:
+    """A copy without constraints: the model's raw answer; a relaxation applies its own constraints."""
+    atoms = atoms.copy()
+    atoms.set_constraint()
+    return atoms
 
 
 def batches_by_atoms(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
@@ -127,7 +136,7 @@ def _empty_cuda_cache() -> None:
 class MatterSimPotential(Potential):
     """Batched inference through MatterSim's own dataloader and ``predict_properties``."""
 
-    def _evaluate_batch(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+    def _predict_batch(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
         from ase.stress import full_3x3_to_voigt_6_stress
         from ase.units import GPa
         from mattersim.datasets.utils.build import build_dataloader
@@ -140,7 +149,7 @@ class MatterSimPotential(Potential):
         )
         energies, forces, stresses = model.predict_properties(loader, include_forces=True, include_stresses=stress)
         return [
-            Evaluation(float(e), np.asarray(f, dtype=float),
+            Prediction(float(e), np.asarray(f, dtype=float),
                        GPa * full_3x3_to_voigt_6_stress(np.asarray(stresses[k])) if stress else None)
             for k, (e, f) in enumerate(zip(energies, forces))
         ]
@@ -149,13 +158,13 @@ class MatterSimPotential(Potential):
 class CHGNetPotential(Potential):
     """Batched inference through CHGNet's ``predict_structure``."""
 
-    def _evaluate_batch(self, batch: list[Atoms], stress: bool) -> list[Evaluation]:
+    def _predict_batch(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
         from ase.stress import full_3x3_to_voigt_6_stress
         from ase.units import GPa
         from pymatgen.io.ase import AseAtomsAdaptor
 
         model = self.calculator.model
-        structures = [AseAtomsAdaptor.get_structure(a) for a in batch]
+        structures = [AseAtomsAdaptor.get_structure(_unconstrained(a)) for a in batch]
         predictions = model.predict_structure(structures, task="efs" if stress else "ef", batch_size=len(batch))
         if isinstance(predictions, dict):
             predictions = [predictions]
@@ -165,7 +174,7 @@ class CHGNetPotential(Potential):
             if stress:
                 s = np.asarray(p["s"], dtype=float)
                 s = GPa * (full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s)
-            out.append(Evaluation(float(p["e"]) * len(atoms), np.asarray(p["f"], dtype=float), s))
+            out.append(Prediction(float(p["e"]) * len(atoms), np.asarray(p["f"], dtype=float), s))
         return out
 
 
@@ -179,12 +188,12 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def _check_device(device: str) -> str:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SetupError(f"unknown device {device!r}: use cpu or cuda")
+        raise SetupError(f"unknown device {device!r}: use cpu or cuda", setting="device")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise SetupError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
+            raise SetupError("device cuda asked for, but torch sees no CUDA GPU here; use cpu", setting="device")
     return device
 
 
@@ -197,10 +206,11 @@ def resolve_mattersim_checkpoint(name: str, checkpoint: str | None) -> Path:
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise SetupError(f"MatterSim checkpoint not found: {path}")
+            raise SetupError(f"MatterSim checkpoint not found: {path}", setting="checkpoint")
         return path
     if name not in MATTERSIM_FILES:
-        raise SetupError("--model mattersim needs --checkpoint PATH (or use mattersim-5m / mattersim-1m)")
+        raise SetupError("model mattersim needs a checkpoint file (or use mattersim-5m / mattersim-1m)",
+                         setting="checkpoint")
     filename = MATTERSIM_FILES[name]
     folder = mattersim_checkpoint_dir()
     path = folder / filename
@@ -216,7 +226,7 @@ def resolve_mattersim_checkpoint(name: str, checkpoint: str | None) -> Path:
         raise SetupError(
             f"MatterSim checkpoint {filename} is not on this machine and could not be downloaded "
             f"({type(exc).__name__}). On a machine with internet, download {MATTERSIM_URL}{filename} "
-            f"and put it at {path}, or pass --checkpoint PATH."
+            f"and put it at {path}, or give the checkpoint's path.", setting="checkpoint"
         ) from exc
     if not path.is_file():
         raise SetupError(f"MatterSim download finished but {path} is missing; download it by hand from "
@@ -232,13 +242,13 @@ def _load_mattersim(name: str, device: str, checkpoint: str | None) -> Potential
     except Exception as exc:  # most often a torchvision built for another torch
         raise SetupError(
             f"cannot import MatterSim ({type(exc).__name__}: {exc}). If the message names torchvision, "
-            "run `pip uninstall -y torchvision torchaudio` (MatterSim does not need them)."
+            "run `pip uninstall -y torchvision torchaudio` (MatterSim does not need them).", setting="model"
         ) from exc
     try:
         model = MatterSimModel.from_checkpoint(load_path=str(path), device=device, load_training_state=False)
     except Exception as exc:
         raise SetupError(f"cannot load MatterSim checkpoint {path} ({type(exc).__name__}: {exc}); "
-                         "delete it and download it again") from exc
+                         "delete it and download it again", setting="checkpoint") from exc
     calculator = MatterSimCalculator(potential=model, device=device)
     return MatterSimPotential(name, calculator, device, str(path), sha256_of(path))
 
@@ -275,7 +285,7 @@ def _load_emt(name: str, device: str, checkpoint: str | None) -> Potential:
     from ase.calculators.emt import EMT
 
     if checkpoint:
-        raise SetupError("the emt potential takes no --checkpoint")
+        raise SetupError("the emt potential takes no checkpoint", setting="checkpoint")
     return Potential(name, EMT(), "cpu")
 
 
@@ -297,7 +307,7 @@ def _plugin(name: str):
         _, module, function = name.split(":")
         return getattr(importlib.import_module(module), function)
     except (ValueError, ImportError, AttributeError) as exc:
-        raise SetupError(f"cannot load potential {name!r}: {exc}") from exc
+        raise SetupError(f"cannot load potential {name!r}: {exc}", setting="model") from exc
 
 
 # Atoms per batched forward pass: a GPU takes far more than a CPU core gains from.
@@ -312,7 +322,8 @@ def load_potential(
     elif name in POTENTIALS:
         factory = POTENTIALS[name]
     else:
-        raise SetupError(f"unknown model {name!r}; choose one of {', '.join(POTENTIALS)} or python:MODULE:FUNCTION")
+        raise SetupError(f"unknown model {name!r}; choose one of {', '.join(POTENTIALS)} or python:MODULE:FUNCTION",
+                         setting="model")
     potential = factory(name, _check_device(device), checkpoint)
     potential.max_atoms_per_batch = max_atoms_per_batch or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]
     return potential

@@ -1,6 +1,7 @@
-"""The result row: one definition of every column, used by the writer, the reader and the summary.
+"""The result row: one definition of every column, and of what counts as relaxed and as stable.
 
-A column is renamed here and nowhere else.
+The writer, the reader, the summary, the analysis, the leaderboard and the notebooks all use these
+names and these two rules, so a column is renamed, and a count redefined, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -8,8 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
+import pandas as pd
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from phononbench.ingest import InputStructure
 
 
 class Status(StrEnum):
@@ -21,7 +27,7 @@ class Status(StrEnum):
     RELAX_FAILED = "relax_failed"  # the potential raised or returned NaN while relaxing
     RELAX_NOT_CONVERGED = "relax_not_converged"  # hit the step limit above fmax
     PHONON_FAILED = "phonon_failed"  # relaxed, but phonopy or the forces failed: counts as unstable
-    TIMEOUT = "timeout"  # ran past --timeout-per-structure on its own
+    TIMEOUT = "timeout"  # ran past the per-structure time limit on its own
     WORKER_CRASHED = "worker_crashed"  # its worker died on every retry, with the structure alone
 
 
@@ -35,9 +41,9 @@ class Col(StrEnum):
     STRUCTURE_ID = "structure_id"
     GENERATOR = "generator"
     SOURCE = "source"
+    STATUS = "status"
     FORMULA = "formula"
     N_ATOMS = "n_atoms"
-    STATUS = "status"
     ERROR = "error"
     DUPLICATE_OF = "duplicate_of"
     INPUT_SPACEGROUP_NUMBER = "input_spacegroup_number"
@@ -66,6 +72,14 @@ class Col(StrEnum):
     N_STABLE = "n_stable"
     STABILITY_RATE = "stability_rate"
     STABILITY_RATE_UNIQUE = "stability_rate_unique"
+    # rates with intervals (analysis) and the leaderboard
+    CI_LOW = "ci_low"
+    CI_HIGH = "ci_high"
+    STRICT_STABILITY_RATE = "strict_stability_rate"
+    RANK = "rank"
+    MODEL = "model"
+    PROTOCOL = "protocol"
+    RUN = "run"
 
 
 def verdict_column(threshold_thz: float) -> str:
@@ -73,76 +87,75 @@ def verdict_column(threshold_thz: float) -> str:
     return f"stable_at_{threshold_thz:g}_thz"
 
 
+def _column(arrow_type: pa.DataType, default=None):
+    """A row field that is also a Parquet column of this Arrow type."""
+    return field(default=default, metadata={"arrow": arrow_type})
+
+
 @dataclass
 class StructureResult:
-    """One row of OUT/structures/: one input structure, whatever happened to it."""
+    """One row of OUT/structures/: one input structure, whatever happened to it.
 
-    structure_id: str
-    generator: str
-    source: str
-    status: Status
-    formula: str | None = None
-    n_atoms: int | None = None
-    error: str | None = None
-    duplicate_of: str | None = None
-    input_spacegroup_number: int | None = None
-    relaxed_cif: str | None = None
-    energy_per_atom_ev: float | None = None
-    spacegroup_number: int | None = None
-    crystal_system: str | None = None
-    relax_steps: int | None = None
-    relax_fmax_ev_per_a: float | None = None
-    n_displacements: int | None = None
-    phonon_method: str | None = None  # "supercell" (the full protocol) or "gamma_screen" (tiered preset)
-    min_frequency_thz: float | None = None
-    min_frequency_qpoint: list[float] | None = None
-    min_frequency_band: int | None = None
-    min_frequency_is_acoustic_gamma: bool | None = None
-    min_frequency_excl_acoustic_gamma_thz: float | None = None
-    relax_wall_s: float | None = None
-    phonon_wall_s: float | None = None
-    # threshold_thz -> stable; None where no verdict exists (not relaxed)
+    ``status`` is None only while the method is still deciding; a row is written only once it is set.
+    """
+
+    structure_id: str = _column(pa.string())
+    generator: str = _column(pa.string())
+    source: str = _column(pa.string())
+    status: Status | None = _column(pa.string())
+    formula: str | None = _column(pa.string())
+    n_atoms: int | None = _column(pa.int32())
+    error: str | None = _column(pa.string())
+    duplicate_of: str | None = _column(pa.string())
+    input_spacegroup_number: int | None = _column(pa.int16())
+    relaxed_cif: str | None = _column(pa.string())
+    energy_per_atom_ev: float | None = _column(pa.float64())
+    spacegroup_number: int | None = _column(pa.int16())
+    crystal_system: str | None = _column(pa.string())
+    relax_steps: int | None = _column(pa.int32())
+    relax_fmax_ev_per_a: float | None = _column(pa.float64())
+    n_displacements: int | None = _column(pa.int32())
+    phonon_method: str | None = _column(pa.string())  # "supercell" (full protocol) or "gamma_screen" (tiered)
+    min_frequency_thz: float | None = _column(pa.float64())
+    min_frequency_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
+    min_frequency_band: int | None = _column(pa.int32())
+    min_frequency_is_acoustic_gamma: bool | None = _column(pa.bool_())
+    min_frequency_excl_acoustic_gamma_thz: float | None = _column(pa.float64())
+    relax_wall_s: float | None = _column(pa.float64())
+    phonon_wall_s: float | None = _column(pa.float64())
+    # threshold_thz -> stable; one bool column per threshold (verdict_column); empty where no verdict exists
     verdicts: dict[float, bool] = field(default_factory=dict)
 
+    @classmethod
+    def for_input(cls, item: InputStructure, status: Status | None = None, error: str | None = None,
+                  **columns) -> StructureResult:
+        """A row for one input structure, its identity and composition filled in."""
+        row = cls(item.structure_id, item.generator, item.source, status, error=error or item.error, **columns)
+        if item.structure is not None:
+            row.formula = item.structure.composition.reduced_formula
+            row.n_atoms = len(item.structure)
+        return row
+
     def to_row(self, thresholds_thz: tuple[float, ...]) -> dict:
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "verdicts"}
+        if self.status is None:
+            raise ValueError(f"row {self.structure_id} has no status: the method left it undecided")
+        row = {name: getattr(self, name) for name in _ROW_FIELDS}
         row[Col.STATUS] = str(self.status)
         for t in thresholds_thz:
             row[verdict_column(t)] = self.verdicts.get(t)
         return row
 
 
-_FIXED_FIELDS: list[tuple[str, pa.DataType]] = [
-    (Col.STRUCTURE_ID, pa.string()),
-    (Col.GENERATOR, pa.string()),
-    (Col.SOURCE, pa.string()),
-    (Col.STATUS, pa.string()),
-    (Col.FORMULA, pa.string()),
-    (Col.N_ATOMS, pa.int32()),
-    (Col.ERROR, pa.string()),
-    (Col.DUPLICATE_OF, pa.string()),
-    (Col.INPUT_SPACEGROUP_NUMBER, pa.int16()),
-    (Col.RELAXED_CIF, pa.string()),
-    (Col.ENERGY_PER_ATOM_EV, pa.float64()),
-    (Col.SPACEGROUP_NUMBER, pa.int16()),
-    (Col.CRYSTAL_SYSTEM, pa.string()),
-    (Col.RELAX_STEPS, pa.int32()),
-    (Col.RELAX_FMAX_EV_PER_A, pa.float64()),
-    (Col.N_DISPLACEMENTS, pa.int32()),
-    (Col.PHONON_METHOD, pa.string()),
-    (Col.MIN_FREQUENCY_THZ, pa.float64()),
-    (Col.MIN_FREQUENCY_QPOINT, pa.list_(pa.float64(), 3)),
-    (Col.MIN_FREQUENCY_BAND, pa.int32()),
-    (Col.MIN_FREQUENCY_IS_ACOUSTIC_GAMMA, pa.bool_()),
-    (Col.MIN_FREQUENCY_EXCL_ACOUSTIC_GAMMA_THZ, pa.float64()),
-    (Col.RELAX_WALL_S, pa.float64()),
-    (Col.PHONON_WALL_S, pa.float64()),
-]
+# The Arrow schema is read off the row definition, so a field cannot be missing from one of them.
+_ROW_FIELDS = [f.name for f in dataclasses.fields(StructureResult) if "arrow" in f.metadata]
+_ROW_TYPES = {f.name: f.metadata["arrow"] for f in dataclasses.fields(StructureResult) if "arrow" in f.metadata}
+if not set(_ROW_FIELDS) <= {c.value for c in Col}:
+    raise ImportError(f"row fields without a Col name: {sorted(set(_ROW_FIELDS) - {c.value for c in Col})}")
 
 
 def structures_schema(thresholds_thz: tuple[float, ...]) -> pa.Schema:
-    """Arrow schema of OUT/structures/: fixed columns plus one verdict column per threshold."""
-    fields = [pa.field(str(name), dtype) for name, dtype in _FIXED_FIELDS]
+    """Arrow schema of OUT/structures/: the row's columns plus one verdict column per threshold."""
+    fields = [pa.field(name, _ROW_TYPES[name]) for name in _ROW_FIELDS]
     fields += [pa.field(verdict_column(t), pa.bool_()) for t in thresholds_thz]
     return pa.schema(fields)
 
@@ -164,3 +177,33 @@ SUMMARY_SCHEMA = pa.schema(
 
 # Label of the summary row that pools every generator (the published "average over all").
 ALL_GENERATORS = "(all)"
+
+
+# ---------------------------------------------------------------------------------------------
+# What counts: the two rules every count, rate and table uses.
+
+
+def is_relaxed(rows: pd.DataFrame) -> pd.Series:
+    """The published denominator: the relaxation converged (a later phonon failure still counts)."""
+    return rows[Col.STATUS].isin([str(s) for s in RELAXED_STATUSES])
+
+
+def is_stable(rows: pd.DataFrame, threshold_thz: float) -> pd.Series:
+    """Stable at the threshold: phonons computed and the lowest frequency at or above it.
+
+    A phonon failure counts as unstable, as published."""
+    return (rows[Col.STATUS] == Status.OK) & (rows[verdict_column(threshold_thz)] == True)  # noqa: E712 (nullable)
+
+
+def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
+    """input / valid / unique / relaxed / phonon counts and stable per threshold, for one set of rows."""
+    status = rows[Col.STATUS]
+    n_valid = int((status != Status.INVALID_INPUT).sum())
+    return {
+        Col.N_INPUT: len(rows),
+        Col.N_VALID: n_valid,
+        Col.N_UNIQUE: n_valid - int((status == Status.DUPLICATE).sum()),
+        Col.N_RELAXED: int(is_relaxed(rows).sum()),
+        Col.N_PHONON: int((status == Status.OK).sum()),
+        "n_stable_at": {t: int(is_stable(rows, t).sum()) for t in thresholds_thz},
+    }

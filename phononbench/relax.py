@@ -1,15 +1,26 @@
-"""Stage 3, relax: ASE FIRE on a FrechetCellFilter, symmetry kept by FixSymmetry (the published recipe)."""
+"""Stage 3, relax: ASE FIRE on a FrechetCellFilter, symmetry kept by FixSymmetry (the published recipe).
+
+Every structure keeps its own ASE optimizer, cell filter and constraint. Structures in flight are stepped
+in lockstep so that each step's energies, forces and stresses come from one ``predict`` call over all of
+them; with one structure in flight and the potential's calculator behind ``predict`` this is exactly the
+published scripts' one-structure relaxation. How many are in flight, and how ``predict`` batches, is the
+engine's choice (``engines.py``); the recipe is written once, here.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixSymmetry
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteForces(RuntimeError):
@@ -23,33 +34,6 @@ class Relaxation:
     n_steps: int
     fmax_ev_per_a: float  # largest residual force, atoms and cell together (FrechetCellFilter's measure)
     energy_per_atom_ev: float
-
-
-def relax(
-    atoms: Atoms,
-    calculator: Calculator,
-    fmax_ev_per_a: float,
-    max_steps: int,
-    fix_symmetry: bool = True,
-    symprec: float = 0.01,
-) -> Relaxation:
-    run = _start(0, atoms, fmax_ev_per_a, fix_symmetry, symprec)
-    run.atoms.calc = calculator
-    try:
-        run.optimizer.run(fmax=fmax_ev_per_a, steps=max_steps)
-    except Exception:
-        # NaN forces surface as odd errors deep in FixSymmetry or FIRE; name the real cause
-        last = getattr(calculator, "results", {}) or {}
-        broken = any(not np.all(np.isfinite(last[k])) for k in ("energy", "forces", "stress") if k in last)
-        if broken or not (np.all(np.isfinite(run.atoms.positions)) and np.all(np.isfinite(run.atoms.cell[:]))):
-            raise NonFiniteForces("potential returned NaN/inf energy, forces or stress during relaxation")
-        raise
-    return _finish(run, fmax_ev_per_a)
-
-
-# ---------------------------------------------------------------------------------------------
-# Many structures at once: each keeps its own ASE FIRE + FrechetCellFilter + FixSymmetry, stepped in
-# lockstep so that every step's energies, forces and stresses come from one batched model call.
 
 
 @dataclass
@@ -83,31 +67,32 @@ def _finish(run: _Run, fmax_ev_per_a: float) -> Relaxation:
     return Relaxation(relaxed, residual < fmax_ev_per_a, int(run.optimizer.nsteps), residual, energy / len(relaxed))
 
 
-def relax_many(
+def relax_structures(
     structures: list[Atoms],
-    evaluate,
+    predict: Callable[[list[Atoms]], list],
     fmax_ev_per_a: float,
     max_steps: int,
     fix_symmetry: bool = True,
     symprec: float = 0.01,
-    max_active_atoms: int = 4096,
+    max_atoms_in_flight: int = 4096,
+    max_structures_in_flight: int | None = None,
 ) -> list[Relaxation | Exception]:
-    """Relax every structure with the published recipe, batching the model calls across structures.
+    """Relax every structure with the published recipe.
 
-    ``evaluate(list_of_atoms) -> list[Evaluation]`` is the potential's batched path. The loop is ASE's
-    own (``Dynamics.irun``): evaluate at the current geometry, stop if converged or at the step limit,
-    else take one FIRE step. Finished structures leave the batch and waiting ones take their place
-    (up to ``max_active_atoms``), so a slow relaxation never holds the others back. A structure whose
-    evaluation fails, or gives NaN, gets its exception in its slot; the others go on.
+    ``predict(list_of_atoms) -> list[Prediction]`` gives energy, forces and stress per structure. The
+    loop is ASE's own (``Dynamics.irun``): predict at the current geometry, stop if converged or at the
+    step limit, else take one FIRE step. Finished structures leave and waiting ones take their place (up
+    to the atom and structure limits), so a slow relaxation never holds the others back. A structure whose
+    prediction fails, or is not finite, gets its exception in its slot; the others go on.
     """
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     outcome: list[Relaxation | Exception | None] = [None] * len(structures)
     waiting = list(range(len(structures)))[::-1]
     active: list[_Run] = []
+    most = max_structures_in_flight or len(structures)
     while waiting or active:
         n_atoms = sum(len(r.atoms) for r in active)
-        while waiting and (not active or n_atoms + len(structures[waiting[-1]]) <= max_active_atoms):
+        while waiting and len(active) < most and (
+                not active or n_atoms + len(structures[waiting[-1]]) <= max_atoms_in_flight):
             index = waiting.pop()
             try:
                 active.append(_start(index, structures[index], fmax_ev_per_a, fix_symmetry, symprec))
@@ -115,17 +100,17 @@ def relax_many(
             except Exception as exc:  # e.g. FixSymmetry on a pathological cell
                 outcome[index] = exc
 
-        evaluations = _evaluate_isolating_failures([r.atoms for r in active], evaluate)
+        predictions = _predict_isolating_failures([r.atoms for r in active], predict)
         still_active = []
-        for run, evaluation in zip(active, evaluations):
+        for run, prediction in zip(active, predictions):
             try:
-                if isinstance(evaluation, Exception):
-                    raise evaluation
-                values = (evaluation.energy_ev, evaluation.forces, evaluation.stress)
+                if isinstance(prediction, Exception):
+                    raise prediction
+                values = (prediction.energy_ev, prediction.forces, prediction.stress)
                 if not all(np.all(np.isfinite(v)) for v in values):
                     raise NonFiniteForces("potential returned NaN/inf energy, forces or stress during relaxation")
                 run.atoms.calc = SinglePointCalculator(
-                    run.atoms, energy=evaluation.energy_ev, forces=evaluation.forces, stress=evaluation.stress)
+                    run.atoms, energy=prediction.energy_ev, forces=prediction.forces, stress=prediction.stress)
                 gradient = run.optimizer.optimizable.get_gradient()
                 if run.optimizer.gradient_converged(gradient) or run.optimizer.nsteps >= max_steps:
                     outcome[run.index] = _finish(run, fmax_ev_per_a)
@@ -139,19 +124,22 @@ def relax_many(
     return outcome
 
 
-def _evaluate_isolating_failures(structures: list[Atoms], evaluate) -> list:
-    """One batched call; if it raises, one call per structure so only the culprit fails."""
+def _predict_isolating_failures(structures: list[Atoms], predict) -> list:
+    """One call for all; if it raises, one call per structure so only the culprit fails."""
     if not structures:
         return []
     try:
-        return evaluate(structures)
-    except Exception:
+        return predict(structures)
+    except Exception as exc:
         if len(structures) == 1:
-            raise
+            return [exc]
+        # a systematic bug here would otherwise be a silent slow path: say so
+        log.warning("batched prediction of %d structures failed (%s); retrying one structure at a time",
+                    len(structures), exc, exc_info=True)
     out = []
     for atoms in structures:
         try:
-            out.append(evaluate([atoms])[0])
+            out.append(predict([atoms])[0])
         except Exception as exc:
             out.append(exc)
     return out

@@ -10,7 +10,8 @@ from rich.table import Table
 from phononbench.records import ALL_GENERATORS, Col
 
 
-def _percent(value: float) -> str:
+def percent(value: float | None) -> str:
+    """A rate as a percentage with one decimal; "-" where there is none."""
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
@@ -32,6 +33,6 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         cells = [str(int(first[c])) for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)]
         for t in thresholds:
             r = rows.loc[t]
-            cells.append(f"{_percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
+            cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
         table.add_row(generator, *cells, end_section=(generator == generators[-1]) if generators else False)
     return table

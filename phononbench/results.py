@@ -1,4 +1,5 @@
-"""Stage 6, results: per-structure rows as a Parquet dataset, per-generator summary, run.json.
+"""Stage 6, results: the run folder as a ledger. Per-structure rows as a Parquet dataset, the
+per-generator summary, and run.json (settings, inputs, versions: what a resume must match).
 
 Rows are flushed in small part files while the run goes, each written under a temporary name and
 renamed, so a crash loses only the rows not yet flushed and never leaves a half-written file.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -17,20 +20,46 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phononbench.errors import SetupError
-from phononbench.records import (
-    ALL_GENERATORS,
-    RELAXED_STATUSES,
-    SUMMARY_SCHEMA,
-    Col,
-    Status,
-    StructureResult,
-    structures_schema,
-    verdict_column,
-)
+from phononbench.records import ALL_GENERATORS, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
 
 STRUCTURES_DIR = "structures"
 SUMMARY_FILE = "summary.parquet"
 RUN_FILE = "run.json"
+LOG_FILE = "run.log"
+
+PACKAGES = ("phononbench", "mattersim", "torch", "ase", "phonopy", "spglib", "seekpath", "pymatgen",
+            "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
+
+# run.json keys that must match for a resume: anything that changes a verdict
+RESUME_KEYS = ("protocol", "inputs", "limit_per_generator")
+RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment() -> dict:
+    """What ran the run: package versions, Python, host."""
+    return {"versions": package_versions(), "python": platform.python_version(), "host": platform.node()}
+
+
+def check_resumable(previous: dict, info: dict) -> None:
+    """Refuse to resume a run made with other settings: the rows would mix two runs."""
+    differing = [k for k in RESUME_KEYS if previous.get(k) != info[k]]
+    differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
+                  if previous.get("potential", {}).get(k) != info["potential"].get(k)]
+    if differing:
+        raise SetupError(
+            f"the run in this output folder used other settings ({', '.join(differing)}); resuming would mix "
+            "two runs. Use the same settings as before, or another output folder."
+        )
 
 
 def prepare_output(out: Path) -> Path:
@@ -111,24 +140,15 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
     groups = [(g, df) for g, df in structures.groupby(Col.GENERATOR, sort=True)]
     groups.append((ALL_GENERATORS, structures))
     for generator, df in groups:
-        status = df[Col.STATUS]
-        n_input = len(df)
-        n_valid = int((status != Status.INVALID_INPUT).sum())
-        n_unique = n_valid - int((status == Status.DUPLICATE).sum())
-        n_relaxed = int(status.isin([str(s) for s in RELAXED_STATUSES]).sum())
-        n_phonon = int((status == Status.OK).sum())
+        tally = counts(df, thresholds_thz)
+        n_relaxed, n_unique = tally[Col.N_RELAXED], tally[Col.N_UNIQUE]
         for threshold in thresholds_thz:
-            verdict = df[verdict_column(threshold)]
-            n_stable = int(((status == Status.OK) & (verdict == True)).sum())  # noqa: E712 (nullable)
+            n_stable = tally["n_stable_at"][threshold]
             rows.append(
                 {
                     Col.GENERATOR: generator,
                     Col.THRESHOLD_THZ: float(threshold),
-                    Col.N_INPUT: n_input,
-                    Col.N_VALID: n_valid,
-                    Col.N_UNIQUE: n_unique,
-                    Col.N_RELAXED: n_relaxed,
-                    Col.N_PHONON: n_phonon,
+                    **{c: tally[c] for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)},
                     Col.N_STABLE: n_stable,
                     Col.STABILITY_RATE: n_stable / n_relaxed if n_relaxed else float("nan"),
                     Col.STABILITY_RATE_UNIQUE: n_stable / n_unique if n_unique else float("nan"),

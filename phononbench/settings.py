@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from phononbench.errors import SetupError
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -73,4 +75,4 @@ def preset(name: str) -> Protocol:
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise SetupError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", setting="preset") from None

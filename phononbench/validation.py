@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from phononbench.errors import SetupError
-from phononbench.records import Col, Status, verdict_column
+from phononbench.records import Col, Status, is_stable, verdict_column
 
 ID_COLUMNS = ("mp_id", "material_id", "structure_id", "id")
 DFT_FREQUENCY_COLUMNS = ("fmin_comm_thz", "dft_min_frequency_thz", "fmin_thz")
@@ -77,7 +77,7 @@ def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
     report = {"n_labelled": len(labels), "n_scored": len(merged),
               "status_counts": {str(k): int(v) for k, v in merged[Col.STATUS].value_counts().items()}}
     for t in thresholds_thz:
-        predicted = (merged[Col.STATUS] == Status.OK) & (merged[verdict_column(t)] == True)  # noqa: E712
+        predicted = is_stable(merged, t)
         report[f"{t:g}"] = scores(predicted, dft_stable)
     return report
 

@@ -37,3 +37,16 @@ def hangs_on_gold(name, device, checkpoint):
 def slow_on_palladium(name, device, checkpoint):
     """Each call on a Pd structure takes a while: time to kill a worker mid-batch."""
     return Potential(name, DelayedEMT({"Pd": 0.3}), "cpu")
+
+
+class _BreaksOnBatches(Potential):
+    """Batched inference that raises on any batch of more than one structure (a systematic bug)."""
+
+    def _predict_batch(self, batch, stress):
+        if len(batch) > 1:
+            raise RuntimeError(f"batched inference broke on {len(batch)} structures")
+        return super()._predict_batch(batch, stress)
+
+
+def breaks_on_batches(name, device, checkpoint):
+    return _BreaksOnBatches(name, EMT(), "cpu")

@@ -1,4 +1,5 @@
-"""The batched engine gives the serial reference's answers; the tiered screen agrees with the full protocol."""
+"""Every engine runs the same method: the batched engine gives the serial reference's answers, and the
+tiered screen agrees with the full protocol and screens the same way in every engine."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from phononbench.ingest import InputStructure
-from phononbench.pipeline import evaluate, evaluate_batch
 from phononbench.potentials import Potential, load_potential
 from phononbench.records import Status
-from phononbench.relax import relax_many
+from phononbench.relax import relax_structures
 from phononbench.settings import PUBLISHED, TIERED
+from tests.helpers import batched, published
 from tests.test_physics import NaNForces
 
 
@@ -32,14 +33,14 @@ def _metals():
 def test_batched_engine_matches_serial_reference_with_emt():
     potential = load_potential("emt", max_atoms_per_batch=6)  # small batches: exercise the splitting
     items = _metals()
-    serial = [evaluate(item, potential, PUBLISHED) for item in items]
-    batched = evaluate_batch(items, potential, PUBLISHED)
-    for s, b in zip(serial, batched):
+    serial = [published(item, potential, PUBLISHED) for item in items]
+    lockstep = batched(items, potential, PUBLISHED)
+    for s, b in zip(serial, lockstep):
         assert (s.structure_id, s.status, s.verdicts) == (b.structure_id, b.status, b.verdicts)
         assert s.relax_steps == b.relax_steps  # the same FIRE trajectory, step for step
         assert s.n_displacements == b.n_displacements
         assert b.min_frequency_thz == pytest.approx(s.min_frequency_thz, abs=1e-6)
-    assert [r.verdicts[-0.1] for r in batched] == [True, False, True, True, True]
+    assert [r.verdicts[-0.1] for r in lockstep] == [True, False, True, True, True]
 
 
 def test_batched_engine_matches_serial_with_mattersim_model_code(tmp_path):
@@ -53,9 +54,9 @@ def test_batched_engine_matches_serial_with_mattersim_model_code(tmp_path):
     potential = load_potential("mattersim", checkpoint=str(path))
     protocol = PUBLISHED.with_overrides(relax_fmax_ev_per_a=5.0, relax_max_steps=4)
     items = _items([("NaCl", bulk("NaCl", "rocksalt", a=5.64)), ("MgO", bulk("MgO", "rocksalt", a=4.2))])
-    serial = [evaluate(item, potential, protocol) for item in items]
-    batched = evaluate_batch(items, potential, protocol)
-    for s, b in zip(serial, batched):
+    serial = [published(item, potential, protocol) for item in items]
+    lockstep = batched(items, potential, protocol)
+    for s, b in zip(serial, lockstep):
         assert s.status == b.status == Status.OK
         assert s.verdicts == b.verdicts
         assert b.min_frequency_thz == pytest.approx(s.min_frequency_thz, abs=1e-4)
@@ -63,14 +64,14 @@ def test_batched_engine_matches_serial_with_mattersim_model_code(tmp_path):
 
 def test_step_limit_in_lockstep_is_not_converged_and_failures_stay_alone():
     emt = load_potential("emt")
-    relaxed = relax_many([bulk("Cu", "fcc", a=3.6)], emt.evaluate, fmax_ev_per_a=0.001, max_steps=200)[0].atoms
-    slow, fast = relax_many([bulk("Cu", "fcc", a=4.0), relaxed], emt.evaluate, fmax_ev_per_a=0.005, max_steps=3)
+    relaxed = relax_structures([bulk("Cu", "fcc", a=3.6)], emt.predict, fmax_ev_per_a=0.001, max_steps=200)[0].atoms
+    slow, fast = relax_structures([bulk("Cu", "fcc", a=4.0), relaxed], emt.predict, fmax_ev_per_a=0.005, max_steps=3)
     assert slow.n_steps == 3 and not slow.converged
     assert fast.converged
 
     broken = Potential("nan-for-big-cells", NaNForces(nan_above_atoms=1), "cpu")
     items = _items([("Cu", bulk("Cu", "fcc", a=3.6)), ("Cu2", bulk("Cu", "fcc", a=3.6, orthorhombic=True))])
-    one_ok, one_failed = evaluate_batch(items, broken, PUBLISHED)
+    one_ok, one_failed = batched(items, broken, PUBLISHED)
     assert one_ok.status == Status.PHONON_FAILED  # its 8-atom supercells get NaN, its relaxation did not
     assert one_failed.status == Status.RELAX_FAILED and "NaN" in one_failed.error
 
@@ -81,8 +82,8 @@ def test_tiered_screen_fires_on_batio3_and_agrees_with_full_protocol():
                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     items = [InputStructure("t/BaTiO3", "t", "BaTiO3", cubic),
              InputStructure("t/Si", "t", "Si", AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.45)))]
-    full = evaluate_batch(items, chgnet, PUBLISHED)
-    tiered = evaluate_batch(items, chgnet, TIERED)
+    full = batched(items, chgnet, PUBLISHED)
+    tiered = batched(items, chgnet, TIERED)
     assert [r.verdicts for r in tiered] == [r.verdicts for r in full]
     assert tiered[0].phonon_method == "gamma_screen" and full[0].phonon_method == "supercell"
     # the unit-cell estimate of the soft mode is close to, not equal to, the supercell's (finite

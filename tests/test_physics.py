@@ -10,15 +10,15 @@ from ase.calculators.emt import EMT
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from phononbench.ingest import InputStructure
-from phononbench.pipeline import evaluate
 from phononbench.potentials import Potential, load_potential
 from phononbench.records import Status
 from phononbench.settings import PUBLISHED
+from tests.helpers import published
 
 
-def _evaluate(atoms, potential, protocol=PUBLISHED):
+def _published_row(atoms, potential, protocol=PUBLISHED):
     item = InputStructure("t/x", "t", "x", AseAtomsAdaptor.get_structure(atoms))
-    return evaluate(item, potential, protocol)
+    return published(item, potential, protocol)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def emt():
 
 
 def test_fcc_copper_is_stable(emt):
-    result = _evaluate(bulk("Cu", "fcc", a=3.7), emt)  # strained start: the relaxation has work to do
+    result = _published_row(bulk("Cu", "fcc", a=3.7), emt)  # strained start: the relaxation has work to do
     assert result.status == Status.OK
     assert result.relax_fmax_ev_per_a < PUBLISHED.relax_fmax_ev_per_a
     assert result.verdicts == {-0.1: True, -0.001: True}
@@ -39,7 +39,7 @@ def test_fcc_copper_is_stable(emt):
 
 
 def test_bcc_copper_is_unstable(emt):
-    result = _evaluate(bulk("Cu", "bcc", a=2.87), emt)
+    result = _published_row(bulk("Cu", "bcc", a=2.87), emt)
     assert result.status == Status.OK
     assert result.spacegroup_number == 229  # FixSymmetry kept the bcc cell
     assert result.min_frequency_thz < -0.5
@@ -48,15 +48,15 @@ def test_bcc_copper_is_unstable(emt):
 
 
 def test_conventional_and_primitive_cells_agree(emt):
-    primitive = _evaluate(bulk("Cu", "fcc", a=3.6), emt)
-    conventional = _evaluate(bulk("Cu", "fcc", a=3.6, cubic=True), emt)
+    primitive = _published_row(bulk("Cu", "fcc", a=3.6), emt)
+    conventional = _published_row(bulk("Cu", "fcc", a=3.6, cubic=True), emt)
     assert conventional.verdicts == primitive.verdicts
     assert conventional.energy_per_atom_ev == pytest.approx(primitive.energy_per_atom_ev, abs=1e-5)
 
 
 def test_step_limit_means_not_converged(emt):
     protocol = PUBLISHED.with_overrides(relax_max_steps=2)
-    result = _evaluate(bulk("Cu", "fcc", a=4.0), emt, protocol)
+    result = _published_row(bulk("Cu", "fcc", a=4.0), emt, protocol)
     assert result.status == Status.RELAX_NOT_CONVERGED
     assert result.relax_steps == 2 and "after 2 steps" in result.error
     assert result.relaxed_cif and result.min_frequency_thz is None
@@ -80,18 +80,18 @@ class NaNForces(Calculator):
 
 
 def test_nan_forces_while_relaxing_is_relax_failed():
-    result = _evaluate(bulk("Cu", "fcc", a=3.7), Potential("nan", NaNForces(nan_above_atoms=0), "cpu"))
+    result = _published_row(bulk("Cu", "fcc", a=3.7), Potential("nan", NaNForces(nan_above_atoms=0), "cpu"))
     assert result.status == Status.RELAX_FAILED and "NaN" in result.error, result.error
 
 
 def test_nan_forces_in_phonons_is_phonon_failed_and_unstable():
     # the one-atom cell relaxes fine; the 8-atom displaced supercells get NaN forces
-    result = _evaluate(bulk("Cu", "fcc", a=3.6), Potential("nan", NaNForces(nan_above_atoms=1), "cpu"))
+    result = _published_row(bulk("Cu", "fcc", a=3.6), Potential("nan", NaNForces(nan_above_atoms=1), "cpu"))
     assert result.status == Status.PHONON_FAILED and "NaN" in result.error
     assert result.verdicts == {-0.1: False, -0.001: False}
 
 
 def test_element_outside_emt_is_relax_failed(emt):
-    result = _evaluate(bulk("Si", "diamond", a=5.43), emt)
+    result = _published_row(bulk("Si", "diamond", a=5.43), emt)
     assert result.status == Status.RELAX_FAILED and result.error
 

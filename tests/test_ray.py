@@ -20,7 +20,8 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from phononbench.executors import RayExecutor, WorkerSpec
+from phononbench.executors import RayExecutor
+from phononbench.worker import WorkerSpec
 from phononbench.pipeline import run_benchmark
 from phononbench.records import Col, Status, verdict_column
 from phononbench.results import read_structures
@@ -110,7 +111,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path):
 
     def kill_a_busy_worker():
         for process in psutil.process_iter(["pid", "cmdline"]):
-            if any("ray::evaluate_chunk" in part for part in (process.info["cmdline"] or [])):
+            if any("ray::Worker.__call__" in part for part in (process.info["cmdline"] or [])):
                 process.send_signal(signal.SIGKILL)
                 killed.append(process.info["pid"])
                 return True

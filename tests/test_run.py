@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
@@ -93,3 +94,48 @@ def test_serial_and_batched_engines_write_the_same_verdicts(copper_folder, tmp_p
     bad = runner.invoke(app, ["run", str(copper_folder), "--out", str(tmp_path / "x"), "--model", "emt",
                               "--engine", "warp"])
     assert bad.exit_code == 2 and "unknown engine" in bad.output
+
+
+def test_serial_engine_screens_like_the_batched_one_under_the_tiered_preset(tmp_path):
+    """Every engine runs the one method: ``--engine serial --preset tiered`` screens cubic BaTiO3 out at
+    Gamma exactly as the batched engine does, and sends silicon on to the supercell."""
+    from ase.build import bulk
+    from pymatgen.core import Lattice, Structure
+
+    folder = tmp_path / "in" / "oxides"
+    folder.mkdir(parents=True)
+    Structure(Lattice.cubic(4.0), ["Ba", "Ti", "O", "O", "O"],
+              [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]).to(filename=str(folder / "BaTiO3.cif"))
+    bulk("Si", "diamond", a=5.45).write(folder / "Si.cif")
+    columns = [Col.STRUCTURE_ID, Col.STATUS, Col.PHONON_METHOD, Col.N_DISPLACEMENTS, verdict_column(-0.1),
+               verdict_column(-0.001)]
+    tables = {}
+    for engine in ("serial", "batched"):
+        out = tmp_path / engine
+        result = runner.invoke(app, ["run", str(folder), "--out", str(out), "--model", "chgnet", "--preset", "tiered",
+                                     "--engine", engine, "--in-process"])
+        assert result.exit_code == 0, result.output
+        tables[engine] = read_structures(out).sort_values(Col.STRUCTURE_ID).reset_index(drop=True)
+    serial, lockstep = tables["serial"], tables["batched"]
+    pd.testing.assert_frame_equal(serial[columns], lockstep[columns])
+    assert list(serial[Col.PHONON_METHOD]) == ["gamma_screen", "supercell"]  # BaTiO3 screened, Si not
+    assert serial[Col.MIN_FREQUENCY_THZ].tolist() == pytest.approx(lockstep[Col.MIN_FREQUENCY_THZ].tolist(), abs=0.02)
+
+
+def test_a_batched_call_that_falls_back_is_logged_in_the_run_log(copper_folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(copper_folder), "--out", str(out), "--in-process",
+                                 "--model", "python:tests.potentials_for_tests:breaks_on_batches"])
+    assert result.exit_code == 0, result.output
+    statuses = read_structures(out).set_index(Col.STRUCTURE_ID)[Col.STATUS]
+    assert statuses["metals/Cu_fcc.cif"] == Status.OK and statuses["metals/Cu_bcc.cif"] == Status.OK
+    log = (out / "run.log").read_text()
+    assert "retrying one structure at a time" in log and "batched inference broke on 2 structures" in log
+    assert "Traceback" in log  # the exception itself, not just a word about it
+
+
+def test_the_schema_is_the_row_definition():
+    from phononbench.records import StructureResult
+
+    row = StructureResult("g/x", "g", "x", Status.OK).to_row((-0.1, -0.001))
+    assert list(row) == structures_schema((-0.1, -0.001)).names

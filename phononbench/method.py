@@ -1,0 +1,164 @@
+"""The method, composed once: relax -> (Gamma screen) -> phonons -> stability, for a set of structures.
+
+``compute(items, engine, protocol)`` is the benchmark for valid, unique input structures and returns
+one row each; it never raises for a structure's sake. Every engine runs this same composition, so a
+protocol option (the tiered Gamma screen, the relaxation recipe) holds for all of them by construction.
+Per-stage wall times are each structure's share of its stage, in proportion to its work.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.io.cif import CifWriter
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from phononbench.engines import Engine
+from phononbench.errors import reason
+from phononbench.ingest import InputStructure
+from phononbench.phonons import band_structure, force_constants_many, gamma_frequencies
+from phononbench.records import Status, StructureResult
+from phononbench.relax import Relaxation
+from phononbench.settings import Protocol
+from phononbench.stability import StabilityVerdict, assess
+
+
+def compute(items: list[InputStructure], engine: Engine, protocol: Protocol) -> list[StructureResult]:
+    """One row per structure: relaxed with the engine, phonons, verdict at every threshold."""
+    rows = [StructureResult.for_input(item) for item in items]
+    for row, item in zip(rows, items):
+        row.input_spacegroup_number, _ = symmetry(item.structure)
+
+    relaxed = _relax(items, rows, engine, protocol)
+    todo = list(relaxed)
+    if protocol.gamma_screen:
+        todo = _gamma_screen(todo, relaxed, rows, engine, protocol)
+    _supercell_phonons(todo, relaxed, rows, engine, protocol)
+    return rows
+
+
+def symmetry(structure: Structure) -> tuple[int | None, str | None]:
+    """Space group number and crystal system (descriptive only: None where spglib fails)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analyzer = SpacegroupAnalyzer(structure)
+            return int(analyzer.get_space_group_number()), analyzer.get_crystal_system()
+    except Exception:  # spglib can fail on pathological cells
+        return None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages, each over every structure still in the running
+
+
+def _relax(items, rows, engine: Engine, protocol: Protocol) -> dict[int, Relaxation]:
+    """Relax all; returns the converged ones by position."""
+    start = time.perf_counter()
+    outcomes = engine.relax([AseAtomsAdaptor.get_atoms(i.structure) for i in items], protocol)
+    relaxed: dict[int, Relaxation] = {}
+    for k, outcome in enumerate(outcomes):
+        if isinstance(outcome, Exception):
+            rows[k].status, rows[k].error = Status.RELAX_FAILED, reason(outcome)
+        elif _record_relaxation(rows[k], outcome, protocol):
+            relaxed[k] = outcome
+    work = {k: len(i.structure) * (1 if isinstance(o, Exception) else o.n_steps + 1)
+            for k, (i, o) in enumerate(zip(items, outcomes))}
+    for k, seconds in _share(time.perf_counter() - start, work).items():
+        rows[k].relax_wall_s = seconds
+    return relaxed
+
+
+def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Protocol) -> list[int]:
+    """Tiered preset: the unit cell's own displacements give its Gamma frequencies (exact at Gamma); an
+    optical mode there below every threshold (minus the margin) is unstable without the supercell.
+    Returns the structures the screen could not decide."""
+    if not todo:
+        return todo
+    start = time.perf_counter()
+    screens = force_constants_many([relaxed[k].atoms for k in todo], engine.forces, supercell=(1, 1, 1),
+                                   **_phonon_settings(protocol))
+    cutoff = min(protocol.thresholds_thz) - protocol.gamma_screen_margin_thz
+    undecided = []
+    for k, screen in zip(todo, screens):
+        if isinstance(screen, Exception):
+            undecided.append(k)  # the full calculation decides
+            continue
+        verdict = assess(gamma_frequencies(screen), protocol.thresholds_thz)
+        if verdict.min_frequency_excl_acoustic_gamma_thz < cutoff:
+            _record_verdict(rows[k], verdict, len(screen.displacements), "gamma_screen")
+        else:
+            undecided.append(k)
+    _add_phonon_time(rows, time.perf_counter() - start, {k: len(relaxed[k].atoms) for k in todo})
+    return undecided
+
+
+def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol: Protocol) -> None:
+    """The published phonon calculation: supercell force constants, band path, verdict."""
+    if not todo:
+        return
+    start = time.perf_counter()
+    constants = force_constants_many([relaxed[k].atoms for k in todo], engine.forces,
+                                     supercell=protocol.supercell, **_phonon_settings(protocol))
+    for k, phonon in zip(todo, constants):
+        try:
+            if isinstance(phonon, Exception):
+                raise phonon
+            verdict = assess(band_structure(phonon, protocol.band_npoints), protocol.thresholds_thz)
+            _record_verdict(rows[k], verdict, len(phonon.displacements), "supercell")
+        except Exception as exc:
+            rows[k].status, rows[k].error = Status.PHONON_FAILED, reason(exc)
+            rows[k].verdicts = {t: False for t in protocol.thresholds_thz}  # counts as unstable, as published
+    work = {k: len(relaxed[k].atoms) * max(len(getattr(p, "displacements", [])), 1) for k, p in zip(todo, constants)}
+    _add_phonon_time(rows, time.perf_counter() - start, work)
+
+
+# ---------------------------------------------------------------------------------------------
+# Filling the row
+
+
+def _record_relaxation(row: StructureResult, relaxation: Relaxation, protocol: Protocol) -> bool:
+    """The relaxed-structure columns; True if the relaxation converged."""
+    relaxed = AseAtomsAdaptor.get_structure(relaxation.atoms)
+    row.relaxed_cif = str(CifWriter(relaxed))
+    row.energy_per_atom_ev = relaxation.energy_per_atom_ev
+    row.relax_steps = relaxation.n_steps
+    row.relax_fmax_ev_per_a = relaxation.fmax_ev_per_a
+    row.spacegroup_number, row.crystal_system = symmetry(relaxed)
+    if relaxation.converged:
+        return True
+    row.status = Status.RELAX_NOT_CONVERGED
+    row.error = (f"fmax {relaxation.fmax_ev_per_a:.4g} eV/A after {relaxation.n_steps} steps "
+                 f"(target {protocol.relax_fmax_ev_per_a}, limit {protocol.relax_max_steps})")
+    return False
+
+
+def _record_verdict(row: StructureResult, verdict: StabilityVerdict, n_displacements: int, method: str) -> None:
+    row.status = Status.OK
+    row.n_displacements = n_displacements
+    row.phonon_method = method
+    row.min_frequency_thz = verdict.min_frequency_thz
+    row.min_frequency_qpoint = verdict.qpoint
+    row.min_frequency_band = verdict.band
+    row.min_frequency_is_acoustic_gamma = verdict.is_acoustic_gamma
+    row.min_frequency_excl_acoustic_gamma_thz = verdict.min_frequency_excl_acoustic_gamma_thz
+    row.verdicts = verdict.stable
+
+
+def _phonon_settings(protocol: Protocol) -> dict:
+    return dict(displacement_a=protocol.displacement_a, subtract_drift=protocol.subtract_drift,
+                symmetrize=protocol.symmetrize_force_constants)
+
+
+def _share(total_s: float, work: dict[int, float]) -> dict[int, float]:
+    """Split a stage's wall time over its structures in proportion to their work."""
+    weight = sum(work.values()) or 1.0
+    return {k: total_s * w / weight for k, w in work.items()}
+
+
+def _add_phonon_time(rows, total_s: float, work: dict[int, float]) -> None:
+    for k, seconds in _share(total_s, work).items():
+        rows[k].phonon_wall_s = (rows[k].phonon_wall_s or 0.0) + seconds

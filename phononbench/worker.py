@@ -1,0 +1,65 @@
+"""The worker: built once per process with its potential, engine and protocol, then called on chunks.
+
+The idiom of Ray Data's ``map_batches(Worker)``: ``Worker(spec)`` loads the potential (once), and
+``worker(chunk)`` returns one row per structure of the chunk. In-process runs and Ray actors use this
+same class; an executor only decides where workers live.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from phononbench import method
+from phononbench.engines import make_engine
+from phononbench.ingest import InputStructure
+from phononbench.potentials import Potential, load_potential
+from phononbench.records import StructureResult
+from phononbench.settings import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build itself, picklable (sent to Ray workers as is)."""
+
+    model: str
+    device: str
+    checkpoint: str | None
+    max_atoms_per_batch: int | None
+    protocol: Protocol
+    engine: str = "batched"  # a name in engines.ENGINES
+    threads: int | None = None  # torch threads in the worker's process
+    log_file: str | None = None  # the run's log (OUT/run.log), appended to by every worker
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, potential: Potential | None = None):
+        if spec.log_file:
+            attach_log_file(spec.log_file)
+        if spec.threads:
+            import torch
+
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.potential = potential or load_potential(spec.model, spec.device, spec.checkpoint,
+                                                     spec.max_atoms_per_batch)
+        self.engine = make_engine(spec.engine, self.potential)
+        log.info("worker ready: %s on %s, engine %s", spec.model, spec.device, spec.engine)
+
+    def __call__(self, chunk: list[InputStructure]) -> list[StructureResult]:
+        return method.compute(chunk, self.engine, self.spec.protocol)
+
+
+def attach_log_file(path: str) -> logging.Handler:
+    """Send the package's log records (INFO and up) to ``path``, once per process and file."""
+    logger = logging.getLogger("phononbench")
+    logger.setLevel(logging.INFO)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(path):
+            return handler
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return handler
