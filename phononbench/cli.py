@@ -106,7 +106,7 @@ def run(
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Stability threshold in THz (repeatable; first is the headline). Default -0.1 and -0.001.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    preset: Annotated[str, typer.Option(help="Protocol preset.")] = "published",
+    preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen) or bulk (sets aside structures that relax into molecules, chains or layers).")] = "published",
     max_atoms: Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")] = None,
     engine: Annotated[str, typer.Option(help="batched (default) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
@@ -212,10 +212,11 @@ def validate(
                             "positive = stable)")
         for name in ("threshold", "accuracy", "precision", "recall", "F1", "TP", "FP", "FN", "TN"):
             table.add_column(name, justify="right")
-        for t in protocol.thresholds_thz:
-            r = report[f"{t:g}"]
+        for key, label in [(f"{t:g}", f"{t:g} THz") for t in protocol.thresholds_thz] + \
+                          [(f"bz {t:g}", f"{t:g} THz, BZ") for t in protocol.thresholds_thz]:
+            r = report[key]
             c = r["confusion"]
-            table.add_row(f"{t:g} THz", *(f"{r[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1")),
+            table.add_row(label, *(f"{r[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1")),
                           *(str(c[k]) for k in ("tp", "fp", "fn", "tn")))
         console.print(table)
         console.print(f"validation.json{' and ' + plot.name if plot else ''} in {folder}/")
@@ -229,13 +230,14 @@ def leaderboard(
     format: Annotated[str, typer.Option("--format", help="md, csv, json or html (one self-contained page).")] = "md",
     output: Annotated[Optional[Path], typer.Option(help="Write to this file (default: print).")] = None,
     plots_dir: Annotated[Optional[Path], typer.Option(help="Also write the plots as PNG files here.")] = None,
+    with_published: Annotated[bool, typer.Option("--with-published", help="Add the PhononBench paper's rows (MatterSim 5M, -0.001 THz), labelled as published.")] = False,
 ) -> None:
     """Rank generators by headline stability rate, with 95% intervals and counts."""
 
     def action():
         from phononbench.leaderboard import export, write_figures
 
-        text = export(run_dirs, format)
+        text = export(run_dirs, format, with_published)
         if plots_dir:
             for path in write_figures(run_dirs, plots_dir):
                 err_console.print(f"wrote {path}")

@@ -21,7 +21,7 @@ from ase import Atoms
 
 from phononbench.errors import SetupError
 from phononbench.potentials import Potential
-from phononbench.relax import Relaxation, relax_structures
+from phononbench.relax import Recipe, Relaxation, relax_structures
 from phononbench.settings import Protocol
 
 
@@ -33,9 +33,13 @@ class Engine(TypingProtocol):
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]: ...
 
 
-def _recipe(protocol: Protocol) -> dict:
-    return dict(fmax_ev_per_a=protocol.relax_fmax_ev_per_a, max_steps=protocol.relax_max_steps,
-                fix_symmetry=protocol.fix_symmetry, symprec=protocol.symprec)
+def recipe(protocol: Protocol) -> Recipe:
+    """The protocol's relaxation knobs, for ``relax.relax_structures``."""
+    return Recipe(fmax_ev_per_a=protocol.relax_fmax_ev_per_a,
+                  target_fmax_ev_per_a=protocol.relax_target_fmax_ev_per_a, cycles=protocol.relax_cycles,
+                  steps_per_cycle=protocol.relax_steps_per_cycle,
+                  force_guard_ev_per_a=protocol.relax_force_guard_ev_per_a, fix_symmetry=protocol.fix_symmetry,
+                  symprec=protocol.symprec)
 
 
 class _OnePotential:
@@ -49,7 +53,7 @@ class SerialEngine(_OnePotential):
     name = "serial"
 
     def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
-        return relax_structures(structures, self.potential.predict_with_calculator, **_recipe(protocol),
+        return relax_structures(structures, self.potential.predict_with_calculator, recipe(protocol),
                                 max_structures_in_flight=1)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:
@@ -62,7 +66,7 @@ class BatchedEngine(_OnePotential):
     name = "batched"
 
     def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
-        return relax_structures(structures, self.potential.predict, **_recipe(protocol),
+        return relax_structures(structures, self.potential.predict, recipe(protocol),
                                 max_atoms_in_flight=self.potential.max_atoms_per_batch)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
-"""The leaderboard: generators ranked by headline stability rate, with intervals and counts, from one or
-more run folders; exported as Markdown, CSV, JSON or one self-contained HTML page."""
+"""The leaderboard: generators ranked by headline stability rate (published path), with intervals, counts
+and the Brillouin-zone rate beside it, from one or more run folders; optionally the PhononBench paper's own
+rows beside them (``with_published``); exported as Markdown, CSV, JSON or one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import html
 import json
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,9 @@ from phononbench.results import read_run_info, read_structures
 
 FORMATS = ("md", "csv", "json", "html")
 COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH, Col.N_STABLE, Col.N_RELAXED,
-           Col.STRICT_STABILITY_RATE, Col.N_INPUT, Col.N_UNIQUE, Col.MODEL, Col.PROTOCOL, Col.RUN]
+           Col.STABILITY_RATE_BZ, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.STRICT_STABILITY_RATE, Col.N_INPUT,
+           Col.N_UNIQUE, Col.THRESHOLD_THZ, Col.MODEL, Col.PROTOCOL, Col.RUN]
+PUBLISHED_RUN = "published"  # the Col.RUN of the paper's rows
 
 
 def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -49,10 +53,14 @@ def build(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
         pool = analysis.relaxed(frame)
-        tally = counts(frame, ())
+        tally = counts(frame, (headline,))
+        n_relaxed = tally[Col.N_RELAXED]
         rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline),
+                     Col.STABILITY_RATE_BZ: tally["n_stable_bz_at"][headline] / n_relaxed if n_relaxed else float("nan"),
+                     Col.N_STABLE_BZ: tally["n_stable_bz_at"][headline],
+                     Col.N_STABLE_NOT_3D: tally["n_stable_not_3d_at"][headline],
                      Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict)[Col.STABILITY_RATE],
-                     Col.N_INPUT: tally[Col.N_INPUT], Col.N_UNIQUE: tally[Col.N_UNIQUE],
+                     Col.N_INPUT: tally[Col.N_INPUT], Col.N_UNIQUE: tally[Col.N_UNIQUE], Col.THRESHOLD_THZ: headline,
                      **{c: frame[c].iloc[0] for c in (Col.MODEL, Col.PROTOCOL, Col.RUN)}})
     board = pd.DataFrame(rows).sort_values([Col.STABILITY_RATE, Col.N_RELAXED], ascending=[False, False],
                                            na_position="last").reset_index(drop=True)
@@ -60,13 +68,51 @@ def build(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     return board[COLUMNS]
 
 
+def published_rows() -> pd.DataFrame:
+    """The PhononBench README's table as leaderboard rows (``data/published_phononbench.csv``, see its
+    SOURCES.md): MatterSim v1.0.0 5M, unstable below -0.001 THz on the published path, rate = stable / relaxed."""
+    with resources.files("phononbench").joinpath("data/published_phononbench.csv").open() as handle:
+        table = pd.read_csv(handle)
+    rows = []
+    for _, r in table.iterrows():
+        n, k = int(r["relaxed"]), int(r["dynamically_stable"])
+        low, high = analysis.wilson_interval(k, n)
+        rows.append({Col.RANK: None, Col.GENERATOR: f"{r['model']} (published)", Col.STABILITY_RATE: k / n,
+                     Col.CI_LOW: low, Col.CI_HIGH: high, Col.N_STABLE: k, Col.N_RELAXED: n,
+                     Col.STABILITY_RATE_BZ: float("nan"), Col.N_STABLE_BZ: None, Col.N_STABLE_NOT_3D: None,
+                     Col.STRICT_STABILITY_RATE: k / n, Col.N_INPUT: r["total_generated"],
+                     Col.N_UNIQUE: r["unique_cifs"], Col.THRESHOLD_THZ: float(r["threshold_thz"]),
+                     Col.MODEL: r["potential"], Col.PROTOCOL: "PhononBench README", Col.RUN: PUBLISHED_RUN})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _cell(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def _count(value) -> str:
+    return "-" if value is None or pd.isna(value) else str(int(value))
+
+
 def to_markdown(board: pd.DataFrame, headline: float) -> str:
-    lines = [f"| rank | generator | stable at {headline:g} THz (95% CI) | stable / relaxed | strict | input | unique | model |",
-             "|---|---|---|---|---|---|---|---|"]
-    for _, r in board.iterrows():
-        lines.append(f"| {r[Col.RANK]} | {r[Col.GENERATOR]} | {percent(r[Col.STABILITY_RATE])} "
+    lines = [f"| rank | generator | stable at {headline:g} THz (95% CI) | stable / relaxed | Brillouin zone | "
+             "stable, not 3D | strict | input | unique | model |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ours = board[board[Col.RUN] != PUBLISHED_RUN]
+    for _, r in ours.iterrows():
+        lines.append(f"| {_count(r[Col.RANK])} | {r[Col.GENERATOR]} | {percent(r[Col.STABILITY_RATE])} "
                      f"({percent(r[Col.CI_LOW])}-{percent(r[Col.CI_HIGH])}) | {r[Col.N_STABLE]}/{r[Col.N_RELAXED]} | "
+                     f"{percent(r[Col.STABILITY_RATE_BZ])} | {_count(r[Col.N_STABLE_NOT_3D])} | "
                      f"{percent(r[Col.STRICT_STABILITY_RATE])} | {r[Col.N_INPUT]} | {r[Col.N_UNIQUE]} | {r[Col.MODEL]} |")
+    published = board[board[Col.RUN] == PUBLISHED_RUN]
+    if len(published):
+        lines += ["", "Published (PhononBench README; MatterSim v1.0.0 5M; stable at -0.001 THz on the published path):",
+                  "", "| generator | stable at -0.001 THz (95% CI) | stable / relaxed | unique | generated |",
+                  "|---|---|---|---|---|"]
+        for _, r in published.iterrows():
+            lines.append(f"| {r[Col.GENERATOR]} | {percent(r[Col.STABILITY_RATE])} ({percent(r[Col.CI_LOW])}-"
+                         f"{percent(r[Col.CI_HIGH])}) | {r[Col.N_STABLE]:,}/{r[Col.N_RELAXED]:,} | "
+                         f"{_count(r[Col.N_UNIQUE])} | {_count(r[Col.N_INPUT])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -91,13 +137,24 @@ document.querySelectorAll('th').forEach((th, column) => th.addEventListener('cli
 """
 
 
+def _html_rows(board: pd.DataFrame, columns) -> str:
+    """Table rows; each cell keeps its raw value in data-value, for sorting."""
+    body = []
+    for _, r in board.iterrows():
+        cells = [(text(r), r[key] if key is not None else None) for _, text, key in columns]
+        body.append("<tr>" + "".join(f"<td data-value='{html.escape(_cell(v))}'>{html.escape(t)}</td>"
+                                      for t, v in cells) + "</tr>")
+    return "".join(body)
+
+
 def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> str:
-    """One self-contained page: a sortable table and the plots inlined as PNG."""
+    """One self-contained page: a sortable table (and the published rows, if any) and the plots inlined."""
     headline = thresholds_thz[0]
+    ours, published = board[board[Col.RUN] != PUBLISHED_RUN], board[board[Col.RUN] == PUBLISHED_RUN]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         figures = {
-            "Stability rate per generator (95% Wilson interval)": plots.rates_figure(board, tmp / "rates.png"),
+            "Stability rate per generator (95% Wilson interval)": plots.rates_figure(ours, tmp / "rates.png"),
             "Rate against sample size (bootstrap mean and 95% band)":
                 plots.rate_vs_sample_size_figure(structures, headline, tmp / "convergence.png"),
             "Lowest phonon frequency per structure": plots.min_frequency_histogram(structures, tmp / "fmin.png",
@@ -105,28 +162,39 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
         }
         images = "".join(f"<figure><img alt='{html.escape(t)}' src='{_png(p)}'><figcaption>{html.escape(t)}"
                          f"</figcaption></figure>" for t, p in figures.items())
-    header = ["rank", "generator", f"stable at {headline:g} THz", "95% CI", "stable", "relaxed", "strict",
-              "input", "unique", "model"]
-    body = []
-    for _, r in board.iterrows():
-        cells = [(r[Col.RANK], r[Col.RANK]), (html.escape(str(r[Col.GENERATOR])), r[Col.GENERATOR]),
-                 (percent(r[Col.STABILITY_RATE]), r[Col.STABILITY_RATE]),
-                 (f"{percent(r[Col.CI_LOW])} - {percent(r[Col.CI_HIGH])}", r[Col.CI_LOW]),
-                 (r[Col.N_STABLE], r[Col.N_STABLE]), (r[Col.N_RELAXED], r[Col.N_RELAXED]),
-                 (percent(r[Col.STRICT_STABILITY_RATE]), r[Col.STRICT_STABILITY_RATE]),
-                 (r[Col.N_INPUT], r[Col.N_INPUT]), (r[Col.N_UNIQUE], r[Col.N_UNIQUE]),
-                 (html.escape(str(r[Col.MODEL])), r[Col.MODEL])]
-        body.append("<tr>" + "".join(f"<td data-value='{html.escape(str(v))}'>{text}</td>" for text, v in cells) + "</tr>")
+    columns = [
+        ("rank", lambda r: _count(r[Col.RANK]), Col.RANK),
+        ("generator", lambda r: str(r[Col.GENERATOR]), Col.GENERATOR),
+        (f"stable at {headline:g} THz", lambda r: percent(r[Col.STABILITY_RATE]), Col.STABILITY_RATE),
+        ("95% CI", lambda r: f"{percent(r[Col.CI_LOW])} - {percent(r[Col.CI_HIGH])}", Col.CI_LOW),
+        ("stable", lambda r: _count(r[Col.N_STABLE]), Col.N_STABLE),
+        ("relaxed", lambda r: _count(r[Col.N_RELAXED]), Col.N_RELAXED),
+        ("Brillouin zone", lambda r: percent(r[Col.STABILITY_RATE_BZ]), Col.STABILITY_RATE_BZ),
+        ("stable, not 3D", lambda r: _count(r[Col.N_STABLE_NOT_3D]), Col.N_STABLE_NOT_3D),
+        ("strict", lambda r: percent(r[Col.STRICT_STABILITY_RATE]), Col.STRICT_STABILITY_RATE),
+        ("input", lambda r: _count(r[Col.N_INPUT]), Col.N_INPUT),
+        ("unique", lambda r: _count(r[Col.N_UNIQUE]), Col.N_UNIQUE),
+        ("model", lambda r: str(r[Col.MODEL]), Col.MODEL),
+    ]
+    header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in columns)
+    reference = ""
+    if len(published):
+        reference = (f"<h2>Published PhononBench rows</h2><p>From the PhononBench README: MatterSim v1.0.0 5M, "
+                     f"stable when no frequency is below -0.001 THz on the published path; rate = stable / relaxed."
+                     f"</p><table id='published'><thead><tr>{header}</tr></thead>"
+                     f"<tbody>{_html_rows(published, columns)}</tbody></table>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PhononBench leaderboard</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}th{{cursor:pointer;background:#f4f4f4}}
 td:nth-child(2),th:nth-child(2){{text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>PhononBench leaderboard</h1>
-<p>Dynamically stable (lowest phonon frequency &ge; {headline:g} THz) over successfully relaxed structures,
-per generator; click a column to sort.</p>
-<table id="leaderboard"><thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>
-<tbody>{''.join(body)}</tbody></table>
+<p>Dynamically stable (lowest phonon frequency &ge; {headline:g} THz on the published q-points) over successfully
+relaxed structures, per generator; "Brillouin zone" is the same over the true high-symmetry path, the commensurate
+q-points and a mesh; click a column to sort.</p>
+<table id="leaderboard"><thead><tr>{header}</tr></thead>
+<tbody>{_html_rows(ours, columns)}</tbody></table>
+{reference}
 {images}
 <script>{SORT_SCRIPT}</script></body></html>
 """
@@ -144,12 +212,14 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
             plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
 
 
-def export(run_dirs: list[str | Path], fmt: str) -> str:
+def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -> str:
     if fmt not in FORMATS:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     structures, infos = load_runs(run_dirs)
     thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
     board = build(structures, thresholds)
+    if with_published:
+        board = pd.concat([board, published_rows()], ignore_index=True)
     if fmt == "md":
         return to_markdown(board, thresholds[0])
     if fmt == "csv":

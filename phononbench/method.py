@@ -1,5 +1,9 @@
 """The method, composed once: relax -> (Gamma screen) -> phonons -> stability, for a set of structures.
 
+Two verdicts come from one set of force constants: the published one (the published scripts' q-points,
+quirk included: ``phonons.band_path``) and the Brillouin-zone one (the true high-symmetry path, the
+commensurate q-points and a mesh: ``phonons.brillouin_zone_qpoints``).
+
 ``compute(items, engine, protocol)`` is the benchmark for valid, unique input structures and returns
 one row each; it never raises for a structure's sake. Every engine runs this same composition, so a
 protocol option (the tiered Gamma screen, the relaxation recipe) holds for all of them by construction.
@@ -19,11 +23,17 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from phononbench.engines import Engine
 from phononbench.errors import reason
 from phononbench.ingest import InputStructure
-from phononbench.phonons import band_structure, force_constants_many, gamma_frequencies
+from phononbench.phonons import (
+    band_structure,
+    brillouin_zone_qpoints,
+    force_constants_many,
+    frequencies_at,
+    gamma_frequencies,
+)
 from phononbench.records import Status, StructureResult
 from phononbench.relax import Relaxation
 from phononbench.settings import Protocol
-from phononbench.stability import StabilityVerdict, assess
+from phononbench.stability import StabilityVerdict, assess, assess_brillouin_zone, dimensionality
 
 
 def compute(items: list[InputStructure], engine: Engine, protocol: Protocol) -> list[StructureResult]:
@@ -88,8 +98,12 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
             undecided.append(k)  # the full calculation decides
             continue
         verdict = assess(gamma_frequencies(screen), protocol.thresholds_thz)
-        if verdict.min_frequency_excl_acoustic_gamma_thz < cutoff:
+        optical = verdict.min_frequency_excl_acoustic_gamma_thz  # None: a cell with no optical mode
+        if optical is not None and optical < cutoff:
             _record_verdict(rows[k], verdict, len(screen.displacements), "gamma_screen")
+            # Gamma is in the zone: the Brillouin-zone verdict is the same unstable one
+            rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = verdict.min_frequency_thz, verdict.qpoint
+            rows[k].min_frequency_bz_source, rows[k].bz_verdicts = "gamma_screen", dict(verdict.stable)
         else:
             undecided.append(k)
     _add_phonon_time(rows, time.perf_counter() - start, {k: len(relaxed[k].atoms) for k in todo})
@@ -97,7 +111,7 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
 
 
 def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol: Protocol) -> None:
-    """The published phonon calculation: supercell force constants, band path, verdict."""
+    """The published phonon calculation: supercell force constants, then both verdicts from them."""
     if not todo:
         return
     start = time.perf_counter()
@@ -108,10 +122,20 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
             if isinstance(phonon, Exception):
                 raise phonon
             verdict = assess(band_structure(phonon, protocol.band_npoints), protocol.thresholds_thz)
+            bz_start = time.perf_counter()
+            samples = brillouin_zone_qpoints(phonon, protocol.band_npoints, protocol.supercell,
+                                             protocol.bz_mesh_length_a)
+            bz = assess_brillouin_zone({source: frequencies_at(phonon, q) for source, q in samples.items()},
+                                       protocol.thresholds_thz)
+            rows[k].phonon_bz_wall_s = time.perf_counter() - bz_start
             _record_verdict(rows[k], verdict, len(phonon.displacements), "supercell")
+            rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = bz.min_frequency_thz, bz.qpoint
+            rows[k].min_frequency_bz_source, rows[k].bz_verdicts = bz.source, bz.stable
         except Exception as exc:
             rows[k].status, rows[k].error = Status.PHONON_FAILED, reason(exc)
-            rows[k].verdicts = {t: False for t in protocol.thresholds_thz}  # counts as unstable, as published
+            # counts as unstable, as published, on both verdicts
+            rows[k].verdicts = {t: False for t in protocol.thresholds_thz}
+            rows[k].bz_verdicts = {t: False for t in protocol.thresholds_thz}
     work = {k: len(relaxed[k].atoms) * max(len(getattr(p, "displacements", [])), 1) for k, p in zip(todo, constants)}
     _add_phonon_time(rows, time.perf_counter() - start, work)
 
@@ -126,14 +150,21 @@ def _record_relaxation(row: StructureResult, relaxation: Relaxation, protocol: P
     row.relaxed_cif = str(CifWriter(relaxed))
     row.energy_per_atom_ev = relaxation.energy_per_atom_ev
     row.relax_steps = relaxation.n_steps
+    row.relax_cycles = relaxation.n_cycles
     row.relax_fmax_ev_per_a = relaxation.fmax_ev_per_a
     row.spacegroup_number, row.crystal_system = symmetry(relaxed)
-    if relaxation.converged:
-        return True
-    row.status = Status.RELAX_NOT_CONVERGED
-    row.error = (f"fmax {relaxation.fmax_ev_per_a:.4g} eV/A after {relaxation.n_steps} steps "
-                 f"(target {protocol.relax_fmax_ev_per_a}, limit {protocol.relax_max_steps})")
-    return False
+    row.dimensionality = dimensionality(relaxation.atoms)
+    if not relaxation.converged:
+        row.status = Status.RELAX_NOT_CONVERGED
+        row.error = (f"fmax {relaxation.fmax_ev_per_a:.4g} eV/A after {relaxation.n_steps} steps in "
+                     f"{relaxation.n_cycles} cycles (acceptance {protocol.relax_fmax_ev_per_a} eV/A, at most "
+                     f"{protocol.relax_cycles} cycles of {protocol.relax_steps_per_cycle} steps)")
+        return False
+    if protocol.exclude_low_dimensional and row.dimensionality != "3D":
+        row.status = Status.LOW_DIMENSIONAL
+        row.error = f"the relaxed structure is bonded in {row.dimensionality}, not a 3D crystal"
+        return False
+    return True
 
 
 def _record_verdict(row: StructureResult, verdict: StabilityVerdict, n_displacements: int, method: str) -> None:

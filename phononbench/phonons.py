@@ -1,7 +1,17 @@
 """Stage 4, phonons: phonopy finite displacements on a supercell, frequencies on the seekpath band path.
 
 phonopy's verbs in the order they are used: ``displace`` (generate displacements), the displaced
-supercells' forces from the engine, ``produce_force_constants``, then frequencies on ``band_path``.
+supercells' forces from the engine, ``produce_force_constants``, then frequencies. From one set of force
+constants, two samplings of the Brillouin zone:
+
+- ``band_path``: the published scripts' q-points, exactly. phonopy's ``get_band_qpoints_by_seekpath``
+  returns seekpath's point coordinates, which are fractional in seekpath's *standardised* primitive
+  reciprocal basis, and phonopy reads them in the input cell's basis. For a cell not already in
+  seekpath's setting these are other lines through the zone than the high-symmetry path; the published
+  rates were computed on them, so the published verdict keeps them.
+- ``brillouin_zone_qpoints``: the high-symmetry path expressed in the input cell's reciprocal basis,
+  the supercell's commensurate q-points (where finite displacements are exact) and a Gamma-centred mesh.
+
 ``force_constants_many`` sends every displaced supercell of many structures through one forces call.
 """
 
@@ -65,12 +75,65 @@ def produce_force_constants(
 
 
 def band_path(phonon: Phonopy, npoints: int = 101) -> dict:
-    """Run phonopy's band structure on seekpath's path (constant q-spacing, as published) and return
+    """Run phonopy's band structure on the published scripts' path (constant q-spacing) and return
     phonopy's band-structure dict (``qpoints``, ``distances``, ``frequencies`` per segment) with the
     path's ``labels`` and ``path_connections``. The one band path that verdicts and plots share."""
     bands, labels, connections = get_band_qpoints_by_seekpath(phonon.primitive, npoints, is_const_interval=True)
     phonon.run_band_structure(bands, path_connections=connections, labels=labels, is_legacy_plot=False)
     return {**phonon.get_band_structure_dict(), "labels": labels, "path_connections": connections}
+
+
+def seekpath_to_cell(primitive: PhonopyAtoms) -> tuple[dict, np.ndarray]:
+    """seekpath's path for this cell, and the matrix taking seekpath's fractional q-point coordinates (in
+    its standardised, possibly rotated, primitive reciprocal basis) to fractional coordinates in this
+    cell's reciprocal basis: q_cell = M @ q_seekpath. M is an integer matrix for any cell of the crystal."""
+    import seekpath
+
+    path = seekpath.get_path(primitive.totuple())
+    # k (Cartesian, seekpath's frame) = B_p^T q_p; the input frame is rotated back by R^T; q_cell = A k / 2 pi
+    to_cell = (np.asarray(primitive.cell) @ np.asarray(path["rotation_matrix"]).T
+               @ np.asarray(path["reciprocal_primitive_lattice"]).T) / (2 * np.pi)
+    return path, to_cell
+
+
+def high_symmetry_path(phonon: Phonopy, npoints: int = 101) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """seekpath's high-symmetry path in the input cell's reciprocal basis, sampled at constant q-spacing
+    with ``npoints`` on the longest segment. Returns the segments' q-points and their end labels."""
+    path, to_cell = seekpath_to_cell(phonon.primitive)
+    coords = {label: to_cell @ np.asarray(q) for label, q in path["point_coords"].items()}
+    reciprocal = np.linalg.inv(np.asarray(phonon.primitive.cell))  # columns: b_i / 2 pi
+    ends = [(coords[a], coords[b]) for a, b in path["path"]]
+    lengths = [np.linalg.norm(reciprocal @ (end - start)) for start, end in ends]
+    longest = max(lengths) or 1.0
+    segments = []
+    for (start, end), length in zip(ends, lengths):
+        n = max(2, int(np.rint(length / longest * npoints)))
+        segments.append(start + np.outer(np.linspace(0.0, 1.0, n), end - start))
+    return segments, [tuple(p) for p in path["path"]]
+
+
+def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, supercell: tuple[int, int, int] = (2, 2, 2),
+                           mesh_length_a: float = 20.0) -> dict[str, np.ndarray]:
+    """q-points (fractional, the input cell's reciprocal basis) by where they come from:
+    ``path`` (high-symmetry path), ``commensurate`` (exact for these force constants), ``mesh``."""
+    from phonopy.harmonic.dynmat_to_fc import get_commensurate_points
+    from phonopy.phonon.grid import length2mesh
+
+    segments, _ = high_symmetry_path(phonon, npoints)
+    mesh = length2mesh(mesh_length_a, np.asarray(phonon.primitive.cell))
+    grid = np.stack(np.meshgrid(*[np.arange(n) / n for n in mesh], indexing="ij"), axis=-1).reshape(-1, 3)
+    return {
+        "path": np.concatenate(segments),
+        "commensurate": np.asarray(get_commensurate_points(np.diag(supercell)), dtype=float),
+        "mesh": grid,
+    }
+
+
+def frequencies_at(phonon: Phonopy, qpoints: np.ndarray) -> BandStructure:
+    """Frequencies (THz, imaginary as negative) at the given q-points."""
+    phonon.run_qpoints(np.asarray(qpoints, dtype=float))
+    frequencies = np.asarray(phonon.get_qpoints_dict()["frequencies"])
+    return BandStructure(qpoints=np.asarray(qpoints, dtype=float), frequencies_thz=frequencies.reshape(len(qpoints), -1))
 
 
 def band_structure(phonon: Phonopy, npoints: int = 101) -> BandStructure:
@@ -146,6 +209,4 @@ def _call(forces_of, cells: list[Atoms]) -> list | Exception:
 
 def gamma_frequencies(phonon: Phonopy) -> BandStructure:
     """Frequencies at Gamma alone (exact from any supercell, the unit cell included)."""
-    phonon.run_qpoints([[0.0, 0.0, 0.0]])
-    frequencies = np.asarray(phonon.get_qpoints_dict()["frequencies"])
-    return BandStructure(qpoints=np.zeros((1, 3)), frequencies_thz=frequencies.reshape(1, -1))
+    return frequencies_at(phonon, np.zeros((1, 3)))

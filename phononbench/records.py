@@ -27,6 +27,7 @@ class Status(StrEnum):
     RELAX_FAILED = "relax_failed"  # the potential raised or returned NaN while relaxing
     RELAX_NOT_CONVERGED = "relax_not_converged"  # hit the step limit above fmax
     PHONON_FAILED = "phonon_failed"  # relaxed, but phonopy or the forces failed: counts as unstable
+    LOW_DIMENSIONAL = "low_dimensional"  # relaxed into a molecule, chain or layer; set aside (bulk preset only)
     TIMEOUT = "timeout"  # ran past the per-structure time limit on its own
     WORKER_CRASHED = "worker_crashed"  # its worker died on every retry, with the structure alone
 
@@ -51,7 +52,9 @@ class Col(StrEnum):
     ENERGY_PER_ATOM_EV = "energy_per_atom_ev"
     SPACEGROUP_NUMBER = "spacegroup_number"
     CRYSTAL_SYSTEM = "crystal_system"
+    DIMENSIONALITY = "dimensionality"
     RELAX_STEPS = "relax_steps"
+    RELAX_CYCLES = "relax_cycles"
     RELAX_FMAX_EV_PER_A = "relax_fmax_ev_per_a"
     N_DISPLACEMENTS = "n_displacements"
     PHONON_METHOD = "phonon_method"
@@ -60,8 +63,12 @@ class Col(StrEnum):
     MIN_FREQUENCY_BAND = "min_frequency_band"
     MIN_FREQUENCY_IS_ACOUSTIC_GAMMA = "min_frequency_is_acoustic_gamma"
     MIN_FREQUENCY_EXCL_ACOUSTIC_GAMMA_THZ = "min_frequency_excl_acoustic_gamma_thz"
+    MIN_FREQUENCY_BZ_THZ = "min_frequency_bz_thz"
+    MIN_FREQUENCY_BZ_QPOINT = "min_frequency_bz_qpoint"
+    MIN_FREQUENCY_BZ_SOURCE = "min_frequency_bz_source"
     RELAX_WALL_S = "relax_wall_s"
     PHONON_WALL_S = "phonon_wall_s"
+    PHONON_BZ_WALL_S = "phonon_bz_wall_s"
     # summary.parquet
     THRESHOLD_THZ = "threshold_thz"
     N_INPUT = "n_input"
@@ -72,6 +79,9 @@ class Col(StrEnum):
     N_STABLE = "n_stable"
     STABILITY_RATE = "stability_rate"
     STABILITY_RATE_UNIQUE = "stability_rate_unique"
+    N_STABLE_BZ = "n_stable_bz"
+    STABILITY_RATE_BZ = "stability_rate_bz"
+    N_STABLE_NOT_3D = "n_stable_not_3d"
     # rates with intervals (analysis) and the leaderboard
     CI_LOW = "ci_low"
     CI_HIGH = "ci_high"
@@ -83,8 +93,13 @@ class Col(StrEnum):
 
 
 def verdict_column(threshold_thz: float) -> str:
-    """Name of the per-structure verdict column at one threshold, e.g. ``stable_at_-0.1_thz``."""
+    """The published-path verdict column at one threshold, e.g. ``stable_at_-0.1_thz``."""
     return f"stable_at_{threshold_thz:g}_thz"
+
+
+def bz_verdict_column(threshold_thz: float) -> str:
+    """The Brillouin-zone verdict column at one threshold, e.g. ``stable_bz_at_-0.1_thz``."""
+    return f"stable_bz_at_{threshold_thz:g}_thz"
 
 
 def _column(arrow_type: pa.DataType, default=None):
@@ -112,7 +127,9 @@ class StructureResult:
     energy_per_atom_ev: float | None = _column(pa.float64())
     spacegroup_number: int | None = _column(pa.int16())
     crystal_system: str | None = _column(pa.string())
-    relax_steps: int | None = _column(pa.int32())
+    dimensionality: str | None = _column(pa.string())  # of the relaxed bonded network: "3D", "2D", "0D", "2D+0D", ...
+    relax_steps: int | None = _column(pa.int32())  # FIRE steps over all cycles
+    relax_cycles: int | None = _column(pa.int16())
     relax_fmax_ev_per_a: float | None = _column(pa.float64())
     n_displacements: int | None = _column(pa.int32())
     phonon_method: str | None = _column(pa.string())  # "supercell" (full protocol) or "gamma_screen" (tiered)
@@ -121,10 +138,16 @@ class StructureResult:
     min_frequency_band: int | None = _column(pa.int32())
     min_frequency_is_acoustic_gamma: bool | None = _column(pa.bool_())
     min_frequency_excl_acoustic_gamma_thz: float | None = _column(pa.float64())
+    # the Brillouin-zone verdict: the true high-symmetry path, the commensurate q-points and a mesh
+    min_frequency_bz_thz: float | None = _column(pa.float64())
+    min_frequency_bz_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
+    min_frequency_bz_source: str | None = _column(pa.string())  # path, commensurate, mesh or gamma_screen
     relax_wall_s: float | None = _column(pa.float64())
     phonon_wall_s: float | None = _column(pa.float64())
-    # threshold_thz -> stable; one bool column per threshold (verdict_column); empty where no verdict exists
-    verdicts: dict[float, bool] = field(default_factory=dict)
+    phonon_bz_wall_s: float | None = _column(pa.float64())  # the part of phonon_wall_s the BZ verdict took
+    # threshold_thz -> stable; one bool column per threshold; empty where no verdict exists
+    verdicts: dict[float, bool] = field(default_factory=dict)  # published path (verdict_column)
+    bz_verdicts: dict[float, bool] = field(default_factory=dict)  # Brillouin zone (bz_verdict_column)
 
     @classmethod
     def for_input(cls, item: InputStructure, status: Status | None = None, error: str | None = None,
@@ -143,6 +166,8 @@ class StructureResult:
         row[Col.STATUS] = str(self.status)
         for t in thresholds_thz:
             row[verdict_column(t)] = self.verdicts.get(t)
+        for t in thresholds_thz:
+            row[bz_verdict_column(t)] = self.bz_verdicts.get(t)
         return row
 
 
@@ -157,6 +182,7 @@ def structures_schema(thresholds_thz: tuple[float, ...]) -> pa.Schema:
     """Arrow schema of OUT/structures/: the row's columns plus one verdict column per threshold."""
     fields = [pa.field(name, _ROW_TYPES[name]) for name in _ROW_FIELDS]
     fields += [pa.field(verdict_column(t), pa.bool_()) for t in thresholds_thz]
+    fields += [pa.field(bz_verdict_column(t), pa.bool_()) for t in thresholds_thz]
     return pa.schema(fields)
 
 
@@ -172,6 +198,9 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field(Col.N_STABLE, pa.int64()),
         pa.field(Col.STABILITY_RATE, pa.float64()),
         pa.field(Col.STABILITY_RATE_UNIQUE, pa.float64()),
+        pa.field(Col.N_STABLE_BZ, pa.int64()),
+        pa.field(Col.STABILITY_RATE_BZ, pa.float64()),
+        pa.field(Col.N_STABLE_NOT_3D, pa.int64()),
     ]
 )
 
@@ -195,6 +224,16 @@ def is_stable(rows: pd.DataFrame, threshold_thz: float) -> pd.Series:
     return (rows[Col.STATUS] == Status.OK) & (rows[verdict_column(threshold_thz)] == True)  # noqa: E712 (nullable)
 
 
+def is_stable_bz(rows: pd.DataFrame, threshold_thz: float) -> pd.Series:
+    """Stable over the Brillouin zone (path, commensurate q-points, mesh) at the threshold."""
+    return (rows[Col.STATUS] == Status.OK) & (rows[bz_verdict_column(threshold_thz)] == True)  # noqa: E712
+
+
+def is_not_3d(rows: pd.DataFrame) -> pd.Series:
+    """The relaxed structure's bonded network is not three-dimensional (molecule, chain, layer)."""
+    return rows[Col.DIMENSIONALITY].notna() & (rows[Col.DIMENSIONALITY] != "3D")
+
+
 def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
     """input / valid / unique / relaxed / phonon counts and stable per threshold, for one set of rows."""
     status = rows[Col.STATUS]
@@ -206,4 +245,6 @@ def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
         Col.N_RELAXED: int(is_relaxed(rows).sum()),
         Col.N_PHONON: int((status == Status.OK).sum()),
         "n_stable_at": {t: int(is_stable(rows, t).sum()) for t in thresholds_thz},
+        "n_stable_bz_at": {t: int(is_stable_bz(rows, t).sum()) for t in thresholds_thz},
+        "n_stable_not_3d_at": {t: int((is_stable(rows, t) & is_not_3d(rows)).sum()) for t in thresholds_thz},
     }

@@ -16,7 +16,8 @@ def percent(value: float | None) -> str:
 
 
 def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -> Table:
-    """Counts once per generator, then one rate column per threshold (headline first)."""
+    """Counts once per generator, then per threshold (headline first) the published-path rate and the
+    Brillouin-zone rate, and how many stable structures are not 3D-bonded at the headline threshold."""
     thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
     table = Table(title=title)
     table.add_column("generator", style="bold", no_wrap=True)
@@ -24,6 +25,8 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         table.add_column(name, justify="right", no_wrap=True)
     for t in thresholds:
         table.add_column(f"stable@{t:g}THz", justify="right", no_wrap=True)
+        table.add_column(f"BZ@{t:g}", justify="right", no_wrap=True)
+    table.add_column("stable not 3D", justify="right", no_wrap=True)
     generators = [g for g in dict.fromkeys(summary[Col.GENERATOR]) if g != ALL_GENERATORS]
     for generator in generators + [ALL_GENERATORS]:
         rows = summary[summary[Col.GENERATOR] == generator].set_index(Col.THRESHOLD_THZ)
@@ -34,5 +37,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         for t in thresholds:
             r = rows.loc[t]
             cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
+            cells.append(percent(r[Col.STABILITY_RATE_BZ]))
+        cells.append(str(int(first[Col.N_STABLE_NOT_3D])))
         table.add_row(generator, *cells, end_section=(generator == generators[-1]) if generators else False)
     return table

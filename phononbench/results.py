@@ -134,7 +134,9 @@ def read_structures(out: Path) -> pd.DataFrame:
 def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
     """One row per (generator, threshold), plus the pooled ``(all)`` rows.
 
-    stability_rate = stable / successfully relaxed (the published rate); phonon failures count as unstable.
+    stability_rate = stable / successfully relaxed on the published path (the published rate);
+    stability_rate_bz the same over the Brillouin zone; phonon failures count as unstable;
+    n_stable_not_3d: how many of the (published-path) stable structures are not 3D-bonded.
     """
     rows = []
     groups = [(g, df) for g, df in structures.groupby(Col.GENERATOR, sort=True)]
@@ -152,6 +154,9 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
                     Col.N_STABLE: n_stable,
                     Col.STABILITY_RATE: n_stable / n_relaxed if n_relaxed else float("nan"),
                     Col.STABILITY_RATE_UNIQUE: n_stable / n_unique if n_unique else float("nan"),
+                    Col.N_STABLE_BZ: tally["n_stable_bz_at"][threshold],
+                    Col.STABILITY_RATE_BZ: tally["n_stable_bz_at"][threshold] / n_relaxed if n_relaxed else float("nan"),
+                    Col.N_STABLE_NOT_3D: tally["n_stable_not_3d_at"][threshold],
                 }
             )
     return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA).to_pandas()

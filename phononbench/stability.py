@@ -18,7 +18,7 @@ class StabilityVerdict:
     qpoint: list[float]
     band: int
     is_acoustic_gamma: bool  # the minimum is one of the three acoustic modes at Gamma (numerical noise)
-    min_frequency_excl_acoustic_gamma_thz: float
+    min_frequency_excl_acoustic_gamma_thz: float | None  # None: no mode but the acoustic ones (1-atom cell at Gamma)
     stable: dict[float, bool]  # threshold_thz -> min_frequency_thz >= threshold_thz
 
 
@@ -37,6 +37,35 @@ def assess(bands: BandStructure, thresholds_thz: tuple[float, ...]) -> Stability
         qpoint=[float(x) for x in bands.qpoints[iq]],
         band=int(band),
         is_acoustic_gamma=bool(acoustic_gamma[iq, band]),
-        min_frequency_excl_acoustic_gamma_thz=float(frequencies[~acoustic_gamma].min()),
+        min_frequency_excl_acoustic_gamma_thz=float(frequencies[~acoustic_gamma].min()) if (~acoustic_gamma).any() else None,
         stable={t: minimum >= t for t in thresholds_thz},
     )
+
+
+@dataclass
+class BrillouinZoneVerdict:
+    min_frequency_thz: float  # over every band and every sampled q-point, acoustic modes included
+    qpoint: list[float]  # fractional, the input cell's reciprocal basis
+    source: str  # which sampling holds the minimum: path, commensurate or mesh
+    stable: dict[float, bool]  # threshold_thz -> min_frequency_thz >= threshold_thz
+
+
+def assess_brillouin_zone(samples: dict[str, BandStructure], thresholds_thz: tuple[float, ...]) -> BrillouinZoneVerdict:
+    """The lowest frequency over all samplings of the zone (``phonons.brillouin_zone_qpoints``)."""
+    lowest = {source: assess(bands, ()) for source, bands in samples.items()}
+    source = min(lowest, key=lambda k: lowest[k].min_frequency_thz)
+    minimum = lowest[source].min_frequency_thz
+    return BrillouinZoneVerdict(minimum, lowest[source].qpoint, source, {t: minimum >= t for t in thresholds_thz})
+
+
+def dimensionality(atoms) -> str:
+    """Dimensionality of the bonded network (ASE's topology-scaling analysis, its best-scored bond scale):
+    "3D" for a crystal; "0D" (molecules, lone atoms), "1D" (chains), "2D" (layers) or mixtures like
+    "2D+0D" for a structure that relaxed into pieces in vacuum."""
+    from ase.geometry.dimensionality import analyze_dimensionality
+
+    try:
+        return str(analyze_dimensionality(atoms, method="RDA")[0].dimtype)
+    except TypeError:
+        # ASE finds no bond at any scale it tries (its interval list is empty): isolated atoms
+        return "0D"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from phononbench.errors import SetupError
-from phononbench.records import Col, Status, is_stable, verdict_column
+from phononbench.records import Col, Status, bz_verdict_column, is_stable, is_stable_bz, verdict_column
 
 ID_COLUMNS = ("mp_id", "material_id", "structure_id", "id")
 DFT_FREQUENCY_COLUMNS = ("fmin_comm_thz", "dft_min_frequency_thz", "fmin_thz")
@@ -37,7 +37,8 @@ def structure_key(source: str) -> str:
 def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     """A labelled duplicate (two ids of one crystal) takes the verdict of the structure it duplicates."""
     rows = rows.copy()
-    columns = [Col.STATUS, Col.MIN_FREQUENCY_THZ] + [verdict_column(t) for t in thresholds_thz]
+    columns = [Col.STATUS, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ]
+    columns += [verdict_column(t) for t in thresholds_thz] + [bz_verdict_column(t) for t in thresholds_thz]
     by_id = rows.set_index(Col.STRUCTURE_ID)
     keep = []
     for index, row in rows.iterrows():
@@ -77,8 +78,8 @@ def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
     report = {"n_labelled": len(labels), "n_scored": len(merged),
               "status_counts": {str(k): int(v) for k, v in merged[Col.STATUS].value_counts().items()}}
     for t in thresholds_thz:
-        predicted = is_stable(merged, t)
-        report[f"{t:g}"] = scores(predicted, dft_stable)
+        report[f"{t:g}"] = scores(is_stable(merged, t), dft_stable)  # the published path
+        report[f"bz {t:g}"] = scores(is_stable_bz(merged, t), dft_stable)  # the Brillouin zone
     return report
 
 

@@ -12,7 +12,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from phononbench.ingest import InputStructure
 from phononbench.potentials import Potential, load_potential
 from phononbench.records import Status
-from phononbench.relax import relax_structures
+from phononbench.relax import Recipe, relax_structures
 from phononbench.settings import PUBLISHED, TIERED
 from tests.helpers import batched, published
 from tests.test_physics import NaNForces
@@ -52,7 +52,8 @@ def test_batched_engine_matches_serial_with_mattersim_model_code(tmp_path):
     path = tmp_path / "random.pth"
     torch.save({"model_name": "m3gnet", "model_args": model.model_args, "model": model.state_dict()}, path)
     potential = load_potential("mattersim", checkpoint=str(path))
-    protocol = PUBLISHED.with_overrides(relax_fmax_ev_per_a=5.0, relax_max_steps=4)
+    protocol = PUBLISHED.with_overrides(relax_fmax_ev_per_a=5.0, relax_target_fmax_ev_per_a=2.5,
+                                        relax_cycles=1, relax_steps_per_cycle=4)
     items = _items([("NaCl", bulk("NaCl", "rocksalt", a=5.64)), ("MgO", bulk("MgO", "rocksalt", a=4.2))])
     serial = [published(item, potential, protocol) for item in items]
     lockstep = batched(items, potential, protocol)
@@ -64,8 +65,10 @@ def test_batched_engine_matches_serial_with_mattersim_model_code(tmp_path):
 
 def test_step_limit_in_lockstep_is_not_converged_and_failures_stay_alone():
     emt = load_potential("emt")
-    relaxed = relax_structures([bulk("Cu", "fcc", a=3.6)], emt.predict, fmax_ev_per_a=0.001, max_steps=200)[0].atoms
-    slow, fast = relax_structures([bulk("Cu", "fcc", a=4.0), relaxed], emt.predict, fmax_ev_per_a=0.005, max_steps=3)
+    tight = Recipe(fmax_ev_per_a=0.001, target_fmax_ev_per_a=0.0005, cycles=1, steps_per_cycle=200)
+    relaxed = relax_structures([bulk("Cu", "fcc", a=3.6)], emt.predict, tight)[0].atoms
+    three_steps = Recipe(cycles=1, steps_per_cycle=3)
+    slow, fast = relax_structures([bulk("Cu", "fcc", a=4.0), relaxed], emt.predict, three_steps)
     assert slow.n_steps == 3 and not slow.converged
     assert fast.converged
 

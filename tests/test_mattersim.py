@@ -41,7 +41,8 @@ def test_one_structure_end_to_end_through_mattersim(random_checkpoint):
     assert forces.shape == (2, 3) and np.all(np.isfinite(forces))
 
     # random weights give no physical minimum: allow a loose fmax and few steps so phonons run
-    protocol = PUBLISHED.with_overrides(model="mattersim", relax_fmax_ev_per_a=10.0, relax_max_steps=5)
+    protocol = PUBLISHED.with_overrides(model="mattersim", relax_fmax_ev_per_a=10.0,
+                                        relax_target_fmax_ev_per_a=5.0, relax_cycles=1, relax_steps_per_cycle=5)
     item = InputStructure("t/NaCl", "t", "NaCl", AseAtomsAdaptor.get_structure(rocksalt))
     result = published(item, potential, protocol)
     assert result.status == Status.OK, result.error

@@ -55,7 +55,7 @@ def test_conventional_and_primitive_cells_agree(emt):
 
 
 def test_step_limit_means_not_converged(emt):
-    protocol = PUBLISHED.with_overrides(relax_max_steps=2)
+    protocol = PUBLISHED.with_overrides(relax_cycles=1, relax_steps_per_cycle=2)
     result = _published_row(bulk("Cu", "fcc", a=4.0), emt, protocol)
     assert result.status == Status.RELAX_NOT_CONVERGED
     assert result.relax_steps == 2 and "after 2 steps" in result.error

@@ -1,0 +1,117 @@
+"""The published protocol exactly (relaxation cycles), and the physics right: the Brillouin-zone verdict,
+dimensionality, the tiered screen on a cell without optical modes, the published reference rows."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.constraints import FixSymmetry
+from ase.filters import FrechetCellFilter
+from ase.io import read
+from ase.optimize import FIRE
+from pymatgen.io.ase import AseAtomsAdaptor
+from typer.testing import CliRunner
+
+from phononbench.cli import app
+from phononbench.ingest import InputStructure
+from phononbench.phonons import displace, displaced_supercells, frequencies_at, produce_force_constants
+from phononbench.potentials import load_potential
+from phononbench.records import Status
+from phononbench.settings import BULK, PUBLISHED, TIERED
+from tests.helpers import batched, published
+
+
+@pytest.fixture(scope="module")
+def emt():
+    return load_potential("emt")
+
+
+def _item(name, atoms):
+    return InputStructure(f"t/{name}", "t", name, AseAtomsAdaptor.get_structure(atoms))
+
+
+def test_bcc_copper_primitive_and_conventional_cells_agree_over_the_brillouin_zone(emt):
+    primitive = published(_item("bcc-1", bulk("Cu", "bcc", a=2.87)), emt, PUBLISHED)
+    conventional = published(_item("bcc-2", bulk("Cu", "bcc", a=2.87, cubic=True)), emt, PUBLISHED)
+    assert primitive.status == conventional.status == Status.OK
+    assert conventional.min_frequency_bz_thz == pytest.approx(primitive.min_frequency_bz_thz, abs=0.01)
+    assert primitive.min_frequency_bz_thz < -1.0 and primitive.bz_verdicts == {-0.1: False, -0.001: False}
+    # the published path of the 2-atom cell is another set of lines: it misses the deepest mode
+    assert conventional.min_frequency_thz > conventional.min_frequency_bz_thz + 0.1
+
+    # the conventional cell's minimum sits at a q-point of the primitive cell with the same lowest frequency;
+    # both cells rebuilt in ASE's common Cartesian frame at the relaxed lattice constant (a CIF re-orients)
+    a = read(io.StringIO(conventional.relaxed_cif), format="cif").cell.cellpar()[0]
+    cells = {"primitive": bulk("Cu", "bcc", a=a), "conventional": bulk("Cu", "bcc", a=a, cubic=True)}
+    k_over_2pi = np.linalg.solve(cells["conventional"].cell[:], conventional.min_frequency_bz_qpoint)
+    q_primitive = cells["primitive"].cell[:] @ k_over_2pi
+    phonon = displace(cells["primitive"], PUBLISHED.supercell, PUBLISHED.displacement_a)
+    produce_force_constants(phonon, emt.forces(displaced_supercells(phonon)))
+    there = frequencies_at(phonon, q_primitive[None, :]).frequencies_thz.min()
+    assert there == pytest.approx(conventional.min_frequency_bz_thz, abs=0.01)
+
+
+def _published_scripts_relaxation(atoms, calculator, fmax, steps_per_cycle, cycles=15):
+    """The published recipe written plainly with ASE, as hyllios/utils relax_structure runs it."""
+    atoms, total = atoms.copy(), 0
+    for cycle in range(1, cycles + 1):
+        atoms.calc = calculator
+        atoms.set_constraint(FixSymmetry(atoms))
+        cell_filter = FrechetCellFilter(atoms)
+        optimizer = FIRE(cell_filter, logfile=None)
+        optimizer.run(fmax=fmax / 2, steps=steps_per_cycle)
+        total += optimizer.nsteps
+        if (cell_filter.get_forces() ** 2).sum(axis=1).max() < (fmax / 2) ** 2:
+            break
+    atoms.set_constraint(FixSymmetry(atoms))  # the acceptance check's fresh constraint (it refines, too)
+    return atoms, total, cycle
+
+
+@pytest.mark.parametrize("engine", [published, lambda item, potential, protocol: batched([item], potential, protocol)[0]])
+def test_a_relaxation_that_runs_out_of_steps_goes_on_in_a_fresh_cycle(emt, engine):
+    strained = bulk("Cu", "fcc", a=3.6, cubic=True)
+    strained.rattle(0.05, seed=1)
+    strained.set_cell(strained.cell[:] * [1.06, 0.97, 1.02], scale_atoms=True)
+    # 20 steps a cycle instead of 500 so that the first cycle runs out on a small EMT cell (EMT relaxations
+    # take ~50-150 FIRE steps); the code path is the published one, the step limit a knob of the protocol
+    protocol = PUBLISHED.with_overrides(relax_steps_per_cycle=20)
+    row = engine(_item("Cu4", strained), emt, protocol)
+    assert row.status == Status.OK and row.relax_cycles > 1
+    assert row.relax_fmax_ev_per_a <= protocol.relax_fmax_ev_per_a
+    reference, total, cycles = _published_scripts_relaxation(strained, EMT(), 0.005, 20)
+    assert (row.relax_steps, row.relax_cycles) == (total, cycles)  # every step of every cycle counted
+    assert row.energy_per_atom_ev == pytest.approx(reference.get_potential_energy() / len(reference), abs=1e-9)
+
+
+def test_a_lone_atom_in_a_box_is_zero_dimensional_and_the_bulk_preset_sets_it_aside(emt):
+    lone = Atoms("Cu", cell=[12, 12, 12], pbc=True)
+    row = published(_item("lone", lone), emt, PUBLISHED)
+    assert row.dimensionality == "0D"
+    assert row.status == Status.OK  # the published protocol counts it (zero frequencies: "stable")
+    crystal = published(_item("fcc", bulk("Cu", "fcc", a=3.6)), emt, PUBLISHED)
+    assert crystal.dimensionality == "3D"
+    aside = published(_item("lone", lone), emt, BULK)
+    assert aside.status == Status.LOW_DIMENSIONAL and "0D" in aside.error
+
+
+def test_tiered_screen_on_a_one_atom_cell_gives_a_verdict(emt):
+    fcc = batched([_item("fcc", bulk("Cu", "fcc", a=3.6))], emt, TIERED)[0]
+    assert fcc.status == Status.OK and fcc.phonon_method == "supercell"  # no optical mode: nothing to screen
+    assert fcc.verdicts == {-0.1: True, -0.001: True} and fcc.bz_verdicts[-0.1] is True
+
+
+def test_leaderboard_with_published_rows(tmp_path, copper_folder):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "emt",
+                               "--in-process"]).exit_code == 0
+    board = runner.invoke(app, ["leaderboard", str(out), "--with-published"])
+    assert board.exit_code == 0, board.output
+    assert "| MatterGen-Alex20 (published) | 41.0%" in board.output and "4,469/10,902" in board.output
+    assert "-0.001 THz on the published path" in board.output
+    assert "| 1 | metals |" in board.output  # the user's generators are ranked; published rows are not
