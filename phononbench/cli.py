@@ -18,7 +18,7 @@ from phononbench.records import Status, StructureResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dynamical stability of generated crystals.")
 # Wide enough for the summary table when output goes to a file or CI log.
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
