@@ -78,7 +78,11 @@ def _fail(message: str) -> None:
 
 # The command-line option behind each setting a library error can name.
 OPTIONS = {"checkpoint": "--checkpoint", "model": "--model", "device": "--device", "engine": "--engine",
-           "max_atoms": "--max-atoms", "preset": "--preset"}
+           "max_atoms": "--max-atoms", "preset": "--preset", "thresholds_thz": "--threshold",
+           "chunk_size": "--chunk-size", "limit": "--limit", "workers": "--workers",
+           "cpus_per_worker": "--cpus-per-worker", "gpus_per_worker": "--gpus-per-worker",
+           "timeout_per_structure_s": "--timeout-per-structure", "max_retries": "--max-retries",
+           "max_atoms_per_batch": "--batch-atoms"}
 
 
 def _guarded(action):
@@ -118,21 +122,24 @@ def run(
     timeout_per_structure: Annotated[Optional[float], typer.Option(help="Seconds a structure may take before it is cut off (status timeout).")] = None,
     max_retries: Annotated[int, typer.Option(help="Ray retries of a chunk whose worker died.")] = 2,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray (debugging).")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On resume, compute once more the structures whose worker timed out or died.")] = True,
+    allow_positive_threshold: Annotated[bool, typer.Option("--allow-positive-threshold", help="Accept a threshold above 0 THz (almost always a sign slip).")] = False,
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""
     _quiet_libraries()
 
     def action():
         from phononbench.ingest import split_input
-        from phononbench.pipeline import run_benchmark
+        from phononbench.pipeline import check_run_settings, run_benchmark
         from phononbench.report import summary_table
+        from phononbench.results import read_run_info
         from phononbench.settings import preset as get_preset
 
         protocol = get_preset(preset).with_overrides(
-            model=model, thresholds_thz=threshold or None, max_atoms=max_atoms
-        )
-        if limit is not None and limit < 1:
-            raise SetupError("--limit must be at least 1")
+            model=model, thresholds_thz=threshold or None, max_atoms=max_atoms,
+            allow_positive_thresholds=allow_positive_threshold or None,
+        ).check()
+        check_run_settings(chunk_size, limit)
         for spec in inputs:
             split_input(spec)  # a typo in a path stops the run before the potential loads
         start = time.time()
@@ -142,10 +149,14 @@ def run(
         summary = run_benchmark(
             inputs, out, spec, potential.describe(), executor, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
-            command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size,
+            command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
-        console.print(f"results in {out}/ ({time.time() - start:.0f} s)")
+        skipped = read_run_info(out).get("skipped_files") or {}
+        if skipped:
+            lines = "; ".join(f"{v['count']} {reason} (e.g. {Path(v['examples'][0]).name})" for reason, v in skipped.items())
+            console.print(f"files skipped: {lines}; the list is in {out}/run.json", markup=False, highlight=False)
+        console.print(f"results in {out}/ ({time.time() - start:.0f} s)", markup=False, highlight=False)
 
     _guarded(action)
 

@@ -18,6 +18,11 @@ class SetupError(RuntimeError):
         self.setting = setting
 
 
+class RunAborted(SetupError):
+    """The run stopped for a reason that is not a structure's (a bug, a worker that cannot start); what was
+    written is kept and the same command resumes once the cause is fixed."""
+
+
 def reason(exc: BaseException, limit: int = 500) -> str:
     """A structure's failure as one line: the exception's type and message, white space folded."""
     message = " ".join(str(exc).split())

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Iterator
 
-from phononbench.errors import reason
+from phononbench.errors import RunAborted, SetupError, reason
 from phononbench.ingest import InputStructure
 from phononbench.potentials import Potential
 from phononbench.records import Status, StructureResult
@@ -36,12 +37,20 @@ class InProcessExecutor:
     def slots(self) -> int:
         return 1
 
+    def check(self, spec: WorkerSpec) -> None:
+        """Nothing to ask of this process."""
+
     def map(self, spec: WorkerSpec, chunks: list[list[InputStructure]]) -> Iterator[list[StructureResult]]:
         if not chunks:
             return
         worker = Worker(spec, self.potential)
         for chunk in chunks:
-            yield worker(chunk)
+            try:
+                rows = worker(chunk)
+            except Exception as exc:  # the method never raises for a structure's sake: this is a bug
+                raise RunAborted(f"the worker failed on a chunk, not because of a structure ({reason(exc)}); "
+                                 "rows written so far are kept and the run can be resumed") from exc
+            yield rows
 
     def describe(self) -> dict:
         return {"executor": "in-process"}
@@ -65,6 +74,14 @@ class RayExecutor:
         poll_s: float = 1.0,
         grace_s: float = 60.0,
     ):
+        for value, name, least in ((workers, "workers", 1), (cpus_per_worker, "cpus_per_worker", 1e-9),
+                                   (timeout_per_structure_s, "timeout_per_structure_s", 1e-9),
+                                   (max_retries, "max_retries", 0)):
+            if value is not None and not value >= least:
+                raise SetupError(f"{name} must be {'positive' if least else 'zero or more'} (got {value})",
+                                 setting=name)
+        if not gpus_per_worker >= 0:
+            raise SetupError(f"gpus_per_worker must be zero or more (got {gpus_per_worker})", setting="gpus_per_worker")
         self.address = address
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
@@ -92,6 +109,24 @@ class RayExecutor:
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
         return ray
 
+    def check(self, spec: WorkerSpec) -> None:
+        """Refuse, before any work, a worker the cluster cannot place (it would wait forever)."""
+        ray = self._ray()
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        total = ray.cluster_resources()
+        has = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs"
+        most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        if self.cpus_per_worker > most_cpus:
+            raise SetupError(f"a worker asks for {self.cpus_per_worker:g} CPUs but the largest node has "
+                             f"{most_cpus:g} ({has})", setting="cpus_per_worker")
+        if self.gpus_per_worker and self.gpus_per_worker > most_gpus:
+            raise SetupError(f"a worker asks for {self.gpus_per_worker:g} GPUs but no node has that many ({has})",
+                             setting="gpus_per_worker")
+        if self.workers and self.gpus_per_worker * self.workers > total.get("GPU", 0) + 1e-9 and self.gpus_per_worker:
+            raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has})",
+                             setting="workers")
+
     def slots(self) -> int:
         """How many workers run at once: as asked, or as many as the cluster's CPUs or GPUs allow."""
         if self.workers:
@@ -113,6 +148,12 @@ class RayExecutor:
             max_restarts=self.max_retries, max_task_retries=self.max_retries,
         )
         idle = [actor_class.remote(spec) for _ in range(min(self.slots(), len(chunks)))]
+        try:  # a worker that cannot start (a checkpoint missing on its node) stops the run, not each structure
+            ray.get([actor.ready.remote() for actor in idle])
+        except Exception as exc:
+            for actor in idle:
+                ray.kill(actor, no_restart=True)
+            raise RunAborted(f"a worker could not start: {_cause(exc)}") from None
         queue = list(chunks)[::-1]
         running: dict = {}  # ref -> (actor, chunk, submitted_at)
         try:
@@ -128,12 +169,11 @@ class RayExecutor:
                     except RayActorError as exc:  # the worker died on every retry: a fresh one takes its place
                         ray.kill(actor, no_restart=True)
                         idle.append(actor_class.remote(spec))
-                        yield from self._split_or_fail(queue, chunk, Status.WORKER_CRASHED, reason(exc))
+                        yield from self._split_or_fail(queue, chunk, Status.WORKER_CRASHED, _cause(exc))
                         continue
-                    except Exception as exc:  # the chunk raised; the worker is fine
-                        idle.append(actor)
-                        yield from self._split_or_fail(queue, chunk, Status.WORKER_CRASHED, reason(exc))
-                        continue
+                    except Exception as exc:  # the method never raises for a structure's sake: a bug
+                        raise RunAborted(f"a worker failed on a chunk, not because of a structure ({_cause(exc)}); "
+                                         "rows written so far are kept and the run can be resumed") from None
                     idle.append(actor)
                     yield rows
                 if self.timeout_per_structure_s:
@@ -156,3 +196,14 @@ class RayExecutor:
             queue.extend([[item] for item in chunk][::-1])
             return
         yield [StructureResult.for_input(chunk[0], status, why)]
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _cause(exc: BaseException) -> str:
+    """The error behind Ray's wrapper, in one line without terminal colour codes."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    return _TERMINAL_CODES.sub("", reason(exc))

@@ -9,12 +9,16 @@ Bad input never raises here: it comes back with ``error`` set and becomes an ``i
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
+import json
 import math
+import os
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -38,10 +42,22 @@ class InputStructure:
     source: str  # file (and row/frame) it came from, as the user named it
     structure: Structure | None = None
     error: str | None = None  # set -> invalid_input
+    structure_hash: str | None = None  # what the structure is (structure_hash), whatever its path
 
     @property
     def valid(self) -> bool:
         return self.error is None
+
+
+def structure_hash(structure: Structure) -> str:
+    """A content identity: species, lattice (A) and fractional coordinates (wrapped into [0, 1)), rounded
+    to 1e-4 and sorted by site, hashed. The same crystal file read from anywhere gives the same hash; an
+    edited one a new hash."""
+    lattice = np.round(structure.lattice.matrix, 4) + 0.0  # + 0.0: no negative zeros
+    fractional = np.round(np.mod(structure.frac_coords, 1.0), 4) % 1.0 + 0.0
+    sites = sorted((str(site.species), tuple(f)) for site, f in zip(structure, fractional.tolist()))
+    payload = json.dumps({"lattice": lattice.tolist(), "sites": sites}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +161,11 @@ def _finish(item: InputStructure, max_atoms: int, min_distance_a: float) -> Inpu
             if any(getattr(sp, "oxi_state", None) for sp in item.structure.composition):
                 item.structure.remove_oxidation_states()
             item.error = check_structure(item.structure, max_atoms, min_distance_a)
+            item.structure_hash = structure_hash(item.structure)
         except Exception as exc:  # a structure so broken that checking it fails
             item.error = f"invalid structure: {type(exc).__name__}: {exc}"[:400]
+    if item.structure_hash is None:  # nothing to hash but the reason: a changed reason is a changed input
+        item.structure_hash = "x" + hashlib.sha256(str(item.error).encode()).hexdigest()[:19]
     return item
 
 
@@ -254,7 +273,29 @@ def _reader_for(name: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# Walking inputs
+# Walking inputs: every file becomes structures, an invalid_input row, or a line in SkippedFiles
+
+
+@dataclass
+class SkippedFiles:
+    """Files passed over on purpose, by reason (a run records them and reports them in one line)."""
+
+    by_reason: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, path: object) -> None:
+        self.by_reason.setdefault(reason, []).append(str(path))
+
+    def count(self) -> int:
+        return sum(len(paths) for paths in self.by_reason.values())
+
+    def to_dict(self, examples: int = 5) -> dict:
+        return {reason: {"count": len(paths), "examples": paths[:examples]} for reason, paths in self.by_reason.items()}
+
+    def summary(self) -> str:
+        """One line, e.g. "3 files skipped: 2 with no structure reader (a.txt, b.md), 1 hidden (.DS_Store)"."""
+        parts = [f"{len(paths)} {reason} ({', '.join(PurePosixPath(p).name for p in paths[:3])}"
+                 f"{', ...' if len(paths) > 3 else ''})" for reason, paths in self.by_reason.items()]
+        return f"{self.count()} files skipped: " + "; ".join(parts)
 
 
 def _generator_for(relative: PurePosixPath, root_name: str, forced: str | None) -> str:
@@ -263,56 +304,104 @@ def _generator_for(relative: PurePosixPath, root_name: str, forced: str | None) 
     return relative.parts[0] if len(relative.parts) > 1 else root_name
 
 
+def _hidden(relative: PurePosixPath) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
 def _from_files(
-    files: list[tuple[PurePosixPath, Callable[[], bytes]]], root_name: str, forced: str | None, label: str
+    files: list[tuple[PurePosixPath, Callable[[], bytes]]], root_name: str, forced: str | None, label: str,
+    skipped: SkippedFiles,
 ) -> Iterator[InputStructure]:
-    """files: (path relative to the root, function returning the bytes)."""
+    """files: (path relative to the root, function returning the bytes). A zip among them keeps its own
+    layout of generators (MatterGen ships its baselines in one); ``X.gz`` is read as X."""
     for relative, read_bytes in sorted(files, key=lambda f: str(f[0])):
-        reader = _reader_for(relative.name)
-        if reader is None:
-            continue
-        generator = _generator_for(relative, root_name, forced)
-        # the first folder already names the generator; otherwise prefix it
-        sid = str(relative) if (not forced and len(relative.parts) > 1) else f"{generator}/{relative}"
         source = f"{label}/{relative}" if label else str(relative)
+        if _hidden(relative):
+            skipped.add("hidden", source)
+            continue
+        name, compressed = relative.name, relative.suffix.lower() == ".gz"
+        if compressed:
+            name = name[:-3]
+        if PurePosixPath(name).suffix.lower() == ".zip":
+            try:
+                data = read_bytes()
+                data = gzip.decompress(data) if compressed else data
+            except Exception as exc:
+                yield InputStructure(f"{relative}", forced or root_name, source, error=f"unreadable file: {exc}")
+                continue
+            yield from _iter_zip(io.BytesIO(data), PurePosixPath(name).stem, forced, source, skipped)
+            continue
+        reader = _reader_for(name)
+        if reader is None:
+            skipped.add("with no structure reader (extension)", source)
+            continue
+        relative_name = relative.with_name(name)
+        generator = _generator_for(relative_name, root_name, forced)
+        # the first folder already names the generator; otherwise prefix it
+        sid = str(relative_name) if (not forced and len(relative.parts) > 1) else f"{generator}/{relative_name}"
         try:
             data = read_bytes()
+            data = gzip.decompress(data) if compressed else data
         except Exception as exc:
-            yield InputStructure(sid, generator, source, error=f"unreadable file: {exc}")
+            yield InputStructure(sid, generator, source, error=f"unreadable file: {type(exc).__name__}: {exc}"[:400])
             continue
         yield from reader(data, sid, generator, source)
 
 
-def _iter_zip(path: Path, forced: str | None) -> Iterator[InputStructure]:
+def _iter_zip(handle, stem: str, forced: str | None, label: str, skipped: SkippedFiles) -> Iterator[InputStructure]:
+    """A zip (path or file object). One that cannot be opened is one invalid_input row."""
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise SetupError(f"cannot open {path} as a zip archive: {exc}") from exc
+        archive = zipfile.ZipFile(handle)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        yield InputStructure(f"{forced or stem}/{PurePosixPath(label).name}", forced or stem, label,
+                             error=f"unreadable zip archive: {type(exc).__name__}: {exc}"[:400])
+        return
     with archive:
-        names = [n for n in archive.namelist() if not n.endswith("/") and "__MACOSX" not in n]
-        parts = [PurePosixPath(n).parts for n in names]
+        entries = [i for i in archive.infolist() if not i.is_dir()]
+        parts = [PurePosixPath(i.filename).parts for i in entries]
         # A zip of one top folder (cifs/...) behaves like that folder.
         tops = {p[0] for p in parts if len(p) > 1}
         strip = len(tops) == 1 and all(len(p) > 1 for p in parts)
-        root_name = next(iter(tops)) if strip else path.stem
-        files = []
-        for name, p in zip(names, parts):
+        root_name = next(iter(tops)) if strip else stem
+        files, seen = [], {}
+        for info, p in zip(entries, parts):
             relative = PurePosixPath(*p[1:]) if strip else PurePosixPath(*p)
-            files.append((relative, lambda name=name: archive.read(name)))
-        yield from _from_files(files, root_name, forced, str(path))
+            seen[relative] = seen.get(relative, 0) + 1
+            if seen[relative] > 1:  # a second entry of the same name: read it too, under its own name
+                relative = relative.with_name(f"{relative.stem}~{seen[relative]}{relative.suffix}")
+            files.append((relative, lambda info=info: archive.read(info)))
+        yield from _from_files(files, root_name, forced, label, skipped)
 
 
-def _iter_folder(path: Path, forced: str | None) -> Iterator[InputStructure]:
-    found = sorted(
-        f for f in path.rglob("*")
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
-    )
-    files = [(PurePosixPath(f.relative_to(path).as_posix()), f.read_bytes) for f in found]
-    yield from _from_files(files, path.resolve().name, forced, str(path))
-    # A zip inside the folder keeps its own layout of generators (MatterGen ships its baselines in it).
-    for f in found:
-        if f.suffix.lower() == ".zip":
-            yield from _iter_zip(f, forced)
+def is_run_folder(path: Path) -> bool:
+    """A PhononBench output folder (never read as input)."""
+    return (path / "run.json").is_file() or (path / "structures").is_dir() and (path / "manifest.parquet").exists()
+
+
+def _iter_folder(path: Path, forced: str | None, skipped: SkippedFiles, exclude: tuple[Path, ...]) -> Iterator[InputStructure]:
+    files = []
+    root = path.resolve()
+    for folder, subfolders, names in os.walk(path, followlinks=False):
+        folder = Path(folder)
+        for sub in list(subfolders):
+            full = folder / sub
+            relative = PurePosixPath(full.relative_to(path).as_posix())
+            if full.is_symlink():
+                skipped.add("symbolic link", full)
+                subfolders.remove(sub)
+            elif full.resolve() in exclude or is_run_folder(full):
+                skipped.add("PhononBench output folder", full)
+                subfolders.remove(sub)
+            elif _hidden(relative):
+                skipped.add("hidden", full)
+                subfolders.remove(sub)
+        for name in names:
+            full = folder / name
+            if full.is_symlink():
+                skipped.add("symbolic link", full)
+                continue
+            files.append((PurePosixPath(full.relative_to(path).as_posix()), full.read_bytes))
+    yield from _from_files(files, root.name, forced, str(root), skipped)
 
 
 def split_input(spec: str) -> tuple[str | None, Path]:
@@ -326,33 +415,41 @@ def split_input(spec: str) -> tuple[str | None, Path]:
     return forced, path
 
 
-def iter_input(spec: str) -> Iterator[InputStructure]:
+def iter_input(spec: str, skipped: SkippedFiles | None = None, exclude: tuple[Path, ...] = ()) -> Iterator[InputStructure]:
     """Structures of one input, unchecked. ``spec`` is PATH or NAME=PATH."""
+    skipped = skipped if skipped is not None else SkippedFiles()
     forced, path = split_input(spec)
     if path.is_dir():
-        yield from _iter_folder(path, forced)
+        yield from _iter_folder(path, forced, skipped, exclude)
     elif path.suffix.lower() == ".zip":
-        yield from _iter_zip(path, forced)
+        yield from _iter_zip(path, path.stem, forced, str(path.resolve()), skipped)
     else:
-        reader = _reader_for(path.name)
+        name = path.name[:-3] if path.suffix.lower() == ".gz" else path.name
+        reader = _reader_for(name)
         if reader is None:
             raise SetupError(
                 f"unsupported input {path}: expected a folder, .zip, .cif, POSCAR, .extxyz, "
-                f".csv, .json, .jsonl or .parquet"
+                f".csv, .json, .jsonl or .parquet (optionally .gz)"
             )
-        generator = forced or path.stem
-        yield from reader(path.read_bytes(), f"{generator}/{path.name}", generator, str(path))
+        generator = forced or PurePosixPath(name).stem
+        data = path.read_bytes()
+        yield from reader(gzip.decompress(data) if name != path.name else data, f"{generator}/{name}", generator,
+                          str(path.resolve()))
 
 
 def read_inputs(
-    specs: list[str], max_atoms: int, min_distance_a: float, limit_per_generator: int | None = None
+    specs: list[str], max_atoms: int, min_distance_a: float, limit_per_generator: int | None = None,
+    skipped: SkippedFiles | None = None, exclude: tuple[Path, ...] = (),
 ) -> list[InputStructure]:
-    """All input structures, checked, in a stable order. Ids must be unique across inputs."""
+    """All input structures, checked and hashed, in a stable order. Ids must be unique across inputs.
+
+    ``skipped`` collects the files passed over on purpose; folders in ``exclude`` (the run's own output
+    folder) and PhononBench output folders are never read."""
     items: list[InputStructure] = []
     seen: dict[str, str] = {}
     per_generator: dict[str, int] = {}
     for spec in specs:
-        for item in iter_input(spec):
+        for item in iter_input(spec, skipped, tuple(p.resolve() for p in exclude)):
             if item.structure_id in seen:
                 raise SetupError(
                     f"structure id {item.structure_id!r} comes from both {seen[item.structure_id]} and "

@@ -324,6 +324,8 @@ def load_potential(
     else:
         raise SetupError(f"unknown model {name!r}; choose one of {', '.join(POTENTIALS)} or python:MODULE:FUNCTION",
                          setting="model")
+    if max_atoms_per_batch is not None and max_atoms_per_batch < 1:
+        raise SetupError(f"atoms per batch must be at least 1 (got {max_atoms_per_batch})", setting="max_atoms_per_batch")
     potential = factory(name, _check_device(device), checkpoint)
     potential.max_atoms_per_batch = max_atoms_per_batch or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]
     return potential

@@ -40,6 +40,7 @@ class Col(StrEnum):
     """Column names of OUT/structures/ and OUT/summary.parquet."""
 
     STRUCTURE_ID = "structure_id"
+    STRUCTURE_HASH = "structure_hash"
     GENERATOR = "generator"
     SOURCE = "source"
     STATUS = "status"
@@ -69,7 +70,9 @@ class Col(StrEnum):
     RELAX_WALL_S = "relax_wall_s"
     PHONON_WALL_S = "phonon_wall_s"
     PHONON_BZ_WALL_S = "phonon_bz_wall_s"
+    ATTEMPT = "attempt"
     # summary.parquet
+    POOLED = "pooled"
     THRESHOLD_THZ = "threshold_thz"
     N_INPUT = "n_input"
     N_VALID = "n_valid"
@@ -115,6 +118,7 @@ class StructureResult:
     """
 
     structure_id: str = _column(pa.string())
+    structure_hash: str | None = _column(pa.string())  # ingest.structure_hash: what was computed
     generator: str = _column(pa.string())
     source: str = _column(pa.string())
     status: Status | None = _column(pa.string())
@@ -145,6 +149,7 @@ class StructureResult:
     relax_wall_s: float | None = _column(pa.float64())
     phonon_wall_s: float | None = _column(pa.float64())
     phonon_bz_wall_s: float | None = _column(pa.float64())  # the part of phonon_wall_s the BZ verdict took
+    attempt: int | None = _column(pa.int16())  # 1, or 2 for a timeout / crashed worker retried on resume
     # threshold_thz -> stable; one bool column per threshold; empty where no verdict exists
     verdicts: dict[float, bool] = field(default_factory=dict)  # published path (verdict_column)
     bz_verdicts: dict[float, bool] = field(default_factory=dict)  # Brillouin zone (bz_verdict_column)
@@ -153,7 +158,8 @@ class StructureResult:
     def for_input(cls, item: InputStructure, status: Status | None = None, error: str | None = None,
                   **columns) -> StructureResult:
         """A row for one input structure, its identity and composition filled in."""
-        row = cls(item.structure_id, item.generator, item.source, status, error=error or item.error, **columns)
+        row = cls(item.structure_id, item.structure_hash, item.generator, item.source, status,
+                  error=error or item.error, **columns)
         if item.structure is not None:
             row.formula = item.structure.composition.reduced_formula
             row.n_atoms = len(item.structure)
@@ -189,6 +195,7 @@ def structures_schema(thresholds_thz: tuple[float, ...]) -> pa.Schema:
 SUMMARY_SCHEMA = pa.schema(
     [
         pa.field(Col.GENERATOR, pa.string()),
+        pa.field(Col.POOLED, pa.bool_()),  # the row pools every generator (shown as ALL_GENERATORS)
         pa.field(Col.THRESHOLD_THZ, pa.float64()),
         pa.field(Col.N_INPUT, pa.int64()),
         pa.field(Col.N_VALID, pa.int64()),
@@ -204,8 +211,16 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
-# Label of the summary row that pools every generator (the published "average over all").
+# Label of the summary row that pools every generator (the published "average over all"). Only a label:
+# the row is known by its ``pooled`` column, so a generator may be called anything, this included.
 ALL_GENERATORS = "(all)"
+
+# Statuses a resume computes again once: the structure's worker timed out or died, not the physics.
+RETRYABLE_STATUSES = frozenset({Status.TIMEOUT, Status.WORKER_CRASHED})
+
+# Statuses the method decided for a structure: a resume keeps them while the structure is unchanged.
+COMPUTED_STATUSES = frozenset({Status.OK, Status.RELAX_FAILED, Status.RELAX_NOT_CONVERGED, Status.PHONON_FAILED,
+                               Status.LOW_DIMENSIONAL})
 
 
 # ---------------------------------------------------------------------------------------------

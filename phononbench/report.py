@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 from phononbench.records import ALL_GENERATORS, Col
 
@@ -27,9 +28,12 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         table.add_column(f"stable@{t:g}THz", justify="right", no_wrap=True)
         table.add_column(f"BZ@{t:g}", justify="right", no_wrap=True)
     table.add_column("stable not 3D", justify="right", no_wrap=True)
-    generators = [g for g in dict.fromkeys(summary[Col.GENERATOR]) if g != ALL_GENERATORS]
-    for generator in generators + [ALL_GENERATORS]:
-        rows = summary[summary[Col.GENERATOR] == generator].set_index(Col.THRESHOLD_THZ)
+    per_generator = summary[~summary[Col.POOLED]]
+    generators = list(dict.fromkeys(per_generator[Col.GENERATOR]))
+    sections = [(g, per_generator[per_generator[Col.GENERATOR] == g]) for g in generators]
+    sections.append((ALL_GENERATORS, summary[summary[Col.POOLED]]))
+    for k, (generator, rows) in enumerate(sections):
+        rows = rows.set_index(Col.THRESHOLD_THZ)
         if rows.empty:
             continue
         first = rows.iloc[0]
@@ -39,5 +43,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
             cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
             cells.append(percent(r[Col.STABILITY_RATE_BZ]))
         cells.append(str(int(first[Col.N_STABLE_NOT_3D])))
-        table.add_row(generator, *cells, end_section=(generator == generators[-1]) if generators else False)
+        # a generator's name is shown as it is, never read as rich markup
+        name = Text(generator, style="italic" if k == len(sections) - 1 else "")
+        table.add_row(name, *cells, end_section=k == len(sections) - 2)
     return table

@@ -26,12 +26,14 @@ STRUCTURES_DIR = "structures"
 SUMMARY_FILE = "summary.parquet"
 RUN_FILE = "run.json"
 LOG_FILE = "run.log"
+MANIFEST_FILE = "manifest.parquet"  # the inputs of the latest run: structure_id, structure_hash, generator, source
+LOCK_FILE = ".lock"
 
 PACKAGES = ("phononbench", "mattersim", "torch", "ase", "phonopy", "spglib", "seekpath", "pymatgen",
             "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
 
 # run.json keys that must match for a resume: anything that changes a verdict
-RESUME_KEYS = ("protocol", "inputs", "limit_per_generator")
+RESUME_KEYS = ("protocol", "inputs", "limit_per_generator", "engine")
 RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
 
 
@@ -74,19 +76,88 @@ def prepare_output(out: Path) -> Path:
     return out
 
 
-def finished_ids(out: Path) -> set[str]:
-    """structure_ids already written under OUT/structures (empty for a new folder)."""
-    parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))
-    ids: set[str] = set()
-    for part in parts:
-        ids.update(pq.read_table(part, columns=[str(Col.STRUCTURE_ID)]).column(0).to_pylist())
-    return ids
+def has_rows(out: Path) -> bool:
+    return any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))
+
+
+def recorded_rows(out: Path) -> pd.DataFrame:
+    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash)."""
+    parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))  # names sort in writing order
+    if not parts:
+        return pd.DataFrame(columns=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH), str(Col.STATUS)])
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
+    if Col.STRUCTURE_HASH not in table:
+        table[Col.STRUCTURE_HASH] = None
+    return table.drop_duplicates(subset=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)], keep="last")
+
+
+def write_manifest(out: Path, items) -> None:
+    """The inputs of this run, by id and content: the rows that count are the ones matching it."""
+    table = pa.table({
+        str(Col.STRUCTURE_ID): [i.structure_id for i in items],
+        str(Col.STRUCTURE_HASH): [i.structure_hash for i in items],
+        str(Col.GENERATOR): [i.generator for i in items],
+        str(Col.SOURCE): [i.source for i in items],
+    })
+    _write_atomically(table, Path(out) / MANIFEST_FILE)
+
+
+def read_manifest(out: Path) -> pd.DataFrame | None:
+    path = Path(out) / MANIFEST_FILE
+    return pq.read_table(path).to_pandas() if path.exists() else None
+
+
+class RunLock:
+    """One run per output folder: OUT/.lock holds the writer's host and pid. A lock whose process is gone
+    (a killed run on this host) is taken over; one held by a live process refuses the second run."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        import psutil
+
+        mine = json.dumps({"host": platform.node(), "pid": os.getpid(), "since": time.time()})
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                same_host = holder.get("host") == platform.node()
+                if same_host and not psutil.pid_exists(int(holder.get("pid", -1))):
+                    self.path.unlink(missing_ok=True)  # its run was killed: take over
+                    continue
+                where = f"pid {holder.get('pid')} on {holder.get('host')}"
+                raise SetupError(f"another run ({where}) is writing to {self.path.parent}; wait for it to finish or "
+                                 f"use another output folder" + ("" if same_host else
+                                 f" (if that run is gone, delete {self.path})")) from None
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(mine)
+            self.held = True
+            return self
+        raise SetupError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def _write_atomically(table: pa.Table, path: Path) -> None:
     partial = path.with_name(f".{path.name}.partial")
     pq.write_table(table, partial)
     os.replace(partial, path)
+
+
+def _plain(value):
+    """A value read back from Parquet as Arrow takes it again (arrays as lists, NaN as no value)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return None if isinstance(value, float) and value != value else value
 
 
 class ResultWriter:
@@ -99,11 +170,16 @@ class ResultWriter:
         self.every_rows, self.every_s = every_rows, every_s
         self.pending: list[dict] = []
         self.last_flush = time.monotonic()
-        self.run_tag = uuid.uuid4().hex[:8]  # parts of a resumed run never overwrite earlier ones
+        # names sort in writing order (a later row for the same structure wins); a resumed run never
+        # overwrites an earlier one's parts
+        self.run_tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
         self.n_parts = 0
 
-    def add(self, result: StructureResult) -> None:
-        self.pending.append(result.to_row(self.thresholds_thz))
+    def add(self, result: StructureResult | dict) -> None:
+        """A row: a StructureResult, or a row already written once (copied under another id)."""
+        row = result.to_row(self.thresholds_thz) if isinstance(result, StructureResult) else \
+            {name: _plain(result.get(name)) for name in self.schema.names}
+        self.pending.append(row)
         if len(self.pending) >= self.every_rows or time.monotonic() - self.last_flush > self.every_s:
             self.flush()
 
@@ -123,12 +199,18 @@ class ResultWriter:
 
 
 def read_structures(out: Path) -> pd.DataFrame:
+    """The run's rows: one per input of its manifest, the latest computed for that input's content. Rows of
+    inputs since removed, or of an earlier content of an edited input, are left out."""
     directory = Path(out) / STRUCTURES_DIR
-    parts = sorted(directory.glob("part-*.parquet"))
-    if not parts:
+    if not has_rows(out):
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
-    return table.drop_duplicates(subset=[str(Col.STRUCTURE_ID)], keep="first").reset_index(drop=True)
+    rows = recorded_rows(out)
+    manifest = read_manifest(out)
+    if manifest is not None:
+        keys = manifest[[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]]
+        rows = keys.merge(rows, on=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)], how="inner")
+    rows = rows.drop_duplicates(subset=[str(Col.STRUCTURE_ID)], keep="last")
+    return rows.reset_index(drop=True)
 
 
 def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
@@ -139,9 +221,9 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
     n_stable_not_3d: how many of the (published-path) stable structures are not 3D-bonded.
     """
     rows = []
-    groups = [(g, df) for g, df in structures.groupby(Col.GENERATOR, sort=True)]
-    groups.append((ALL_GENERATORS, structures))
-    for generator, df in groups:
+    groups = [(g, False, df) for g, df in structures.groupby(Col.GENERATOR, sort=True)]
+    groups.append((ALL_GENERATORS, True, structures))
+    for generator, pooled, df in groups:
         tally = counts(df, thresholds_thz)
         n_relaxed, n_unique = tally[Col.N_RELAXED], tally[Col.N_UNIQUE]
         for threshold in thresholds_thz:
@@ -149,6 +231,7 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
             rows.append(
                 {
                     Col.GENERATOR: generator,
+                    Col.POOLED: pooled,
                     Col.THRESHOLD_THZ: float(threshold),
                     **{c: tally[c] for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)},
                     Col.N_STABLE: n_stable,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from phononbench.errors import SetupError
@@ -53,10 +54,39 @@ class Protocol:
 
     # stability: stable when the lowest band frequency is >= threshold (THz), first one is the headline
     thresholds_thz: tuple[float, ...] = (-0.1, -0.001)
+    allow_positive_thresholds: bool = False  # a positive threshold is almost always a sign slip
 
     @property
     def headline_threshold_thz(self) -> float:
         return self.thresholds_thz[0]
+
+    def check(self) -> "Protocol":
+        """Refuse settings that make no sense, before any work, one line each (SetupError)."""
+        thresholds = self.thresholds_thz
+        if not thresholds:
+            raise SetupError("at least one stability threshold is needed", setting="thresholds_thz")
+        if len(set(thresholds)) != len(thresholds):
+            raise SetupError(f"a threshold is given twice: {', '.join(f'{t:g}' for t in thresholds)}",
+                             setting="thresholds_thz")
+        for t in thresholds:
+            if not math.isfinite(t):
+                raise SetupError(f"threshold {t} THz is not a finite number", setting="thresholds_thz")
+            if t > 0 and not self.allow_positive_thresholds:
+                raise SetupError(f"threshold {t:g} THz is positive: imaginary modes are negative frequencies, so a "
+                                 f"positive threshold calls stable crystals unstable (did you mean {-t:g}?)",
+                                 setting="thresholds_thz")
+        positive = {"max_atoms": self.max_atoms, "relax_fmax_ev_per_a": self.relax_fmax_ev_per_a,
+                    "relax_target_fmax_ev_per_a": self.relax_target_fmax_ev_per_a, "relax_cycles": self.relax_cycles,
+                    "relax_steps_per_cycle": self.relax_steps_per_cycle,
+                    "relax_force_guard_ev_per_a": self.relax_force_guard_ev_per_a, "symprec": self.symprec,
+                    "displacement_a": self.displacement_a, "band_npoints": self.band_npoints - 1,
+                    "bz_mesh_length_a": self.bz_mesh_length_a, "supercell": min(self.supercell)}
+        for name, value in positive.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise SetupError(f"{name} must be positive (got {getattr(self, name)})", setting=name)
+        if not self.min_distance_a >= 0:
+            raise SetupError(f"min_distance_a must be zero or more (got {self.min_distance_a})", setting="min_distance_a")
+        return self
 
     def with_overrides(self, **changes) -> "Protocol":
         """A copy with the given fields changed; ``None`` values are ignored."""

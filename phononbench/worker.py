@@ -48,8 +48,17 @@ class Worker:
         self.engine = make_engine(spec.engine, self.potential)
         log.info("worker ready: %s on %s, engine %s", spec.model, spec.device, spec.engine)
 
+    def ready(self) -> bool:
+        """Built: the potential loaded (an executor asks before sending work)."""
+        return True
+
     def __call__(self, chunk: list[InputStructure]) -> list[StructureResult]:
-        return method.compute(chunk, self.engine, self.spec.protocol)
+        from threadpoolctl import threadpool_limits
+
+        # numpy's BLAS on 3x3 matrices (ASE's cell filter, FixSymmetry, phonopy) only loses to its own
+        # thread pool's start-up: one thread there; the model keeps torch's threads
+        with threadpool_limits(limits=1, user_api="blas"):
+            return method.compute(chunk, self.engine, self.spec.protocol)
 
 
 def attach_log_file(path: str) -> logging.Handler:

@@ -137,5 +137,5 @@ def test_a_batched_call_that_falls_back_is_logged_in_the_run_log(copper_folder, 
 def test_the_schema_is_the_row_definition():
     from phononbench.records import StructureResult
 
-    row = StructureResult("g/x", "g", "x", Status.OK).to_row((-0.1, -0.001))
+    row = StructureResult("g/x", generator="g", source="x", status=Status.OK).to_row((-0.1, -0.001))
     assert list(row) == structures_schema((-0.1, -0.001)).names
