@@ -129,8 +129,8 @@ def run(
     _quiet_libraries()
 
     def action():
-        from phononbench.ingest import split_input
-        from phononbench.pipeline import check_run_settings, run_benchmark
+        from phononbench.ingest import describe_skipped, split_input
+        from phononbench.pipeline import check_output_folder, check_run_settings, run_benchmark
         from phononbench.report import summary_table
         from phononbench.results import read_run_info
         from phononbench.settings import preset as get_preset
@@ -140,6 +140,7 @@ def run(
             allow_positive_thresholds=allow_positive_threshold or None,
         ).check()
         check_run_settings(chunk_size, limit)
+        check_output_folder(out)
         for spec in inputs:
             split_input(spec)  # a typo in a path stops the run before the potential loads
         start = time.time()
@@ -154,8 +155,7 @@ def run(
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
         skipped = read_run_info(out).get("skipped_files") or {}
         if skipped:
-            lines = "; ".join(f"{v['count']} {reason} (e.g. {Path(v['examples'][0]).name})" for reason, v in skipped.items())
-            console.print(f"files skipped: {lines}; the list is in {out}/run.json", markup=False, highlight=False)
+            console.print(f"{describe_skipped(skipped)}; see {out}/run.json", markup=False, highlight=False)
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)", markup=False, highlight=False)
 
     _guarded(action)
@@ -230,7 +230,7 @@ def validate(
             table.add_row(label, *(f"{r[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1")),
                           *(str(c[k]) for k in ("tp", "fp", "fn", "tn")))
         console.print(table)
-        console.print(f"validation.json{' and ' + plot.name if plot else ''} in {folder}/")
+        console.print(f"validation.json{' and ' + plot.name if plot else ''} in {folder}/", markup=False)
 
     _guarded(action)
 
@@ -251,10 +251,10 @@ def leaderboard(
         text = export(run_dirs, format, with_published)
         if plots_dir:
             for path in write_figures(run_dirs, plots_dir):
-                err_console.print(f"wrote {path}")
+                err_console.print(f"wrote {path}", markup=False)
         if output:
             output.write_text(text)
-            console.print(f"leaderboard written to {output}")
+            console.print(f"leaderboard written to {output}", markup=False)
         else:
             sys.stdout.write(text)
 
@@ -300,7 +300,7 @@ def plot_bands(
         target.parent.mkdir(parents=True, exist_ok=True)
         title = f"{structure_id} ({row[Col.FORMULA]}), min {row[Col.MIN_FREQUENCY_THZ]:.3g} THz"
         band_structure_figure(phonon, title, target, protocol.band_npoints)
-        console.print(f"band structure written to {target}")
+        console.print(f"band structure written to {target}", markup=False)
 
     _guarded(action)
 

@@ -44,6 +44,8 @@ class InProcessExecutor:
         if not chunks:
             return
         worker = Worker(spec, self.potential)
+        if worker.startup_error():
+            raise RunAborted(f"the worker could not start: {worker.startup_error()}")
         for chunk in chunks:
             try:
                 rows = worker(chunk)
@@ -148,12 +150,15 @@ class RayExecutor:
             max_restarts=self.max_retries, max_task_retries=self.max_retries,
         )
         idle = [actor_class.remote(spec) for _ in range(min(self.slots(), len(chunks)))]
-        try:  # a worker that cannot start (a checkpoint missing on its node) stops the run, not each structure
-            ray.get([actor.ready.remote() for actor in idle])
-        except Exception as exc:
+        # a worker that cannot start (a checkpoint missing on its node) stops the run, not each structure
+        try:
+            errors = [e for e in ray.get([actor.startup_error.remote() for actor in idle]) if e]
+        except Exception as exc:  # the process itself died while starting
+            errors = [_cause(exc)]
+        if errors:
             for actor in idle:
                 ray.kill(actor, no_restart=True)
-            raise RunAborted(f"a worker could not start: {_cause(exc)}") from None
+            raise RunAborted(f"a worker could not start: {errors[0]}")
         queue = list(chunks)[::-1]
         running: dict = {}  # ref -> (actor, chunk, submitted_at)
         try:

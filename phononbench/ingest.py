@@ -292,10 +292,16 @@ class SkippedFiles:
         return {reason: {"count": len(paths), "examples": paths[:examples]} for reason, paths in self.by_reason.items()}
 
     def summary(self) -> str:
-        """One line, e.g. "3 files skipped: 2 with no structure reader (a.txt, b.md), 1 hidden (.DS_Store)"."""
-        parts = [f"{len(paths)} {reason} ({', '.join(PurePosixPath(p).name for p in paths[:3])}"
-                 f"{', ...' if len(paths) > 3 else ''})" for reason, paths in self.by_reason.items()]
-        return f"{self.count()} files skipped: " + "; ".join(parts)
+        return describe_skipped(self.to_dict())
+
+
+def describe_skipped(skipped: dict) -> str:
+    """``SkippedFiles.to_dict()`` (as run.json keeps it) in one line, e.g.
+    "3 files skipped: 2 with no structure reader (extension) (a.txt, b.md); 1 hidden (.DS_Store)"."""
+    total = sum(v["count"] for v in skipped.values())
+    parts = [f"{v['count']} {reason} ({', '.join(PurePosixPath(p).name for p in v['examples'][:3])}"
+             f"{', ...' if v['count'] > 3 else ''})" for reason, v in skipped.items()]
+    return f"{total} file{'s' if total != 1 else ''} skipped: " + "; ".join(parts)
 
 
 def _generator_for(relative: PurePosixPath, root_name: str, forced: str | None) -> str:
@@ -386,8 +392,8 @@ def _iter_folder(path: Path, forced: str | None, skipped: SkippedFiles, exclude:
         for sub in list(subfolders):
             full = folder / sub
             relative = PurePosixPath(full.relative_to(path).as_posix())
-            if full.is_symlink():
-                skipped.add("symbolic link", full)
+            if full.is_symlink():  # a linked folder can loop or leave the input: not followed
+                skipped.add("linked folder", full)
                 subfolders.remove(sub)
             elif full.resolve() in exclude or is_run_folder(full):
                 skipped.add("PhononBench output folder", full)
@@ -396,10 +402,7 @@ def _iter_folder(path: Path, forced: str | None, skipped: SkippedFiles, exclude:
                 skipped.add("hidden", full)
                 subfolders.remove(sub)
         for name in names:
-            full = folder / name
-            if full.is_symlink():
-                skipped.add("symbolic link", full)
-                continue
+            full = folder / name  # a linked file is read through its link; a dangling one is unreadable
             files.append((PurePosixPath(full.relative_to(path).as_posix()), full.read_bytes))
     yield from _from_files(files, root.name, forced, str(root), skipped)
 

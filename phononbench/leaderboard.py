@@ -5,6 +5,8 @@ rows beside them (``with_published``); exported as Markdown, CSV, JSON or one se
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import html
 import json
 import tempfile
@@ -17,54 +19,101 @@ from phononbench import analysis, plots
 from phononbench.errors import SetupError
 from phononbench.records import Col, counts
 from phononbench.report import percent
-from phononbench.results import read_run_info, read_structures
+from phononbench.results import read_manifest, read_run_info, read_structures
+from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
 COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH, Col.N_STABLE, Col.N_RELAXED,
            Col.STABILITY_RATE_BZ, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.STRICT_STABILITY_RATE, Col.N_INPUT,
-           Col.N_UNIQUE, Col.THRESHOLD_THZ, Col.MODEL, Col.PROTOCOL, Col.RUN]
+           Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, Col.MODEL, Col.PROTOCOL, Col.RUN]
 PUBLISHED_RUN = "published"  # the Col.RUN of the paper's rows
+_AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 
 
 def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """All structures of the runs, generator names made unique across runs ("name (run)")."""
-    frames, infos = [], {}
-    names = [Path(d).name for d in run_dirs]
-    for directory, name in zip(run_dirs, names):
+    """All structures of the runs, one leaderboard entry per (generator, potential, protocol).
+
+    A run given twice (the same folder, or a copy with the same run_id) counts once. Runs that share an
+    entry pool their structures (a structure computed in both counts once). Each row carries its entry's
+    label (the generator, qualified by potential and protocol where a generator has several entries), the
+    run it came from and whether that run finished; ``infos`` maps run names to their run.json, with the
+    inputs each run's manifest lists per generator under ``inputs_per_generator``."""
+    frames, infos, seen = [], {}, set()
+    for directory in run_dirs:
         info = read_run_info(directory)
-        frame = read_structures(directory).assign(**{Col.RUN: name, Col.MODEL: info["potential"]["model"],
-                                                     Col.PROTOCOL: info["protocol"]["name"]})
-        frames.append(frame)
+        identity = info.get("run_id") or str(Path(directory).resolve())
+        if identity in seen:
+            continue
+        seen.add(identity)
+        name = Path(directory).resolve().name
+        if name in infos:
+            name = f"{name} ({identity[:6]})"
+        potential = info["potential"]
+        # the potential is its name and its weights: two checkpoints under one name are two potentials
+        model = potential["model"] + (f"@{potential['checkpoint_sha256'][:8]}" if potential.get("checkpoint_sha256")
+                                      else "")
+        manifest = read_manifest(directory)
+        info["inputs_per_generator"] = ({} if manifest is None else
+                                        manifest[Col.GENERATOR].value_counts().to_dict())
+        frames.append(read_structures(directory).assign(**{
+            Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
+            Col.COMPLETE: info.get("status") == "complete"}))
         infos[name] = info
-    structures = pd.concat(frames, ignore_index=True)
-    runs_per_generator = structures.groupby(Col.GENERATOR)[Col.RUN].nunique()
-    clashing = set(runs_per_generator[runs_per_generator > 1].index)
-    if clashing:
-        structures[Col.GENERATOR] = [f"{g} ({r})" if g in clashing else g
-                                     for g, r in zip(structures[Col.GENERATOR], structures[Col.RUN])]
     thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
     if len({t[0] for t in thresholds}) > 1:
         raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
-    return structures, infos
+    structures = pd.concat(frames, ignore_index=True)
+    entry = [Col.GENERATOR, Col.MODEL, Col.PROTOCOL]
+    structures = structures.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH], keep="last")
+    entries_per_generator = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
+    several = set(entries_per_generator[entries_per_generator > 1].index)
+    structures[_AS_NAMED] = structures[Col.GENERATOR]
+    structures[Col.GENERATOR] = [f"{g} ({m}, {p})" if g in several else g for g, m, p in
+                                 zip(structures[Col.GENERATOR], structures[Col.MODEL], structures[Col.PROTOCOL])]
+    return structures.reset_index(drop=True), infos
 
 
-def build(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
+def _protocol_label(protocol: dict) -> str:
+    """The preset's name, with a short fingerprint when its settings differ from the preset's own."""
+    try:
+        preset = dataclasses.asdict(get_preset(protocol["name"]))
+    except SetupError:
+        preset = None
+    relevant = {k: v for k, v in protocol.items() if k not in ("thresholds_thz", "model")}
+    if preset is not None and json.loads(json.dumps({k: preset.get(k) for k in relevant})) == relevant:
+        return protocol["name"]
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{protocol['name']}#{digest}"
+
+
+def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per entry; finished entries ranked by headline rate, unfinished ones listed unranked with how
+    far they got (rows decided of the inputs their runs' manifests list)."""
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
         pool = analysis.relaxed(frame)
         tally = counts(frame, (headline,))
         n_relaxed = tally[Col.N_RELAXED]
+        complete = bool(frame[Col.COMPLETE].all()) if Col.COMPLETE in frame else True
+        n_input = tally[Col.N_INPUT]
+        if infos and not complete:
+            named = frame[_AS_NAMED].iloc[0]
+            n_input = max(n_input, sum(infos[r].get("inputs_per_generator", {}).get(named, 0)
+                                       for r in frame[Col.RUN].unique()))
         rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline),
                      Col.STABILITY_RATE_BZ: tally["n_stable_bz_at"][headline] / n_relaxed if n_relaxed else float("nan"),
                      Col.N_STABLE_BZ: tally["n_stable_bz_at"][headline],
                      Col.N_STABLE_NOT_3D: tally["n_stable_not_3d_at"][headline],
                      Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict)[Col.STABILITY_RATE],
-                     Col.N_INPUT: tally[Col.N_INPUT], Col.N_UNIQUE: tally[Col.N_UNIQUE], Col.THRESHOLD_THZ: headline,
-                     **{c: frame[c].iloc[0] for c in (Col.MODEL, Col.PROTOCOL, Col.RUN)}})
-    board = pd.DataFrame(rows).sort_values([Col.STABILITY_RATE, Col.N_RELAXED], ascending=[False, False],
-                                           na_position="last").reset_index(drop=True)
-    board.insert(0, Col.RANK, range(1, len(board) + 1))
+                     Col.N_INPUT: n_input, Col.N_DECIDED: len(frame), Col.N_UNIQUE: tally[Col.N_UNIQUE],
+                     Col.THRESHOLD_THZ: headline, Col.COMPLETE: complete,
+                     Col.MODEL: frame[Col.MODEL].iloc[0], Col.PROTOCOL: frame[Col.PROTOCOL].iloc[0],
+                     Col.RUN: ", ".join(sorted(frame[Col.RUN].unique()))})
+    board = pd.DataFrame(rows).sort_values([Col.COMPLETE, Col.STABILITY_RATE, Col.N_RELAXED],
+                                           ascending=[False, False, False], na_position="last").reset_index(drop=True)
+    n_complete = int(board[Col.COMPLETE].sum())
+    board.insert(0, Col.RANK, list(range(1, n_complete + 1)) + [None] * (len(board) - n_complete))
     return board[COLUMNS]
 
 
@@ -82,8 +131,16 @@ def published_rows() -> pd.DataFrame:
                      Col.STABILITY_RATE_BZ: float("nan"), Col.N_STABLE_BZ: None, Col.N_STABLE_NOT_3D: None,
                      Col.STRICT_STABILITY_RATE: k / n, Col.N_INPUT: r["total_generated"],
                      Col.N_UNIQUE: r["unique_cifs"], Col.THRESHOLD_THZ: float(r["threshold_thz"]),
+                     Col.N_DECIDED: None, Col.COMPLETE: True,
                      Col.MODEL: r["potential"], Col.PROTOCOL: "PhononBench README", Col.RUN: PUBLISHED_RUN})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def entry_name(row) -> str:
+    """An entry as tables and plots show it: an unfinished one says so, and how far its runs got."""
+    if row[Col.COMPLETE]:
+        return str(row[Col.GENERATOR])
+    return f"{row[Col.GENERATOR]} (unfinished: {_count(row[Col.N_DECIDED])} of {_count(row[Col.N_INPUT])} decided)"
 
 
 def _cell(value) -> str:
@@ -100,7 +157,7 @@ def to_markdown(board: pd.DataFrame, headline: float) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     ours = board[board[Col.RUN] != PUBLISHED_RUN]
     for _, r in ours.iterrows():
-        lines.append(f"| {_count(r[Col.RANK])} | {r[Col.GENERATOR]} | {percent(r[Col.STABILITY_RATE])} "
+        lines.append(f"| {_count(r[Col.RANK])} | {entry_name(r)} | {percent(r[Col.STABILITY_RATE])} "
                      f"({percent(r[Col.CI_LOW])}-{percent(r[Col.CI_HIGH])}) | {r[Col.N_STABLE]}/{r[Col.N_RELAXED]} | "
                      f"{percent(r[Col.STABILITY_RATE_BZ])} | {_count(r[Col.N_STABLE_NOT_3D])} | "
                      f"{percent(r[Col.STRICT_STABILITY_RATE])} | {r[Col.N_INPUT]} | {r[Col.N_UNIQUE]} | {r[Col.MODEL]} |")
@@ -164,7 +221,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
                          f"</figcaption></figure>" for t, p in figures.items())
     columns = [
         ("rank", lambda r: _count(r[Col.RANK]), Col.RANK),
-        ("generator", lambda r: str(r[Col.GENERATOR]), Col.GENERATOR),
+        ("generator", entry_name, Col.GENERATOR),
         (f"stable at {headline:g} THz", lambda r: percent(r[Col.STABILITY_RATE]), Col.STABILITY_RATE),
         ("95% CI", lambda r: f"{percent(r[Col.CI_LOW])} - {percent(r[Col.CI_HIGH])}", Col.CI_LOW),
         ("stable", lambda r: _count(r[Col.N_STABLE]), Col.N_STABLE),
@@ -206,7 +263,7 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
     thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    board = build(structures, thresholds)
+    board = build(structures, thresholds, infos)
     return [plots.rates_figure(board, directory / "stability_rates.png"),
             plots.rate_vs_sample_size_figure(structures, thresholds[0], directory / "rate_vs_sample_size.png"),
             plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
@@ -217,7 +274,7 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     structures, infos = load_runs(run_dirs)
     thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
-    board = build(structures, thresholds)
+    board = build(structures, thresholds, infos)
     if with_published:
         board = pd.concat([board, published_rows()], ignore_index=True)
     if fmt == "md":
@@ -225,7 +282,8 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":
-        records = [{str(k): v for k, v in row.items()} for row in board.to_dict(orient="records")]
+        plain = board.astype(object).where(board.notna(), None)  # JSON has null, not NaN
+        records = [{str(k): v for k, v in row.items()} for row in plain.to_dict(orient="records")]
         return json.dumps({"headline_threshold_thz": thresholds[0], "rows": records},
                           indent=2, default=float)
     return to_html(board, structures, thresholds)

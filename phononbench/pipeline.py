@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Protocol as TypingProtocol
 
+from threadpoolctl import threadpool_limits
+
 from phononbench import results as results_io
 from phononbench.dedup import find_duplicates
 from phononbench.engines import check_engine
@@ -59,6 +61,18 @@ def check_run_settings(chunk_size: int, limit_per_generator: int | None) -> None
         raise SetupError(f"chunk size must be at least 1 (got {chunk_size})", setting="chunk_size")
     if limit_per_generator is not None and limit_per_generator < 1:
         raise SetupError(f"the per-generator limit must be at least 1 (got {limit_per_generator})", setting="limit")
+
+
+def check_output_folder(out: str | Path) -> None:
+    """Refuse, before anything loads, a folder no run of ours can write to: one a live run holds, or one with
+    result files but no run.json (nobody's settings to resume under)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"{out} is a file, not an output folder")
+    if not (out / results_io.RUN_FILE).exists() and results_io.has_rows(out):
+        raise SetupError(f"{out} holds result files but no run.json: it is not a run this version can resume; "
+                         "use another output folder")
+    results_io.RunLock(out).refuse_if_held()
 
 
 def _plan(items, duplicate_of, recorded, retry_failed: bool):
@@ -136,10 +150,8 @@ def run_benchmark(
     }
     # JSON round trip so tuples compare equal to what run.json holds
     info = json.loads(json.dumps(info, default=str))
+    check_output_folder(out)
     previous = results_io.read_run_info(out) if (out / results_io.RUN_FILE).exists() else None
-    if previous is None and results_io.has_rows(out):
-        raise SetupError(f"{out} holds result files but no run.json: it is not a run this version can resume; "
-                         "use another output folder")
     if previous is not None and results_io.has_rows(out):
         results_io.check_resumable(previous, info)  # a folder with no rows yet takes the new settings
     executor.check(spec)  # resources the executor can provide, before any folder is made
@@ -171,9 +183,10 @@ def _run(inputs, out, spec, info, previous, executor, limit_per_generator, repor
         log.info("run %s: %s", "resumed" if previous else "started", info["command"] or inputs)
 
         skipped = SkippedFiles()
-        items = read_inputs(inputs, protocol.max_atoms, protocol.min_distance_a, limit_per_generator,
-                            skipped=skipped, exclude=(out,))
-        duplicate_of = find_duplicates(items)
+        with threadpool_limits(limits=spec.blas_threads, user_api="blas"):  # small matrices, as in the workers
+            items = read_inputs(inputs, protocol.max_atoms, protocol.min_distance_a, limit_per_generator,
+                                skipped=skipped, exclude=(out,))
+            duplicate_of = find_duplicates(items)
         write, todo, attempts, n_kept = _plan(items, duplicate_of, results_io.recorded_rows(out), retry_failed)
         results_io.write_manifest(out, items)
         info["skipped_files"] = skipped.to_dict()

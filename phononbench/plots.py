@@ -17,6 +17,11 @@ from phononbench.phonons import band_path  # noqa: E402
 from phononbench.records import Col  # noqa: E402
 
 
+def label(text) -> str:
+    """A name as matplotlib shows it literally: ``$`` would start mathtext (and a stray one raises)."""
+    return str(text).replace("$", r"\$")
+
+
 def _save(figure, path: str | Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -31,7 +36,9 @@ def rates_figure(board: pd.DataFrame, path: str | Path) -> Path:
     rate = 100 * board[Col.STABILITY_RATE].to_numpy()
     errors = 100 * np.vstack([board[Col.STABILITY_RATE] - board[Col.CI_LOW], board[Col.CI_HIGH] - board[Col.STABILITY_RATE]])
     axes.errorbar(rate, y, xerr=errors, fmt="o", capsize=3)
-    axes.set_yticks(y, board[Col.GENERATOR])
+    names = board[Col.GENERATOR] if Col.COMPLETE not in board else \
+        [g if done else f"{g} (unfinished)" for g, done in zip(board[Col.GENERATOR], board[Col.COMPLETE])]
+    axes.set_yticks(y, [label(g) for g in names])
     axes.set_xlabel("dynamically stable / relaxed (%)")
     axes.set_xlim(0, 100)
     return _save(figure, path)
@@ -43,7 +50,7 @@ def rate_vs_sample_size_figure(structures: pd.DataFrame, threshold_thz: float, p
         curve = analysis.rate_vs_sample_size(frame, threshold_thz)
         if curve.empty:
             continue
-        line, = axes.plot(curve["sample_size"], 100 * curve["mean"], label=generator)
+        line, = axes.plot(curve["sample_size"], 100 * curve["mean"], label=label(generator))
         axes.fill_between(curve["sample_size"], 100 * curve["low"], 100 * curve["high"], alpha=0.2,
                           color=line.get_color())
     axes.set_xscale("log")
@@ -60,7 +67,7 @@ def min_frequency_histogram(structures: pd.DataFrame, path: str | Path, threshol
         low, high = min(data[Col.MIN_FREQUENCY_THZ].min(), -1.0), max(data[Col.MIN_FREQUENCY_THZ].max(), 0.5)
         bins = np.linspace(low, high, 40)
         for generator, frame in data.groupby(Col.GENERATOR, sort=True):
-            axes.hist(frame[Col.MIN_FREQUENCY_THZ], bins=bins, histtype="step", label=generator)
+            axes.hist(frame[Col.MIN_FREQUENCY_THZ], bins=bins, histtype="step", label=label(generator))
     for t in thresholds_thz:
         axes.axvline(t, color="grey", ls="--", lw=0.8)
     axes.set_xlabel("lowest frequency on the band path (THz)")
@@ -95,5 +102,5 @@ def band_structure_figure(phonon, title: str, path: str | Path, npoints: int = 1
     axes.set_xticks(ticks, tick_labels)
     axes.set_xlim(ticks[0], ticks[-1])
     axes.set_ylabel("frequency (THz)")
-    axes.set_title(title)
+    axes.set_title(label(title))
     return _save(figure, path)

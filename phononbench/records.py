@@ -93,6 +93,8 @@ class Col(StrEnum):
     MODEL = "model"
     PROTOCOL = "protocol"
     RUN = "run"
+    N_DECIDED = "n_decided"  # rows written so far, of n_input (an unfinished run)
+    COMPLETE = "complete"  # every run behind a leaderboard entry finished
 
 
 def verdict_column(threshold_thz: float) -> str:

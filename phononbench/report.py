@@ -20,7 +20,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
     """Counts once per generator, then per threshold (headline first) the published-path rate and the
     Brillouin-zone rate, and how many stable structures are not 3D-bonded at the headline threshold."""
     thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
-    table = Table(title=title)
+    table = Table(title=Text(title))  # names shown as they are, never as markup
     table.add_column("generator", style="bold", no_wrap=True)
     for name in ("input", "valid", "unique", "relaxed", "phonons"):
         table.add_column(name, justify="right", no_wrap=True)
@@ -43,7 +43,10 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
             cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
             cells.append(percent(r[Col.STABILITY_RATE_BZ]))
         cells.append(str(int(first[Col.N_STABLE_NOT_3D])))
-        # a generator's name is shown as it is, never read as rich markup
-        name = Text(generator, style="italic" if k == len(sections) - 1 else "")
+        # a generator's name is shown as it is, never read as rich markup; one that reads like the pooled
+        # row's label is quoted
+        pooled = k == len(sections) - 1
+        name = Text(generator if pooled or generator != ALL_GENERATORS else repr(generator),
+                    style="italic" if pooled else "")
         table.add_row(name, *cells, end_section=k == len(sections) - 2)
     return table

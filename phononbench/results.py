@@ -115,26 +115,32 @@ class RunLock:
         self.path = Path(out) / LOCK_FILE
         self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def refuse_if_held(self) -> None:
+        """Raise if a live run holds the folder; remove the lock of a killed run on this host."""
         import psutil
 
+        try:
+            holder = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            holder = {}
+        same_host = holder.get("host") == platform.node()
+        if same_host and not psutil.pid_exists(int(holder.get("pid", -1))):
+            self.path.unlink(missing_ok=True)  # its run was killed: taken over
+            return
+        where = f"pid {holder.get('pid')} on {holder.get('host')}"
+        raise SetupError(f"another run ({where}) is writing to {self.path.parent}; wait for it to finish or use "
+                         f"another output folder" + ("" if same_host else f" (if that run is gone, delete {self.path})"))
+
+    def __enter__(self) -> "RunLock":
         mine = json.dumps({"host": platform.node(), "pid": os.getpid(), "since": time.time()})
         for _ in range(2):
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                same_host = holder.get("host") == platform.node()
-                if same_host and not psutil.pid_exists(int(holder.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # its run was killed: take over
-                    continue
-                where = f"pid {holder.get('pid')} on {holder.get('host')}"
-                raise SetupError(f"another run ({where}) is writing to {self.path.parent}; wait for it to finish or "
-                                 f"use another output folder" + ("" if same_host else
-                                 f" (if that run is gone, delete {self.path})")) from None
+                self.refuse_if_held()
+                continue
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(mine)
             self.held = True

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from phononbench import method
 from phononbench.engines import make_engine
+from phononbench.errors import reason
 from phononbench.ingest import InputStructure
 from phononbench.potentials import Potential, load_potential
 from phononbench.records import StructureResult
@@ -32,9 +33,16 @@ class WorkerSpec:
     engine: str = "batched"  # a name in engines.ENGINES
     threads: int | None = None  # torch threads in the worker's process
     log_file: str | None = None  # the run's log (OUT/run.log), appended to by every worker
+    # numpy/scipy BLAS threads while computing: the method's matrices are 3x3 (ASE's cell filter, FixSymmetry)
+    # or small (phonopy), where a thread pool's start-up and spinning cost far more than they save, and a
+    # pool per worker oversubscribes the node (benchmarks/threads.py); the model keeps torch's threads
+    blas_threads: int = 1
 
 
 class Worker:
+    """Built once per process. A worker that cannot start (a checkpoint missing on its node) does not raise:
+    ``startup_error()`` says why, so an executor reports the cause itself rather than its own wrapper."""
+
     def __init__(self, spec: WorkerSpec, potential: Potential | None = None):
         if spec.log_file:
             attach_log_file(spec.log_file)
@@ -43,21 +51,27 @@ class Worker:
 
             torch.set_num_threads(spec.threads)
         self.spec = spec
-        self.potential = potential or load_potential(spec.model, spec.device, spec.checkpoint,
-                                                     spec.max_atoms_per_batch)
-        self.engine = make_engine(spec.engine, self.potential)
+        self.error: str | None = None
+        try:
+            self.potential = potential or load_potential(spec.model, spec.device, spec.checkpoint,
+                                                         spec.max_atoms_per_batch)
+            self.engine = make_engine(spec.engine, self.potential)
+        except Exception as exc:
+            self.error = reason(exc)
+            log.error("worker could not start: %s", self.error)
+            return
         log.info("worker ready: %s on %s, engine %s", spec.model, spec.device, spec.engine)
 
-    def ready(self) -> bool:
-        """Built: the potential loaded (an executor asks before sending work)."""
-        return True
+    def startup_error(self) -> str | None:
+        """None when the worker is ready, else why it could not start (one line)."""
+        return self.error
 
     def __call__(self, chunk: list[InputStructure]) -> list[StructureResult]:
         from threadpoolctl import threadpool_limits
 
-        # numpy's BLAS on 3x3 matrices (ASE's cell filter, FixSymmetry, phonopy) only loses to its own
-        # thread pool's start-up: one thread there; the model keeps torch's threads
-        with threadpool_limits(limits=1, user_api="blas"):
+        if self.error:
+            raise RuntimeError(f"this worker could not start: {self.error}")
+        with threadpool_limits(limits=self.spec.blas_threads, user_api="blas"):
             return method.compute(chunk, self.engine, self.spec.protocol)
 
 

@@ -50,3 +50,36 @@ class _BreaksOnBatches(Potential):
 
 def breaks_on_batches(name, device, checkpoint):
     return _BreaksOnBatches(name, EMT(), "cpu")
+
+
+def needs_its_checkpoint(name, device, checkpoint):
+    """EMT that will not start without its checkpoint file (a node where the weights are missing)."""
+    from pathlib import Path
+
+    if not checkpoint or not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} is not on this node")
+    return Potential(name, EMT(), "cpu")
+
+
+class _CountsBlasThreads(Calculator):
+    """EMT that refuses to compute while numpy's BLAS may use more than one thread (item 9 of issue 10)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self):
+        super().__init__()
+        self.emt = EMT()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from threadpoolctl import threadpool_info
+
+        super().calculate(atoms, properties, system_changes)
+        threads = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+        if threads != {1}:
+            raise RuntimeError(f"BLAS runs {threads} threads inside the method")
+        self.emt.calculate(atoms, ["energy", "forces", "stress"], system_changes)
+        self.results = dict(self.emt.results)
+
+
+def one_blas_thread(name, device, checkpoint):
+    return Potential(name, _CountsBlasThreads(), "cpu")

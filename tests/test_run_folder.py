@@ -1,0 +1,373 @@
+"""A run folder that never lies (issue 10): one test per way a run could mislead, on real structures.
+
+EMT on small metals for most; CHGNet where the failure needs a real universal potential (curium, an
+element CHGNet has no embedding for). Each test asserts the rows: counts, statuses, reasons, no duplicates.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ase.build import bulk
+from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
+
+from phononbench.cli import app
+from phononbench.errors import RunAborted
+from phononbench.executors import InProcessExecutor, RayExecutor
+from phononbench.ingest import SkippedFiles, read_inputs
+from phononbench.pipeline import run_benchmark
+from phononbench.records import Col, Status, verdict_column
+from phononbench.results import RunLock, read_structures
+from phononbench.settings import PUBLISHED
+from phononbench.worker import WorkerSpec
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+EMT_RUN = ["--model", "emt", "--in-process"]
+
+
+def _cif(atoms) -> str:
+    buffer = io.BytesIO()
+    atoms.write(buffer, format="cif")
+    return buffer.getvalue().decode()
+
+
+def _metals(folder: Path, **cells) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, atoms in cells.items():
+        (folder / f"{stem}.cif").write_text(_cif(atoms))
+    return folder
+
+
+def _run(*args, cwd: Path | None = None):
+    previous = Path.cwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, ["run", *map(str, args)])
+    finally:
+        os.chdir(previous)
+
+
+def _raw_ids(out: Path) -> list[str]:
+    parts = sorted((out / "structures").glob("part-*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").column(
+        Col.STRUCTURE_ID).to_pylist()
+
+
+def _info(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    return lines[0]
+
+
+# 1. Resume follows contents, not paths --------------------------------------------------------------
+
+
+def test_resume_recomputes_edited_drops_removed_reuses_moved_and_refuses_foreign_parts(tmp_path):
+    inputs = _metals(tmp_path / "in" / "metals", Cu_fcc=bulk("Cu", "fcc", a=3.6), Cu_bcc=bulk("Cu", "bcc", a=2.87),
+                     Al_fcc=bulk("Al", "fcc", a=4.05))
+    out = tmp_path / "out"
+    assert _run(tmp_path / "in", "--out", out, *EMT_RUN).exit_code == 0
+    rows = read_structures(out).set_index(Col.STRUCTURE_ID)
+    assert rows.loc["metals/Cu_bcc.cif", verdict_column(-0.1)] == False  # noqa: E712  bcc Cu is unstable
+
+    # an edited file is computed again: the same name now holds fcc Ni, which is stable
+    (inputs / "Cu_bcc.cif").write_text(_cif(bulk("Ni", "fcc", a=3.52)))
+    assert _run(tmp_path / "in", "--out", out, *EMT_RUN).exit_code == 0
+    rows = read_structures(out).set_index(Col.STRUCTURE_ID)
+    assert _info(out)["n_computed_this_time"] == 1
+    assert rows.loc["metals/Cu_bcc.cif", Col.FORMULA] == "Ni"
+    assert rows.loc["metals/Cu_bcc.cif", verdict_column(-0.1)] == True  # noqa: E712
+
+    # a removed file leaves the results; a renamed (moved) one takes its result without computing
+    (inputs / "Al_fcc.cif").unlink()
+    (inputs / "Cu_fcc.cif").rename(inputs / "Cu_fcc_renamed.cif")
+    assert _run(tmp_path / "in", "--out", out, *EMT_RUN).exit_code == 0
+    rows = read_structures(out).set_index(Col.STRUCTURE_ID)
+    assert sorted(rows.index) == ["metals/Cu_bcc.cif", "metals/Cu_fcc_renamed.cif"]
+    assert _info(out)["n_computed_this_time"] == 0
+    assert rows.loc["metals/Cu_fcc_renamed.cif", Col.STATUS] == Status.OK
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert summary[summary[Col.GENERATOR] == "metals"][Col.N_INPUT].tolist() == [2, 2]
+
+    # "in/" and "in" are one input; the same relative path from another directory is another input
+    again = _run(f"{tmp_path / 'in'}/", "--out", out, *EMT_RUN)
+    assert again.exit_code == 0 and _info(out)["n_computed_this_time"] == 0
+    elsewhere = tmp_path / "elsewhere"
+    _metals(elsewhere / "in" / "metals", Cu_fcc=bulk("Cu", "fcc", a=3.6))
+    assert "other settings" in _error_line(_run("in", "--out", out, *EMT_RUN, cwd=elsewhere))
+
+    # parts without a run.json are nobody's run: refused, never relabelled as this run's
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out / "structures", foreign / "structures")
+    assert "no run.json" in _error_line(_run(tmp_path / "in", "--out", foreign, "--model", "chgnet", "--in-process"))
+    assert not (foreign / "run.json").exists()
+
+
+# 2. Failures stay with their structure; a failure that is not a structure's stops the run --------------
+
+
+@pytest.fixture
+def curium_and_copper(tmp_path) -> Path:
+    return _metals(tmp_path / "in" / "actinides", Cm=bulk("Cm", "fcc", a=5.0), Cu=bulk("Cu", "fcc", a=3.6)).parent
+
+
+@pytest.mark.parametrize("executor", ["--in-process", "--workers=1"])
+def test_a_potential_error_on_one_structure_is_its_relax_failed_row(curium_and_copper, tmp_path, executor):
+    out = tmp_path / "out"
+    result = _run(curium_and_copper, "--out", out, "--model", "chgnet", "--chunk-size", "1", executor)
+    assert result.exit_code == 0, result.output
+    rows = read_structures(out).set_index(Col.STRUCTURE_ID)
+    assert rows.loc["actinides/Cm.cif", Col.STATUS] == Status.RELAX_FAILED
+    error = rows.loc["actinides/Cm.cif", Col.ERROR]
+    assert error.startswith("RuntimeError: mat1 and mat2 shapes cannot be multiplied")  # CHGNet's own message
+    assert "\x1b" not in error and "ray" not in error.lower()
+    assert rows.loc["actinides/Cu.cif", Col.STATUS] == Status.OK
+
+
+@pytest.mark.parametrize("where", ["in-process", "ray"])
+def test_a_worker_that_cannot_start_stops_the_run_resumably(tmp_path, where, monkeypatch):
+    monkeypatch.chdir(REPO)  # Ray workers import tests.potentials_for_tests from here
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6), Al=bulk("Al", "fcc", a=4.05))
+    (inputs / "broken.cif").write_text("data_broken\n_cell_length_a nonsense\n")
+    model, checkpoint = "python:tests.potentials_for_tests:needs_its_checkpoint", tmp_path / "weights.bin"
+    spec = WorkerSpec(model, "cpu", str(checkpoint), None, PUBLISHED.with_overrides(model=model))
+    out = tmp_path / "out"
+
+    def run():
+        executor = InProcessExecutor() if where == "in-process" else RayExecutor(workers=1)
+        return run_benchmark([str(inputs.parent)], out, spec, {"model": model}, executor)
+
+    try:
+        with pytest.raises(RunAborted, match="could not start: FileNotFoundError: checkpoint .* is not on this node"):
+            run()
+        assert _info(out)["status"] == "running"  # resumable: the invalid row is kept, nothing else
+        assert _raw_ids(out) == ["metals/broken.cif"]
+        checkpoint.write_bytes(b"weights")  # the cause fixed, the same run resumes
+        run()
+    finally:
+        if where == "ray":
+            import ray
+
+            ray.shutdown()
+    rows = read_structures(out).set_index(Col.STRUCTURE_ID)[Col.STATUS]
+    assert rows.to_dict() == {"metals/Al.cif": Status.OK, "metals/Cu.cif": Status.OK,
+                              "metals/broken.cif": Status.INVALID_INPUT}
+    assert sorted(_raw_ids(out)) == sorted(rows.index)
+
+
+# 3. Every file in, every file out -----------------------------------------------------------------
+
+
+def test_every_file_is_read_made_a_row_or_counted(tmp_path):
+    folder = tmp_path / "in" / "gen"
+    folder.mkdir(parents=True)
+    copper, aluminium, nickel = _cif(bulk("Cu", "fcc", a=3.6)), _cif(bulk("Al", "fcc", a=4.05)), _cif(bulk("Ni", "fcc", a=3.52))
+    (folder / "plain.cif").write_text(copper)
+    (folder / "compressed.cif.gz").write_bytes(gzip.compress(aluminium.encode()))
+    (folder / "corrupt.zip").write_bytes(b"PK\x03\x04 this is not a zip")
+    with zipfile.ZipFile(folder / "twice.zip", "w") as archive:
+        archive.writestr("a.cif", copper)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("a.cif", nickel)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("deep.cif", nickel)
+    with zipfile.ZipFile(folder / "outer.zip", "w") as archive:
+        archive.writestr("inner.zip", inner.getvalue())
+    (folder / ".hidden.cif").write_text(copper)
+    (folder / "notes.txt").write_text("not a structure")
+    (folder / "dangling.cif").symlink_to(tmp_path / "gone.cif")
+    (folder / "linked.cif").symlink_to(folder / "plain.cif")
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "linked_folder").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+
+    skipped = SkippedFiles()
+    items = {i.structure_id: i for i in read_inputs([str(tmp_path / "in")], 64, 0.5, skipped=skipped)}
+    formulas = {sid: i.structure.composition.reduced_formula for sid, i in items.items() if i.valid}
+    assert formulas == {"gen/plain.cif": "Cu", "gen/compressed.cif": "Al", "twice/a.cif": "Cu",
+                        "twice/a~2.cif": "Ni", "inner/deep.cif": "Ni", "gen/linked.cif": "Cu"}
+    invalid = {sid: i.error for sid, i in items.items() if not i.valid}
+    assert set(invalid) == {"corrupt/corrupt.zip", "gen/dangling.cif"}
+    assert invalid["corrupt/corrupt.zip"].startswith("unreadable zip archive: BadZipFile")
+    assert invalid["gen/dangling.cif"].startswith("unreadable file: FileNotFoundError")
+    assert {reason: len(paths) for reason, paths in skipped.by_reason.items()} == {
+        "hidden": 1, "with no structure reader (extension)": 1, "linked folder": 1}
+
+    out = tmp_path / "out"
+    result = _run(tmp_path / "in", "--out", out, *EMT_RUN)
+    assert result.exit_code == 0, result.output
+    assert ("3 files skipped: 1 linked folder (linked_folder); 1 hidden (.hidden.cif); 1 with no structure reader "
+            "(extension) (notes.txt)") in " ".join(result.output.split())
+    assert _info(out)["skipped_files"]["hidden"]["count"] == 1
+    assert len(read_structures(out)) == 8
+
+
+# 4. One run per folder; a run never reads its own output ------------------------------------------
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_a_stale_lock_is_not(tmp_path):
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    out = tmp_path / "out"
+    assert _run(inputs, "--out", out, *EMT_RUN).exit_code == 0
+    with RunLock(out):  # a live run (this process) holds the folder
+        assert "another run (pid" in _error_line(_run(inputs, "--out", out, *EMT_RUN))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": int(gone.stdout)}))
+    resumed = _run(inputs, "--out", out, *EMT_RUN)  # the lock of a killed run
+    assert resumed.exit_code == 0, resumed.output
+    assert not (out / ".lock").exists() and _raw_ids(out) == ["metals/Cu.cif"]
+
+
+def test_an_output_folder_inside_the_input_is_never_read(tmp_path):
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    for _ in range(2):
+        assert _run(inputs, "--out", inputs / "results", *EMT_RUN).exit_code == 0
+    rows = read_structures(inputs / "results")
+    assert rows[Col.STRUCTURE_ID].tolist() == ["metals/Cu.cif"]
+    assert _info(inputs / "results")["skipped_files"]["PhononBench output folder"]["count"] == 1
+
+
+# 5 and 6. Settings checked before any work, one line each, no debris ---------------------------------
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--threshold", "-0.1", "--threshold", "-0.1"], "a threshold is given twice"),
+    (["--threshold", "0.1"], "positive"),
+    (["--threshold", "nan"], "not a finite number"),
+    (["--threshold", "-inf"], "not a finite number"),
+    (["--chunk-size", "0"], "chunk size must be at least 1 (got 0) (option --chunk-size)"),
+    (["--batch-atoms", "0"], "atoms per batch must be at least 1 (got 0) (option --batch-atoms)"),
+    (["--max-atoms", "0"], "max_atoms must be positive (got 0) (option --max-atoms)"),
+    (["--cpus-per-worker", "0"], "cpus_per_worker must be positive (got 0.0) (option --cpus-per-worker)"),
+])
+def test_settings_that_make_no_sense_are_refused_before_any_work(tmp_path, arguments, message):
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    out = tmp_path / "out"
+    ray = [] if "--cpus-per-worker" in arguments else ["--in-process"]
+    assert message in _error_line(_run(inputs, "--out", out, "--model", "emt", *ray, *arguments))
+    assert not out.exists()
+
+
+def test_resources_the_cluster_lacks_are_refused_and_leave_no_debris(tmp_path):
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    out = tmp_path / "out"
+
+    def cli(*args):  # a process of its own: a local Ray per command, as a user runs it
+        done = subprocess.run([sys.executable, "-m", "phononbench.cli", "run", str(inputs), "--out", str(out),
+                               "--model", "emt", *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        return done.returncode, errors, done.stderr
+
+    code, errors, log = cli("--cpus-per-worker", "512")
+    assert code == 2 and len(errors) == 1, log
+    assert f"a worker asks for 512 CPUs but the largest node has {os.cpu_count()}" in errors[0]
+    code, errors, log = cli("--gpus-per-worker", "1")
+    assert code == 2 and "a worker asks for 1 GPUs but no node has that many (the cluster has" in errors[0], log
+    assert not out.exists()
+    code, errors, log = cli("--workers", "1")  # the corrected command is not refused as "other settings"
+    assert code == 0, log
+    assert _raw_ids(out) == ["metals/Cu.cif"]
+
+
+def test_positive_thresholds_need_their_flag(tmp_path):
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    result = _run(inputs, "--out", tmp_path / "out", *EMT_RUN, "--threshold", "0.05", "--allow-positive-threshold")
+    assert result.exit_code == 0, result.output
+    assert verdict_column(0.05) in read_structures(tmp_path / "out")
+
+
+# 7. Any name works end to end ----------------------------------------------------------------------
+
+
+def test_generator_names_that_look_like_labels_markup_or_tex(tmp_path):
+    names = ["(all)", "x[bold]y", "a$\\b$c"]  # "$\b$": mathtext that cannot render
+    for k, name in enumerate(names):
+        _metals(tmp_path / "in" / name, **{f"Cu{k}": bulk("Cu", "fcc", a=3.6 + 0.01 * k)})
+    out = tmp_path / "out"
+    result = _run(tmp_path / "in", "--out", out, *EMT_RUN)
+    assert result.exit_code == 0, result.output
+    for name in names[1:]:
+        assert name in result.output
+    assert "'(all)'" in result.output  # a generator called (all) is quoted, the pooled row is not
+    summary = pd.read_parquet(out / "summary.parquet")
+    headline = summary[summary[Col.THRESHOLD_THZ] == -0.1]
+    assert headline[~headline[Col.POOLED]].set_index(Col.GENERATOR)[Col.N_INPUT].to_dict() == {n: 1 for n in names}
+    assert headline[headline[Col.POOLED]][Col.N_INPUT].tolist() == [3]
+
+    page = tmp_path / "board.html"
+    board = runner.invoke(app, ["leaderboard", str(out), "--format", "html", "--output", str(page)])
+    assert board.exit_code == 0, board.output
+    text = page.read_text()
+    assert "x[bold]y" in text and "a$\\b$c" in text
+
+    missing = _error_line(_run(tmp_path / "no[such]folder", "--out", tmp_path / "o2", *EMT_RUN))
+    assert "no[such]folder" in missing
+
+
+# 8. The leaderboard cannot mislead -------------------------------------------------------------------
+
+
+def test_leaderboard_entries_are_generator_potential_protocol_and_unfinished_runs_say_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    inputs = _metals(tmp_path / "in" / "metals", Cu_fcc=bulk("Cu", "fcc", a=3.6), Cu_bcc=bulk("Cu", "bcc", a=2.87),
+                     Al=bulk("Al", "fcc", a=4.05)).parent
+    emt, slow = tmp_path / "emt", tmp_path / "slow"
+    assert _run(inputs, "--out", emt, *EMT_RUN).exit_code == 0
+    delayed = "python:tests.potentials_for_tests:slow_on_palladium"  # EMT too, under another name
+    assert _run(inputs, "--out", slow, "--model", delayed, "--in-process").exit_code == 0
+    # an unfinished run: its worker cannot start, so only the invalid row is written
+    (tmp_path / "in2" / "metals").mkdir(parents=True)
+    (tmp_path / "in2" / "metals" / "broken.cif").write_text("data_broken\n")
+    shutil.copy(inputs / "metals" / "Al.cif", tmp_path / "in2" / "metals")
+    model = "python:tests.potentials_for_tests:needs_its_checkpoint"
+    spec = WorkerSpec(model, "cpu", str(tmp_path / "missing"), None, PUBLISHED.with_overrides(model=model))
+    with pytest.raises(RunAborted):
+        run_benchmark([str(tmp_path / "in2")], tmp_path / "half", spec, {"model": model}, InProcessExecutor())
+
+    result = runner.invoke(app, ["leaderboard", str(emt), str(slow), str(emt), str(tmp_path / "half"),
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    entries = {(r["generator"], r["model"]): r for r in rows}
+    assert set(entries) == {("metals (emt, published)", "emt"), (f"metals ({delayed}, published)", delayed),
+                            (f"metals ({model}, published)", model)}
+    assert entries[("metals (emt, published)", "emt")]["n_relaxed"] == 3  # the run given twice counts once
+    unfinished = entries[(f"metals ({model}, published)", model)]
+    assert (unfinished["rank"], unfinished["complete"], unfinished["n_decided"], unfinished["n_input"]) == \
+        (None, False, 1, 2)
+    assert sorted(r["rank"] for r in rows if r["complete"]) == [1, 2]
+    md = runner.invoke(app, ["leaderboard", str(emt), str(tmp_path / "half")]).output
+    assert f"metals ({model}, published) (unfinished: 1 of 2 decided)" in md
+
+
+# 9. Threads -----------------------------------------------------------------------------------------
+
+
+def test_the_method_runs_numpy_on_one_blas_thread(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6), Al=bulk("Al", "fcc", a=4.05)).parent
+    model = "python:tests.potentials_for_tests:one_blas_thread"  # raises if BLAS has more than one thread
+    with threadpool_limits(limits=2, user_api="blas"):  # a pool of two outside, as on this 2-core machine
+        result = _run(inputs, "--out", tmp_path / "out", "--model", model, "--in-process")
+    assert result.exit_code == 0, result.output
+    assert set(read_structures(tmp_path / "out")[Col.STATUS]) == {Status.OK}
