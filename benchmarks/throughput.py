@@ -6,7 +6,7 @@
 
 Serial reference: one structure at a time, relaxation through the ASE calculator, one displaced supercell
 per calculator call (what the published scripts do): the ``serial`` engine. Engine: the ``batched`` engine over
-chunks of structures. Both run the one method (``method.compute``).
+chunks of structures. Both run the one method (``method.compute``) through the product's ``Worker``.
 Both see the same structures (valid, deduplicated, first ``--n``) after one warm-up call, timed in ABBA order
 over ``--rounds`` rounds and averaged. The tiered preset
 (Gamma screen) runs on the engine too, to measure how often the screen fires and whether it agrees.
@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 from phononbench.dedup import find_duplicates
-from phononbench.engines import BatchedEngine, SerialEngine
 from phononbench.ingest import read_inputs
-from phononbench.method import compute
 from phononbench.potentials import load_potential
 from phononbench.records import Status, StructureResult
 from phononbench.settings import preset
+from phononbench.worker import Worker, WorkerSpec
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
@@ -82,8 +81,13 @@ def main() -> None:
     items = [i for i in items if i.valid and i.structure_id not in duplicates][: args.n]
     print(f"{len(items)} structures, model {args.model} on {args.device}, "
           f"{potential.max_atoms_per_batch} atoms per batch, chunks of {args.chunk_size}")
-    serial_engine, batched_engine = SerialEngine(potential), BatchedEngine(potential)
-    compute(items[:1], batched_engine, published)  # warm-up: lazy imports, first graph, allocator
+    # the product's workers (Worker: the method under one BLAS thread), one per engine, sharing the potential
+    def worker(engine, protocol):
+        return Worker(WorkerSpec(args.model, args.device, args.checkpoint, args.batch_atoms, protocol, engine),
+                      potential)
+
+    serial_worker, batched_worker = worker("serial", published), worker("batched", published)
+    batched_worker(items[:1])  # warm-up: lazy imports, first graph, allocator
 
     def timed(run):
         start = time.perf_counter()
@@ -91,8 +95,8 @@ def main() -> None:
         return out, time.perf_counter() - start
 
     chunks = [items[k:k + args.chunk_size] for k in range(0, len(items), args.chunk_size)]
-    run_serial = lambda: [r for i in items for r in compute([i], serial_engine, published)]  # noqa: E731
-    run_engine = lambda: [r for c in chunks for r in compute(c, batched_engine, published)]  # noqa: E731
+    run_serial = lambda: [r for i in items for r in serial_worker([i])]  # noqa: E731
+    run_engine = lambda: [r for c in chunks for r in batched_worker(c)]  # noqa: E731
     # ABBA order (serial, engine, engine, serial, ...): on a small machine the second of two long runs in
     # one process is not timed like the first (allocator and cache state), so the order must cancel out
     times: dict[str, list[float]] = {"serial": [], "engine": []}
@@ -131,7 +135,8 @@ def main() -> None:
         report["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
     if not args.skip_tiered:
-        screened, tiered_s = timed(lambda: [r for c in chunks for r in compute(c, batched_engine, tiered)])
+        tiered_worker = worker("batched", tiered)
+        screened, tiered_s = timed(lambda: [r for c in chunks for r in tiered_worker(c)])
         tiered_agree, _, tiered_differing = _compare(engine, screened)
         fired = sum(r.phonon_method == "gamma_screen" for r in screened)
         report.update({
