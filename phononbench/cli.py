@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -69,6 +70,14 @@ class ProgressReporter:
     def stop(self) -> None:
         self.progress.stop()
 
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int | None = None):
+        """A bar for a stage before the physics (reading inputs, dedup); yields ``step(n)``."""
+        with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console) as progress:
+            task = progress.add_task(name, total=total)
+            yield lambda n: progress.advance(task, n)
+
 
 def _fail(message: str) -> None:
     err_console.print("[red]error:[/red] ", end="", highlight=False)
@@ -101,21 +110,28 @@ def _guarded(action):
         _fail(f"{type(exc).__name__}: {exc} (set PHONONBENCH_DEBUG=1 for the traceback)")
 
 
+# Options that run and dedup share
+Inputs = Annotated[list[str], typer.Argument(help="Folders, .zip, CIF/POSCAR/extxyz files or CSV/JSON/JSONL/Parquet tables; NAME=PATH sets the generator.")]
+Limit = Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")]
+MaxAtoms = Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")]
+RayAddress = Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT (default: a local Ray).")]
+
+
 @app.command()
 def run(
-    inputs: Annotated[list[str], typer.Argument(help="Folders, .zip, CIF/POSCAR/extxyz files or CSV/JSON/JSONL/Parquet tables; NAME=PATH sets the generator.")],
+    inputs: Inputs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not hold a run already).")],
     model: Annotated[Optional[str], typer.Option(help="Potential: mattersim-5m (published), mattersim-1m, mattersim, chgnet, sevennet, emt.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Local checkpoint file for the potential.")] = None,
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Stability threshold in THz (repeatable; first is the headline). Default -0.1 and -0.001.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")] = None,
+    limit: Limit = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen) or bulk (sets aside structures that relax into molecules, chains or layers).")] = "published",
-    max_atoms: Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")] = None,
+    max_atoms: MaxAtoms = None,
     engine: Annotated[str, typer.Option(help="batched (default) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Structures relaxed and phonon-computed together.")] = 32,
-    ray_address: Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT (default: a local Ray).")] = None,
+    ray_address: RayAddress = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker slots (default: all CPUs, or GPUs / --gpus-per-worker).")] = None,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs (and torch threads) per worker.")] = 1.0,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker; fractional shares a GPU (e.g. 0.25).")] = 0.0,
@@ -179,6 +195,47 @@ def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_ad
         gpus_per_worker = 1.0  # GPU workers when a GPU is asked for; fractions share one
     executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
     return potential, spec, executor
+
+
+@app.command()
+def dedup(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; `phononbench run` with the same inputs into it takes it up.")],
+    limit: Limit = None,
+    max_atoms: MaxAtoms = None,
+    preset: Annotated[str, typer.Option(help="Protocol preset whose ingest settings apply (as run).")] = "published",
+    ray_address: RayAddress = None,
+    workers: Annotated[Optional[int], typer.Option(help="Task slots (default: all CPUs).")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray.")] = False,
+) -> None:
+    """Ingest and deduplicate only: input / valid / unique structures per generator, before any GPU time."""
+    _quiet_libraries()
+
+    def action():
+        from phononbench.executors import InProcessExecutor, RayExecutor
+        from phononbench.ingest import describe_skipped, split_input
+        from phononbench.pipeline import check_output_folder, check_run_settings, deduplicate_inputs
+        from phononbench.report import unique_table
+        from phononbench.results import read_run_info
+        from phononbench.settings import preset as get_preset
+
+        protocol = get_preset(preset).with_overrides(max_atoms=max_atoms).check()
+        check_run_settings(1, limit)
+        check_output_folder(out)
+        for spec in inputs:
+            split_input(spec)
+        start = time.time()
+        executor = InProcessExecutor() if in_process else RayExecutor(ray_address, workers)
+        counts = deduplicate_inputs(inputs, out, protocol, executor, limit, ProgressReporter(protocol.headline_threshold_thz),
+                                    command=shlex.join(["phononbench", *sys.argv[1:]]))
+        console.print(unique_table(counts))
+        skipped = read_run_info(out).get("skipped_files") or {}
+        if skipped:
+            console.print(f"{describe_skipped(skipped)}; see {out}/run.json", markup=False, highlight=False)
+        console.print(f"rows in {out}/ ({time.time() - start:.0f} s); `phononbench run` with the same inputs and "
+                      f"--out {out} takes it up", markup=False, highlight=False)
+
+    _guarded(action)
 
 
 @app.command()

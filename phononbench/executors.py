@@ -13,6 +13,7 @@ its worker gets status ``timeout`` or ``worker_crashed`` and is not tried again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
@@ -20,13 +21,13 @@ import time
 from collections.abc import Iterator
 
 from phononbench.errors import RunAborted, SetupError, reason
-from phononbench.ingest import InputStructure
+from phononbench.ingest import InputStructure, LocalTasks
 from phononbench.potentials import Potential
 from phononbench.records import Status, StructureResult
 from phononbench.worker import Worker, WorkerSpec
 
 
-class InProcessExecutor:
+class InProcessExecutor(LocalTasks):
     """One worker in this process, chunks one after the other: tests, notebooks, a single structure.
 
     ``potential``: an already loaded potential for the worker (saves loading it twice)."""
@@ -129,6 +130,36 @@ class RayExecutor:
             raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has})",
                              setting="workers")
 
+    def map_tasks(self, function, arguments, shared=None) -> Iterator:
+        """``function(*a)`` (``shared`` first when given, put once in the object store) for each ``a`` of
+        ``arguments`` (any iterable, read as tasks are submitted), as Ray tasks of ``cpus_per_worker`` CPUs, a
+        few per slot in flight; results in order. A task that raises stops the run (it is not a structure's
+        fault: the tasks keep each structure's failure in its row)."""
+        ray = self._ray()
+        remote = ray.remote(num_cpus=self.cpus_per_worker, max_retries=self.max_retries)(_with_one_blas_thread)
+        head = (ray.put(shared),) if shared is not None else ()
+        arguments, pending = iter(arguments), collections.deque()
+
+        def submit() -> bool:
+            for a in arguments:
+                pending.append(remote.remote(function, *head, *a))
+                return True
+            return False
+
+        while len(pending) < 2 * self.slots() and submit():
+            pass
+        while pending:
+            ref = pending.popleft()
+            try:
+                result = ray.get(ref)
+            except Exception as exc:
+                for other in pending:
+                    ray.cancel(other)
+                raise RunAborted(f"a {function.__name__} task failed ({_cause(exc)}); what was written is kept "
+                                 "and the run can be resumed") from None
+            submit()
+            yield result
+
     def slots(self) -> int:
         """How many workers run at once: as asked, or as many as the cluster's CPUs or GPUs allow."""
         if self.workers:
@@ -201,6 +232,14 @@ class RayExecutor:
             queue.extend([[item] for item in chunk][::-1])
             return
         yield [StructureResult.for_input(chunk[0], status, why)]
+
+
+def _with_one_blas_thread(function, *arguments):
+    """A task's function under one BLAS thread, as the workers compute (small matrices)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return function(*arguments)
 
 
 _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -9,6 +9,7 @@ Bad input never raises here: it comes back with ``error`` set and becomes an ``i
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -30,6 +31,9 @@ CIF_SUFFIXES = {".cif"}
 EXTXYZ_SUFFIXES = {".extxyz", ".xyz"}
 TABLE_SUFFIXES = {".csv", ".json", ".jsonl", ".parquet"}
 POSCAR_SUFFIXES = {".vasp", ".poscar"}
+READER_VERSION = 1  # bumped when reading or checking changes what a file gives: older ingest caches are not used
+TABLE_ROWS_PER_JOB = 256  # table rows parsed by one job
+JOBS_PER_TASK = 128  # files (or table slices) per ingest task
 # Columns that may hold the structure text, in order of preference (matched case-insensitively).
 STRUCTURE_COLUMNS = ("cif", "poscar", "structure", "cif_string", "poscar_string", "contcar")
 GENERATOR_COLUMN = "generator"
@@ -43,10 +47,31 @@ class InputStructure:
     structure: Structure | None = None
     error: str | None = None  # set -> invalid_input
     structure_hash: str | None = None  # what the structure is (structure_hash), whatever its path
+    formula: str | None = None  # reduced formula, once checked
+    n_atoms: int | None = None
+    # the structure as three arrays (lattice, species, fractional coordinates) while it waits in the driver:
+    # a pymatgen Structure costs ~10 KB, 110k of them more memory than a driver should hold
+    cell: tuple | None = None
+    read_key: str | None = None  # the file it was read from, as the ingest cache knows it (Walk.key)
 
     @property
     def valid(self) -> bool:
         return self.error is None
+
+    def packed(self) -> "InputStructure":
+        """This input with its structure packed into ``cell`` (``structure`` None)."""
+        if self.structure is None:
+            return self
+        s = self.structure
+        cell = (np.array(s.lattice.matrix), tuple(site.species_string for site in s), np.array(s.frac_coords))
+        return dataclasses.replace(self, structure=None, cell=cell)
+
+    def unpacked(self) -> "InputStructure":
+        """This input with its ``structure`` rebuilt from ``cell``."""
+        if self.cell is None:
+            return self
+        lattice, species, fractional = self.cell
+        return dataclasses.replace(self, structure=Structure(lattice, list(species), fractional), cell=None)
 
 
 def structure_hash(structure: Structure) -> str:
@@ -162,6 +187,7 @@ def _finish(item: InputStructure, max_atoms: int, min_distance_a: float) -> Inpu
                 item.structure.remove_oxidation_states()
             item.error = check_structure(item.structure, max_atoms, min_distance_a)
             item.structure_hash = structure_hash(item.structure)
+            item.formula, item.n_atoms = item.structure.composition.reduced_formula, len(item.structure)
         except Exception as exc:  # a structure so broken that checking it fails
             item.error = f"invalid structure: {type(exc).__name__}: {exc}"[:400]
     if item.structure_hash is None:  # nothing to hash but the reason: a changed reason is a changed input
@@ -171,6 +197,51 @@ def _finish(item: InputStructure, max_atoms: int, min_distance_a: float) -> Inpu
 
 # ---------------------------------------------------------------------------------------------
 # Readers: each yields InputStructure for one file's bytes
+
+
+@dataclass
+class ReadJob:
+    """A file's bytes (or a slice of a table's rows) to turn into input structures: ``reader(data, sid,
+    generator, source)``. Walking the inputs makes jobs (cheap: file reads); any worker runs them."""
+
+    reader: Callable
+    data: object
+    sid: str
+    generator: str
+    source: str
+    key: str | None = None  # Walk.key of the file: its inputs are cached under it
+
+    def __call__(self) -> list[InputStructure]:
+        try:
+            items = list(self.reader(self.data, self.sid, self.generator, self.source))
+        except Exception as exc:  # a reader bug must not lose the file: it becomes its invalid row
+            items = [InputStructure(self.sid, self.generator, self.source, error=f"unreadable: {_describe(exc)}")]
+        for item in items:
+            item.read_key = self.key
+        return items
+
+
+def _jobs(reader, data: bytes, sid: str, generator: str, source: str,
+          key: str | None) -> Iterator[InputStructure | ReadJob]:
+    if reader is _read_table_file:  # loaded here, its rows sliced into jobs
+        for job in _read_table_file(data, sid, generator, source):
+            if isinstance(job, ReadJob):
+                job.key = key
+            yield job
+    else:
+        yield ReadJob(reader, data, sid, generator, source, key)
+
+
+def read_jobs(jobs: list[tuple[int, InputStructure | ReadJob]], max_atoms: int, min_distance_a: float,
+              pack: bool = False) -> list[tuple[int, list[InputStructure]]]:
+    """An ingest task: run the jobs (numbered in walking order), check and hash every structure (packed
+    when ``pack``)."""
+    out = []
+    for number, job in jobs:
+        items = [job] if isinstance(job, InputStructure) else job()
+        items = [_finish(item, max_atoms, min_distance_a) for item in items]
+        out.append((number, [item.packed() for item in items] if pack else items))
+    return out
 
 
 def _read_cif_file(data: bytes, sid: str, generator: str, source: str) -> Iterator[InputStructure]:
@@ -227,7 +298,8 @@ def _load_table(data: bytes, suffix: str):
     return pd.read_parquet(buffer)
 
 
-def _read_table_file(data: bytes, sid: str, generator: str, source: str) -> Iterator[InputStructure]:
+def _read_table_file(data: bytes, sid: str, generator: str, source: str) -> Iterator[InputStructure | "ReadJob"]:
+    """A table is loaded where it is found; its rows are parsed in slices (``ReadJob``s), anywhere."""
     try:
         table = _load_table(data, PurePosixPath(source).suffix.lower())
     except Exception as exc:
@@ -242,13 +314,20 @@ def _read_table_file(data: bytes, sid: str, generator: str, source: str) -> Iter
             f"columns are {', '.join(map(str, table.columns))}",
         )
         return
+    texts = table[column].tolist()
     generator_column = by_lower.get(GENERATOR_COLUMN)
-    for row, text in enumerate(table[column].tolist()):
-        gen = generator
-        if generator_column is not None:
-            value = table[generator_column].iloc[row]
-            if isinstance(value, str) and value.strip():
-                gen = value.strip()
+    generators = [generator] * len(texts)
+    if generator_column is not None:
+        generators = [v.strip() if isinstance(v, str) and v.strip() else generator
+                      for v in table[generator_column].tolist()]
+    for start in range(0, len(texts), TABLE_ROWS_PER_JOB):
+        rows = slice(start, start + TABLE_ROWS_PER_JOB)
+        yield ReadJob(_parse_table_rows, (texts[rows], generators[rows], start), sid, generator, source)
+
+
+def _parse_table_rows(data: tuple, sid: str, generator: str, source: str) -> Iterator[InputStructure]:
+    texts, generators, start = data
+    for row, (text, gen) in enumerate(zip(texts, generators), start):
         item = InputStructure(f"{sid}#{row}", gen, f"{source}#{row}")
         try:
             item.structure = parse_structure_text(text)
@@ -314,16 +393,41 @@ def _hidden(relative: PurePosixPath) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
 
 
+@dataclass
+class Walk:
+    """What walking the inputs collects and consults: files skipped on purpose, folders never read, and
+    the inputs read before (``cache``: read key -> its finished inputs), which are not read again."""
+
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)
+    exclude: tuple[Path, ...] = ()
+    cache: dict[str, list[InputStructure]] = field(default_factory=dict)
+    spec: str = ""
+
+    def key(self, source: str, identity: str | None) -> str | None:
+        """What a file's structures depend on: the input as named, the file, and its identity (size and
+        modification time, or a zip entry's CRC)."""
+        return None if identity is None else f"{self.spec}::{source}::{identity}"
+
+
+def _stamp(path: Path) -> str | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def _from_files(
-    files: list[tuple[PurePosixPath, Callable[[], bytes]]], root_name: str, forced: str | None, label: str,
-    skipped: SkippedFiles,
-) -> Iterator[InputStructure]:
-    """files: (path relative to the root, function returning the bytes). A zip among them keeps its own
-    layout of generators (MatterGen ships its baselines in one); ``X.gz`` is read as X."""
-    for relative, read_bytes in sorted(files, key=lambda f: str(f[0])):
+    files: list[tuple[PurePosixPath, Callable[[], bytes], str | None]], root_name: str, forced: str | None,
+    label: str, walk: Walk,
+) -> Iterator[InputStructure | ReadJob | list[InputStructure]]:
+    """files: (path relative to the root, function returning the bytes, the file's identity). A zip among
+    them keeps its own layout of generators (MatterGen ships its baselines in one); ``X.gz`` is read as X.
+    A file whose key is in the walk's cache is not read: its inputs come as they were (a list)."""
+    for relative, read_bytes, identity in sorted(files, key=lambda f: str(f[0])):
         source = f"{label}/{relative}" if label else str(relative)
         if _hidden(relative):
-            skipped.add("hidden", source)
+            walk.skipped.add("hidden", source)
             continue
         name, compressed = relative.name, relative.suffix.lower() == ".gz"
         if compressed:
@@ -335,11 +439,15 @@ def _from_files(
             except Exception as exc:
                 yield InputStructure(f"{relative}", forced or root_name, source, error=f"unreadable file: {exc}")
                 continue
-            yield from _iter_zip(io.BytesIO(data), PurePosixPath(name).stem, forced, source, skipped)
+            yield from _iter_zip(io.BytesIO(data), PurePosixPath(name).stem, forced, source, walk, identity)
             continue
         reader = _reader_for(name)
         if reader is None:
-            skipped.add("with no structure reader (extension)", source)
+            walk.skipped.add("with no structure reader (extension)", source)
+            continue
+        key = walk.key(source, identity)
+        if key in walk.cache:
+            yield walk.cache[key]
             continue
         relative_name = relative.with_name(name)
         generator = _generator_for(relative_name, root_name, forced)
@@ -351,10 +459,11 @@ def _from_files(
         except Exception as exc:
             yield InputStructure(sid, generator, source, error=f"unreadable file: {type(exc).__name__}: {exc}"[:400])
             continue
-        yield from reader(data, sid, generator, source)
+        yield from _jobs(reader, data, sid, generator, source, key)
 
 
-def _iter_zip(handle, stem: str, forced: str | None, label: str, skipped: SkippedFiles) -> Iterator[InputStructure]:
+def _iter_zip(handle, stem: str, forced: str | None, label: str, walk: Walk,
+              identity: str | None) -> Iterator[InputStructure | ReadJob | list[InputStructure]]:
     """A zip (path or file object). One that cannot be opened is one invalid_input row."""
     try:
         archive = zipfile.ZipFile(handle)
@@ -375,8 +484,10 @@ def _iter_zip(handle, stem: str, forced: str | None, label: str, skipped: Skippe
             seen[relative] = seen.get(relative, 0) + 1
             if seen[relative] > 1:  # a second entry of the same name: read it too, under its own name
                 relative = relative.with_name(f"{relative.stem}~{seen[relative]}{relative.suffix}")
-            files.append((relative, lambda info=info: archive.read(info)))
-        yield from _from_files(files, root_name, forced, label, skipped)
+            # an entry's ids depend on the whole archive's layout: its identity is the archive's and its own
+            entry = None if identity is None else f"{identity}/{info.filename}:{info.CRC}:{info.file_size}"
+            files.append((relative, lambda info=info: archive.read(info), entry))
+        yield from _from_files(files, root_name, forced, label, walk)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -384,7 +495,7 @@ def is_run_folder(path: Path) -> bool:
     return (path / "run.json").is_file() or (path / "structures").is_dir() and (path / "manifest.parquet").exists()
 
 
-def _iter_folder(path: Path, forced: str | None, skipped: SkippedFiles, exclude: tuple[Path, ...]) -> Iterator[InputStructure]:
+def _iter_folder(path: Path, forced: str | None, walk: Walk) -> Iterator[InputStructure | ReadJob | list]:
     files = []
     root = path.resolve()
     for folder, subfolders, names in os.walk(path, followlinks=False):
@@ -393,18 +504,18 @@ def _iter_folder(path: Path, forced: str | None, skipped: SkippedFiles, exclude:
             full = folder / sub
             relative = PurePosixPath(full.relative_to(path).as_posix())
             if full.is_symlink():  # a linked folder can loop or leave the input: not followed
-                skipped.add("linked folder", full)
+                walk.skipped.add("linked folder", full)
                 subfolders.remove(sub)
-            elif full.resolve() in exclude or is_run_folder(full):
-                skipped.add("PhononBench output folder", full)
+            elif full.resolve() in walk.exclude or is_run_folder(full):
+                walk.skipped.add("PhononBench output folder", full)
                 subfolders.remove(sub)
             elif _hidden(relative):
-                skipped.add("hidden", full)
+                walk.skipped.add("hidden", full)
                 subfolders.remove(sub)
         for name in names:
             full = folder / name  # a linked file is read through its link; a dangling one is unreadable
-            files.append((PurePosixPath(full.relative_to(path).as_posix()), full.read_bytes))
-    yield from _from_files(files, root.name, forced, str(root), skipped)
+            files.append((PurePosixPath(full.relative_to(path).as_posix()), full.read_bytes, _stamp(full)))
+    yield from _from_files(files, root.name, forced, str(root), walk)
 
 
 def split_input(spec: str) -> tuple[str | None, Path]:
@@ -418,14 +529,16 @@ def split_input(spec: str) -> tuple[str | None, Path]:
     return forced, path
 
 
-def iter_input(spec: str, skipped: SkippedFiles | None = None, exclude: tuple[Path, ...] = ()) -> Iterator[InputStructure]:
-    """Structures of one input, unchecked. ``spec`` is PATH or NAME=PATH."""
-    skipped = skipped if skipped is not None else SkippedFiles()
+def iter_input(spec: str, walk: Walk | None = None) -> Iterator[InputStructure | ReadJob | list[InputStructure]]:
+    """What reading one input takes, in order: jobs that read files, inputs that need no reading (an
+    unreadable file), and lists of inputs the walk's cache already holds. ``spec`` is PATH or NAME=PATH."""
+    walk = walk if walk is not None else Walk()
+    walk.spec = spec
     forced, path = split_input(spec)
     if path.is_dir():
-        yield from _iter_folder(path, forced, skipped, exclude)
+        yield from _iter_folder(path, forced, walk)
     elif path.suffix.lower() == ".zip":
-        yield from _iter_zip(path, path.stem, forced, str(path.resolve()), skipped)
+        yield from _iter_zip(path, path.stem, forced, str(path.resolve()), walk, _stamp(path))
     else:
         name = path.name[:-3] if path.suffix.lower() == ".gz" else path.name
         reader = _reader_for(name)
@@ -434,34 +547,87 @@ def iter_input(spec: str, skipped: SkippedFiles | None = None, exclude: tuple[Pa
                 f"unsupported input {path}: expected a folder, .zip, .cif, POSCAR, .extxyz, "
                 f".csv, .json, .jsonl or .parquet (optionally .gz)"
             )
+        key = walk.key(str(path.resolve()), _stamp(path))
+        if key in walk.cache:
+            yield walk.cache[key]
+            return
         generator = forced or PurePosixPath(name).stem
         data = path.read_bytes()
-        yield from reader(gzip.decompress(data) if name != path.name else data, f"{generator}/{name}", generator,
-                          str(path.resolve()))
+        yield from _jobs(reader, gzip.decompress(data) if name != path.name else data, f"{generator}/{name}",
+                         generator, str(path.resolve()), key)
+
+
+class LocalTasks:
+    """Tasks one after another in this process: the ``map_tasks`` of an in-process run (and the default of
+    the stages that spread work: ingest, dedup)."""
+
+    def slots(self) -> int:
+        return 1
+
+    def map_tasks(self, function: Callable, arguments, shared=None) -> Iterator:
+        """``function(*a)`` for each ``a`` of ``arguments`` (``shared`` first when given), in order."""
+        for a in arguments:
+            yield function(shared, *a) if shared is not None else function(*a)
+
+
+def _batches(jobs: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def read_inputs(
     specs: list[str], max_atoms: int, min_distance_a: float, limit_per_generator: int | None = None,
-    skipped: SkippedFiles | None = None, exclude: tuple[Path, ...] = (),
+    skipped: SkippedFiles | None = None, exclude: tuple[Path, ...] = (), executor=None, pack: bool = False,
+    progress: Callable[[int], None] | None = None, cache: dict[str, list[InputStructure]] | None = None,
 ) -> list[InputStructure]:
     """All input structures, checked and hashed, in a stable order. Ids must be unique across inputs.
 
-    ``skipped`` collects the files passed over on purpose; folders in ``exclude`` (the run's own output
-    folder) and PhononBench output folders are never read."""
+    Files are read here, lazily; parsing and checking run as tasks on ``executor`` (``map_tasks``; this
+    process by default), ``JOBS_PER_TASK`` files or table slices each. ``pack``: structures come back
+    packed (``InputStructure.packed``), as a run keeps them. ``cache`` (read key -> inputs, from a run
+    folder): files whose key is there are neither read nor parsed again. ``skipped`` collects the files
+    passed over on purpose; folders in ``exclude`` (the run's own output folder) and PhononBench output
+    folders are never read. ``progress(n)``: n more inputs read."""
+    executor = executor or LocalTasks()
+    walk = Walk(skipped if skipped is not None else SkippedFiles(), tuple(p.resolve() for p in exclude), cache or {})
+    entries = ((number, entry) for number, entry in enumerate(e for spec in specs for e in iter_input(spec, walk)))
+    done: list[tuple[int, list[InputStructure]]] = []
+
+    def tasks():  # cached inputs go straight to ``done``; the rest to tasks, a batch at a time
+        for batch in _batches(entries, JOBS_PER_TASK):
+            jobs = [(number, entry) for number, entry in batch if not isinstance(entry, list)]
+            done.extend((number, entry) for number, entry in batch if isinstance(entry, list))
+            if progress and len(jobs) < len(batch):
+                progress(sum(len(entry) for _, entry in batch if isinstance(entry, list)))
+            if jobs:
+                yield jobs, max_atoms, min_distance_a, pack
+
+    for finished in executor.map_tasks(read_jobs, tasks()):
+        done.extend(finished)
+        if progress:
+            progress(sum(len(items) for _, items in finished))
+    done.sort(key=lambda entry: entry[0])
+
     items: list[InputStructure] = []
     seen: dict[str, str] = {}
     per_generator: dict[str, int] = {}
-    for spec in specs:
-        for item in iter_input(spec, skipped, tuple(p.resolve() for p in exclude)):
+    for _, entry in done:
+        for item in entry:
             if item.structure_id in seen:
                 raise SetupError(
                     f"structure id {item.structure_id!r} comes from both {seen[item.structure_id]} and "
                     f"{item.source}: inputs overlap; name them apart with NAME=PATH"
                 )
+            seen[item.structure_id] = item.source
             if limit_per_generator is not None:
                 if per_generator.get(item.generator, 0) >= limit_per_generator:
                     continue
                 per_generator[item.generator] = per_generator.get(item.generator, 0) + 1
-            seen[item.structure_id] = item.source
-            items.append(_finish(item, max_atoms, min_distance_a))
+            items.append(item)
     return items

@@ -8,6 +8,7 @@ ledger. The executor is the caller's choice (in-process by default, or Ray), nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -18,15 +19,17 @@ import uuid
 from pathlib import Path
 from typing import Protocol as TypingProtocol
 
+import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from phononbench import results as results_io
-from phononbench.dedup import find_duplicates
+from phononbench.dedup import buckets_of, find_duplicates
 from phononbench.engines import check_engine
 from phononbench.errors import SetupError
 from phononbench.executors import InProcessExecutor
-from phononbench.ingest import InputStructure, SkippedFiles, read_inputs, split_input
-from phononbench.records import COMPUTED_STATUSES, RETRYABLE_STATUSES, Col, Status, StructureResult
+from phononbench.ingest import READER_VERSION, InputStructure, SkippedFiles, read_inputs, split_input
+from phononbench.records import ALL_GENERATORS, COMPUTED_STATUSES, RETRYABLE_STATUSES, Col, Status, StructureResult
+from phononbench.settings import Protocol
 from phononbench.worker import WorkerSpec, attach_log_file
 
 log = logging.getLogger(__name__)
@@ -75,30 +78,32 @@ def check_output_folder(out: str | Path) -> None:
     results_io.RunLock(out).refuse_if_held()
 
 
-def _plan(items, duplicate_of, recorded, retry_failed: bool):
+def _plan(items, duplicate_of, recorded: pd.DataFrame, retry_failed: bool):
     """What this run must do for each input, given the rows already written (resume by content):
     rows to write as they are, structures to compute (with their attempt number)."""
-    recorded = recorded.astype(object).where(recorded.notna(), None)  # NaN is no value
-    by_key = {(r[Col.STRUCTURE_ID], r[Col.STRUCTURE_HASH]): r for r in recorded.to_dict("records")}
-    computed_by_hash = {r[Col.STRUCTURE_HASH]: r for r in by_key.values() if r[Col.STATUS] in COMPUTED_STATUSES}
+    columns = [Col.STRUCTURE_ID, Col.STRUCTURE_HASH, Col.STATUS, Col.DUPLICATE_OF, Col.ATTEMPT]
+    narrow = recorded.reindex(columns=columns).astype(object)
+    narrow = narrow.where(narrow.notna(), None)  # NaN is no value
+    by_key = {(sid, digest): (k, status, duplicate, attempt) for k, (sid, digest, status, duplicate, attempt)
+              in enumerate(narrow.itertuples(index=False, name=None))}
+    computed_by_hash = {digest: k for (_, digest), (k, status, _, _) in by_key.items() if status in COMPUTED_STATUSES}
     write, todo, attempts, n_kept = [], [], {}, 0
     for item in items:
-        previous = by_key.get((item.structure_id, item.structure_hash))
-        status = previous[Col.STATUS] if previous is not None else None
+        _, status, duplicate, attempt = by_key.get((item.structure_id, item.structure_hash), (None,) * 4)
         if not item.valid:
             if status != Status.INVALID_INPUT:
                 write.append(StructureResult.for_input(item, Status.INVALID_INPUT))
         elif item.structure_id in duplicate_of:
-            if status != Status.DUPLICATE or previous[Col.DUPLICATE_OF] != duplicate_of[item.structure_id]:
+            if status != Status.DUPLICATE or duplicate != duplicate_of[item.structure_id]:
                 write.append(StructureResult.for_input(item, Status.DUPLICATE,
                                                        duplicate_of=duplicate_of[item.structure_id]))
         elif status in COMPUTED_STATUSES:
             n_kept += 1
-        elif status in RETRYABLE_STATUSES and not (retry_failed and (previous.get(Col.ATTEMPT) or 1) < 2):
+        elif status in RETRYABLE_STATUSES and not (retry_failed and (attempt or 1) < 2):
             n_kept += 1
         elif status is None and item.structure_hash in computed_by_hash:
             # the same structure under another id (a moved or renamed file): its result, under this id
-            copy = dict(computed_by_hash[item.structure_hash])
+            copy = recorded.iloc[computed_by_hash[item.structure_hash]].to_dict()
             copy.update({Col.STRUCTURE_ID: item.structure_id, Col.GENERATOR: item.generator, Col.SOURCE: item.source})
             write.append(copy)
         else:
@@ -124,110 +129,217 @@ def run_benchmark(
     Every setting is checked before anything is written. An ``out`` that already holds a run with the same
     settings is resumed by content: a structure whose input is unchanged keeps its row, an edited one is
     computed again, a removed one leaves the results, a moved copy takes its result; rows of structures
-    whose worker timed out or died are computed once more (``retry_failed``). One run at a time may write
-    to ``out``. ``executor`` decides where workers run (in-process by default, or Ray).
+    whose worker timed out or died are computed once more (``retry_failed``). A folder that ``dedup`` wrote
+    is taken up (its dedup reused). One run at a time may write to ``out``. ``executor`` decides where
+    workers and the ingest and dedup tasks run (in-process by default, or Ray).
     """
     check_engine(spec.engine)
     spec.protocol.check()
     check_run_settings(chunk_size, limit_per_generator)
     executor = executor or InProcessExecutor()
-    protocol = spec.protocol
-    started = time.time()
-    out = Path(out)
-    inputs = [normalize_input(i) for i in inputs]
+    info = _run_info("run", inputs, spec.protocol, executor, command, limit_per_generator,
+                     engine=spec.engine, chunk_size=chunk_size, potential=potential_info)
+    return _in_run_folder(Path(out), info, executor, spec, lambda out, info, previous: _run(
+        out, spec, info, previous, executor, limit_per_generator, reporter, chunk_size, retry_failed))
+
+
+def deduplicate_inputs(
+    inputs: list[str],
+    out: str | Path,
+    protocol: Protocol,
+    executor=None,
+    limit_per_generator: int | None = None,
+    reporter: Reporter | None = None,
+    command: str | None = None,
+) -> pd.DataFrame:
+    """Ingest and dedup only (``phononbench dedup``): the rows ``run`` writes for invalid and duplicate
+    inputs, the manifest and the dedup decisions, into a folder that a later ``run`` takes up. Returns the
+    input / valid / unique counts per generator."""
+    protocol.check()
+    check_run_settings(1, limit_per_generator)
+    executor = executor or InProcessExecutor()
+    info = _run_info("dedup", inputs, protocol, executor, command, limit_per_generator)
+
+    def body(out: Path, info: dict, previous: dict | None) -> pd.DataFrame:
+        items, duplicate_of, rows = _prepare(out, info, protocol, executor, limit_per_generator, reporter)
+        write, _, _, _ = _plan(items, duplicate_of, rows, retry_failed=False)
+        with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
+            for row in write:
+                writer.add(row)
+        counts = unique_counts(items, duplicate_of)
+        _finish_run(out, info, items, n_computed=0, n_kept=0, dedup=counts.to_dict(orient="records"))
+        return counts
+
+    return _in_run_folder(Path(out), info, executor, None, body)
+
+
+def unique_counts(items: list[InputStructure], duplicate_of: dict[str, str]) -> pd.DataFrame:
+    """Per generator (and pooled): inputs, valid ones, unique ones (the "unique CIFs" users quote)."""
+    frame = pd.DataFrame({Col.GENERATOR: [i.generator for i in items], Col.N_VALID: [i.valid for i in items],
+                          Col.N_UNIQUE: [i.valid and i.structure_id not in duplicate_of for i in items]})
+    per_generator = frame.groupby(Col.GENERATOR, sort=True).agg(
+        **{Col.N_INPUT: (Col.N_VALID, "size"), Col.N_VALID: (Col.N_VALID, "sum"), Col.N_UNIQUE: (Col.N_UNIQUE, "sum")})
+    per_generator[Col.POOLED] = False
+    pooled = pd.DataFrame({Col.N_INPUT: [len(frame)], Col.N_VALID: [int(frame[Col.N_VALID].sum())],
+                           Col.N_UNIQUE: [int(frame[Col.N_UNIQUE].sum())], Col.POOLED: [True]},
+                          index=pd.Index([ALL_GENERATORS], name=Col.GENERATOR))
+    return pd.concat([per_generator, pooled]).reset_index()
+
+
+def _run_info(stage, inputs, protocol, executor, command, limit_per_generator, **settings) -> dict:
     info = {
+        "stage": stage,
         "status": "running",
         "started": dt.datetime.now(dt.timezone.utc).isoformat(),
         "command": command,
-        "inputs": inputs,
+        "inputs": [normalize_input(i) for i in inputs],
         "limit_per_generator": limit_per_generator,
-        "engine": spec.engine,
-        "chunk_size": chunk_size,
+        "engine": None,
+        "chunk_size": None,
+        "potential": None,
+        **settings,
         "executor": executor.describe(),
         "protocol": protocol.to_dict(),
-        "potential": potential_info,
         **results_io.environment(),
     }
     # JSON round trip so tuples compare equal to what run.json holds
-    info = json.loads(json.dumps(info, default=str))
+    return json.loads(json.dumps(info, default=str))
+
+
+def _in_run_folder(out: Path, info: dict, executor, spec: WorkerSpec | None, body):
+    """Checks (folder, resumability, resources) before anything is made; then ``body(out, info, previous)``
+    under the folder's lock and with its log. A setup error before the first row leaves no folder behind."""
     check_output_folder(out)
     previous = results_io.read_run_info(out) if (out / results_io.RUN_FILE).exists() else None
     if previous is not None and results_io.has_rows(out):
         results_io.check_resumable(previous, info)  # a folder with no rows yet takes the new settings
-    executor.check(spec)  # resources the executor can provide, before any folder is made
-
+    if spec is not None:
+        executor.check(spec)  # resources the executor can provide, before any folder is made
     created = not out.exists()
     results_io.prepare_output(out)
     try:
         with results_io.RunLock(out):
-            return _run(inputs, out, spec, info, previous, executor, limit_per_generator, reporter, chunk_size,
-                        retry_failed, started)
+            info["run_id"] = (previous or {}).get("run_id") or uuid.uuid4().hex
+            if previous is not None:
+                info["resumed_from"] = previous.get("started")
+            handler = attach_log_file(str((out / results_io.LOG_FILE).resolve()))
+            try:
+                results_io.write_run_info(out, info)
+                log.info("%s %s: %s", info["stage"], "resumed" if previous else "started",
+                         info["command"] or info["inputs"])
+                return body(out, info, previous)
+            finally:
+                logging.getLogger("phononbench").removeHandler(handler)
+                handler.close()
     except SetupError:
         if created and not results_io.has_rows(out):
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
         raise
 
 
-def _run(inputs, out, spec, info, previous, executor, limit_per_generator, reporter, chunk_size, retry_failed,
-         started):
-    protocol = spec.protocol
-    if previous is not None:
-        info["run_id"] = previous.get("run_id") or uuid.uuid4().hex
-        info["resumed_from"] = previous.get("started")
+def _prepare(out: Path, info: dict, protocol: Protocol, executor, limit_per_generator, reporter):
+    """Ingest (tasks on the executor, structures kept packed), dedup (unchanged buckets reused), the rows
+    already written; records the manifest and the skipped files."""
+    skipped = SkippedFiles()
+    started = time.perf_counter()
+    settings = {"max_atoms": protocol.max_atoms, "min_distance_a": protocol.min_distance_a,
+                "reader": READER_VERSION}
+    cache = results_io.read_ingest_cache(out, settings)
+    with threadpool_limits(limits=1, user_api="blas"), _stage(reporter, "read inputs") as step:
+        items = read_inputs(info["inputs"], protocol.max_atoms, protocol.min_distance_a, limit_per_generator,
+                            skipped=skipped, exclude=(out,), executor=executor, pack=True, progress=step,
+                            cache=cache)
+    del cache
+    results_io.write_ingest_cache(out, items, settings)
+    results_io.write_manifest(out, items)
+    info["skipped_files"] = skipped.to_dict()
+    if skipped.count():
+        log.info(skipped.summary())
+    read = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        duplicate_of = deduplicate(items, out, executor, reporter)
+    deduplicated = time.perf_counter()
+    rows = results_io.recorded_rows(out)
+    info["stage_s"] = {"read_inputs": round(read - started, 2), "dedup": round(deduplicated - read, 2),
+                       "read_rows": round(time.perf_counter() - deduplicated, 2)}
+    return items, duplicate_of, rows
+
+
+def deduplicate(items: list[InputStructure], out: Path, executor, reporter=None) -> dict[str, str]:
+    """``find_duplicates`` on the buckets whose members changed since the folder's last dedup; the others'
+    decisions are reused. Writes the decisions back (OUT/dedup.parquet)."""
+    cached = results_io.read_dedup(out)
+    duplicate_of: dict[str, str] = {}
+    fresh: list[InputStructure] = []
+    for key, members in buckets_of(items).items():
+        before = cached.get(key)
+        if before is not None and before[0] == tuple((m.structure_id, m.structure_hash) for m in members):
+            duplicate_of.update(before[1])
+        else:
+            fresh.extend(members)
+    log.info("dedup: %d structures to match, %d decided before", len(fresh),
+             sum(i.valid for i in items) - len(fresh))
+    with _stage(reporter, "dedup", len(fresh)) as step:
+        duplicate_of.update(find_duplicates(fresh, executor, progress=step))
+    results_io.write_dedup(out, items, duplicate_of)
+    return duplicate_of
+
+
+@contextlib.contextmanager
+def _stage(reporter, name: str, total: int | None = None):
+    """The reporter's progress for a stage before the physics, or nothing."""
+    if reporter is not None and hasattr(reporter, "stage"):
+        with reporter.stage(name, total) as step:
+            yield step
     else:
-        info["run_id"] = uuid.uuid4().hex
-    log_file = out / results_io.LOG_FILE
-    handler = attach_log_file(str(log_file.resolve()))
-    try:
-        results_io.write_run_info(out, info)
-        log.info("run %s: %s", "resumed" if previous else "started", info["command"] or inputs)
+        yield None
 
-        skipped = SkippedFiles()
-        with threadpool_limits(limits=spec.blas_threads, user_api="blas"):  # small matrices, as in the workers
-            items = read_inputs(inputs, protocol.max_atoms, protocol.min_distance_a, limit_per_generator,
-                                skipped=skipped, exclude=(out,))
-            duplicate_of = find_duplicates(items)
-        write, todo, attempts, n_kept = _plan(items, duplicate_of, results_io.recorded_rows(out), retry_failed)
-        results_io.write_manifest(out, items)
-        info["skipped_files"] = skipped.to_dict()
-        if skipped.count():
-            log.info(skipped.summary())
-        chunks = plan_chunks(todo, chunk_size, executor.slots() if todo else 1)
-        log.info("%d input structures: %d kept from before, %d to compute in %d chunks",
-                 len(items), n_kept, len(todo), len(chunks))
 
-        spec = dataclasses.replace(spec, log_file=str(log_file.resolve()))
-        with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
-            for row in write:
-                writer.add(row)
-            writer.flush()
+def _finish_run(out: Path, info: dict, items, n_computed: int, n_kept: int, **extra) -> None:
+    info.update(status="complete", finished=dt.datetime.now(dt.timezone.utc).isoformat(),
+                wall_s=round(time.time() - dt.datetime.fromisoformat(info["started"]).timestamp(), 2),
+                n_input=len(items), n_computed_this_time=n_computed, n_kept=n_kept,
+                driver_peak_rss_mb=round(_peak_rss_mb()), **extra)
+    results_io.write_run_info(out, info)
+    log.info("%s complete in %.1f s", info["stage"], info["wall_s"])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _run(out, spec, info, previous, executor, limit_per_generator, reporter, chunk_size, retry_failed):
+    protocol = spec.protocol
+    items, duplicate_of, rows = _prepare(out, info, protocol, executor, limit_per_generator, reporter)
+    write, todo, attempts, n_kept = _plan(items, duplicate_of, rows, retry_failed)
+    del rows
+    chunks = plan_chunks(todo, chunk_size, executor.slots() if todo else 1)
+    log.info("%d input structures: %d kept from before, %d to compute in %d chunks",
+             len(items), n_kept, len(todo), len(chunks))
+
+    spec = dataclasses.replace(spec, log_file=str((out / results_io.LOG_FILE).resolve()))
+    with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
+        for row in write:
+            writer.add(row)
+        writer.flush()
+        if reporter:
+            reporter.start(len(todo))
+        try:
+            for rows in executor.map(spec, chunks):
+                for row in rows:
+                    row.attempt = attempts.get(row.structure_id, 1)
+                    writer.add(row)
+                    if reporter:
+                        reporter.advance(row)
+                writer.flush()  # a finished chunk is on disk before the next one is awaited
+        finally:
             if reporter:
-                reporter.start(len(todo))
-            try:
-                for rows in executor.map(spec, chunks):
-                    for row in rows:
-                        row.attempt = attempts.get(row.structure_id, 1)
-                        writer.add(row)
-                        if reporter:
-                            reporter.advance(row)
-                    writer.flush()  # a finished chunk is on disk before the next one is awaited
-            finally:
-                if reporter:
-                    reporter.stop()
+                reporter.stop()
 
-        summary = results_io.summarize(results_io.read_structures(out), protocol.thresholds_thz)
-        results_io.write_summary(out, summary)
-        info.update(
-            status="complete",
-            finished=dt.datetime.now(dt.timezone.utc).isoformat(),
-            wall_s=round(time.time() - started, 2),
-            n_input=len(items),
-            n_computed_this_time=len(todo),
-            n_kept=n_kept,
-        )
-        results_io.write_run_info(out, info)
-        log.info("run complete in %.1f s", info["wall_s"])
-        return summary
-    finally:
-        logging.getLogger("phononbench").removeHandler(handler)
-        handler.close()
+    results_io.compact(out)
+    summary = results_io.summarize(results_io.read_structures(out), protocol.thresholds_thz)
+    results_io.write_summary(out, summary)
+    _finish_run(out, info, items, n_computed=len(todo), n_kept=n_kept)
+    return summary

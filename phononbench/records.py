@@ -162,7 +162,9 @@ class StructureResult:
         """A row for one input structure, its identity and composition filled in."""
         row = cls(item.structure_id, item.structure_hash, item.generator, item.source, status,
                   error=error or item.error, **columns)
-        if item.structure is not None:
+        if item.formula is not None:
+            row.formula, row.n_atoms = item.formula, item.n_atoms
+        elif item.structure is not None:
             row.formula = item.structure.composition.reduced_formula
             row.n_atoms = len(item.structure)
         return row

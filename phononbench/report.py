@@ -43,10 +43,25 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
             cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
             cells.append(percent(r[Col.STABILITY_RATE_BZ]))
         cells.append(str(int(first[Col.N_STABLE_NOT_3D])))
-        # a generator's name is shown as it is, never read as rich markup; one that reads like the pooled
-        # row's label is quoted
-        pooled = k == len(sections) - 1
-        name = Text(generator if pooled or generator != ALL_GENERATORS else repr(generator),
-                    style="italic" if pooled else "")
-        table.add_row(name, *cells, end_section=k == len(sections) - 2)
+        table.add_row(_generator_cell(generator, k == len(sections) - 1), *cells, end_section=k == len(sections) - 2)
     return table
+
+
+def unique_table(counts: pd.DataFrame, title: str = "PhononBench inputs") -> Table:
+    """Input, valid and unique structures per generator (``pipeline.unique_counts``), pooled row last."""
+    table = Table(title=Text(title))
+    table.add_column("generator", style="bold", no_wrap=True)
+    for name in ("input", "valid", "unique"):
+        table.add_column(name, justify="right", no_wrap=True)
+    rows = list(counts.itertuples(index=False))
+    for k, row in enumerate(rows):
+        table.add_row(_generator_cell(getattr(row, Col.GENERATOR), bool(getattr(row, Col.POOLED))), *(f"{int(getattr(row, c)):,}" for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE)),
+                      end_section=k == len(rows) - 2)
+    return table
+
+
+def _generator_cell(generator: str, pooled: bool) -> Text:
+    """A generator's name as it is, never read as rich markup; one that reads like the pooled row's label is
+    quoted, the pooled row in italics."""
+    return Text(generator if pooled or generator != ALL_GENERATORS else repr(generator),
+                style="italic" if pooled else "")

@@ -28,6 +28,10 @@ RUN_FILE = "run.json"
 LOG_FILE = "run.log"
 MANIFEST_FILE = "manifest.parquet"  # the inputs of the latest run: structure_id, structure_hash, generator, source
 LOCK_FILE = ".lock"
+INGEST_CACHE_FILE = "inputs.parquet"  # the inputs as read, by file: a resume reads only changed files
+DEDUP_FILE = "dedup.parquet"  # every valid input's dedup decision, reused by a resume for unchanged buckets
+# what decided it: a dedup file from another matcher (or pymatgen) is not reused
+DEDUP_MATCHER = f"StructureMatcher() defaults, pymatgen {metadata.version('pymatgen')}"
 
 PACKAGES = ("phononbench", "mattersim", "torch", "ase", "phonopy", "spglib", "seekpath", "pymatgen",
             "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
@@ -35,6 +39,7 @@ PACKAGES = ("phononbench", "mattersim", "torch", "ase", "phonopy", "spglib", "se
 # run.json keys that must match for a resume: anything that changes a verdict
 RESUME_KEYS = ("protocol", "inputs", "limit_per_generator", "engine")
 RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
+INGEST_KEYS = ("max_atoms", "min_distance_a")  # the protocol settings that decide what ingest and dedup give
 
 
 def package_versions() -> dict[str, str | None]:
@@ -53,10 +58,19 @@ def environment() -> dict:
 
 
 def check_resumable(previous: dict, info: dict) -> None:
-    """Refuse to resume a run made with other settings: the rows would mix two runs."""
-    differing = [k for k in RESUME_KEYS if previous.get(k) != info[k]]
-    differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
-                  if previous.get("potential", {}).get(k) != info["potential"].get(k)]
+    """Refuse to resume a run made with other settings: the rows would mix two runs. A folder that
+    ``phononbench dedup`` wrote (stage "dedup") is taken up by a run with the same inputs and ingest
+    settings; ``dedup`` never writes into a run's folder (its rows hold the dedup already)."""
+    if previous.get("stage") == "dedup" or info.get("stage") == "dedup":
+        if info.get("stage") == "dedup" and previous.get("stage", "run") != "dedup":
+            raise SetupError("this output folder holds a run, whose rows include its dedup; use another folder")
+        differing = [k for k in ("inputs", "limit_per_generator") if previous.get(k) != info[k]]
+        differing += [f"protocol.{k}" for k in INGEST_KEYS
+                      if previous.get("protocol", {}).get(k) != info["protocol"].get(k)]
+    else:
+        differing = [k for k in RESUME_KEYS if previous.get(k) != info[k]]
+        differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
+                      if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
     if differing:
         raise SetupError(
             f"the run in this output folder used other settings ({', '.join(differing)}); resuming would mix "
@@ -80,15 +94,41 @@ def has_rows(out: Path) -> bool:
     return any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))
 
 
-def recorded_rows(out: Path) -> pd.DataFrame:
-    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash)."""
+def _latest_rows(out: Path) -> tuple[pa.Table | None, list[Path]]:
+    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash), as
+    one Arrow table (types as written), and the part files it came from."""
     parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))  # names sort in writing order
     if not parts:
+        return None, parts
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    if Col.STRUCTURE_HASH not in table.column_names:
+        table = table.append_column(str(Col.STRUCTURE_HASH), pa.nulls(table.num_rows, pa.string()))
+    keys = table.select([str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]).to_pandas()
+    latest = keys.drop_duplicates(keep="last").index.to_numpy()
+    return (table if len(latest) == table.num_rows else table.take(latest)), parts
+
+
+def recorded_rows(out: Path) -> pd.DataFrame:
+    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash)."""
+    table, _ = _latest_rows(out)
+    if table is None:
         return pd.DataFrame(columns=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH), str(Col.STATUS)])
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pandas()
-    if Col.STRUCTURE_HASH not in table:
-        table[Col.STRUCTURE_HASH] = None
-    return table.drop_duplicates(subset=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)], keep="last")
+    return table.to_pandas()
+
+
+def compact(out: Path, rows_per_part: int = 50_000, most_parts: int = 16) -> None:
+    """Rewrite OUT/structures as few large parts (the latest row per key, types kept) once a run has left
+    more than ``most_parts``: a 110k-structure run writes thousands of small ones. The new parts are written
+    (atomically) before the old ones go, so a crash in between leaves rows twice, never none; a later
+    reader keeps one of each."""
+    table, parts = _latest_rows(out)
+    if table is None or len(parts) <= most_parts:
+        return
+    tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}-compact"
+    for n, start in enumerate(range(0, table.num_rows, rows_per_part)):
+        _write_atomically(table.slice(start, rows_per_part), Path(out) / STRUCTURES_DIR / f"part-{tag}-{n:05d}.parquet")
+    for part in parts:
+        part.unlink()
 
 
 def write_manifest(out: Path, items) -> None:
@@ -100,6 +140,89 @@ def write_manifest(out: Path, items) -> None:
         str(Col.SOURCE): [i.source for i in items],
     })
     _write_atomically(table, Path(out) / MANIFEST_FILE)
+
+
+def write_ingest_cache(out: Path, items, settings: dict) -> None:
+    """The inputs as read (packed), by the file they came from (``read_key``): a resume does not read or
+    parse a file whose key (input, path, size and modification time) is unchanged."""
+    cached = [i for i in items if i.read_key is not None]
+    cells = [i.cell for i in cached]
+    table = pa.table({
+        "read_key": [i.read_key for i in cached],
+        str(Col.STRUCTURE_ID): [i.structure_id for i in cached],
+        str(Col.GENERATOR): [i.generator for i in cached],
+        str(Col.SOURCE): [i.source for i in cached],
+        str(Col.ERROR): [i.error for i in cached],
+        str(Col.STRUCTURE_HASH): [i.structure_hash for i in cached],
+        str(Col.FORMULA): [i.formula for i in cached],
+        str(Col.N_ATOMS): pa.array([i.n_atoms for i in cached], pa.int64()),
+        "lattice": pa.array([None if c is None else c[0].ravel() for c in cells], pa.list_(pa.float64())),
+        "species": pa.array([None if c is None else list(c[1]) for c in cells], pa.list_(pa.string())),
+        "fractional": pa.array([None if c is None else c[2].ravel() for c in cells], pa.list_(pa.float64())),
+    }).replace_schema_metadata({"settings": json.dumps(settings, sort_keys=True)})
+    _write_atomically(table, Path(out) / INGEST_CACHE_FILE)
+
+
+def read_ingest_cache(out: Path, settings: dict) -> dict[str, list]:
+    """read key -> its inputs (packed), as ``write_ingest_cache`` left them under the same settings."""
+    import numpy as np
+
+    from phononbench.ingest import InputStructure
+
+    path = Path(out) / INGEST_CACHE_FILE
+    if not path.exists():
+        return {}
+    table = pq.read_table(path)
+    if (table.schema.metadata or {}).get(b"settings", b"").decode() != json.dumps(settings, sort_keys=True):
+        return {}
+    columns = {name: table.column(name).to_pylist() for name in table.column_names if name not in
+               ("lattice", "fractional")}
+    lattices, fractionals = table.column("lattice").to_pylist(), table.column("fractional").to_pylist()
+    cache: dict[str, list] = {}
+    for k, key in enumerate(columns["read_key"]):
+        species = columns["species"][k]
+        cell = None if species is None else (np.array(lattices[k]).reshape(3, 3), tuple(species),
+                                             np.array(fractionals[k]).reshape(-1, 3))
+        cache.setdefault(key, []).append(InputStructure(
+            columns[Col.STRUCTURE_ID][k], columns[Col.GENERATOR][k], columns[Col.SOURCE][k],
+            error=columns[Col.ERROR][k], structure_hash=columns[Col.STRUCTURE_HASH][k],
+            formula=columns[Col.FORMULA][k], n_atoms=columns[Col.N_ATOMS][k], cell=cell, read_key=key))
+    return cache
+
+
+def write_dedup(out: Path, items, duplicate_of: dict[str, str]) -> None:
+    """Each valid input's dedup decision, in input order, with what decided it (its bucket's members): a
+    later run reuses a bucket whose members are unchanged instead of matching it again."""
+    valid = [i for i in items if i.valid]
+    table = pa.table({
+        str(Col.GENERATOR): [i.generator for i in valid],
+        str(Col.FORMULA): [i.formula for i in valid],
+        str(Col.STRUCTURE_ID): [i.structure_id for i in valid],
+        str(Col.STRUCTURE_HASH): [i.structure_hash for i in valid],
+        str(Col.DUPLICATE_OF): [duplicate_of.get(i.structure_id) for i in valid],
+    }).replace_schema_metadata({"matcher": DEDUP_MATCHER})
+    _write_atomically(table, Path(out) / DEDUP_FILE)
+
+
+def read_dedup(out: Path) -> dict[tuple[str, str], tuple[tuple, dict[str, str]]]:
+    """(generator, formula) -> (the bucket's (structure_id, structure_hash) in order, its duplicates), as
+    ``write_dedup`` left them; empty when there is none or another matcher wrote it."""
+    path = Path(out) / DEDUP_FILE
+    if not path.exists():
+        return {}
+    table = pq.read_table(path)
+    if (table.schema.metadata or {}).get(b"matcher", b"").decode() != DEDUP_MATCHER:
+        return {}
+    frame = table.to_pandas()
+    buckets: dict[tuple[str, str], tuple[list, dict]] = {}
+    for generator, formula, sid, digest, duplicate in zip(
+            frame[Col.GENERATOR], frame[Col.FORMULA], frame[Col.STRUCTURE_ID], frame[Col.STRUCTURE_HASH],
+            frame[Col.DUPLICATE_OF]):
+        members, duplicates = buckets.setdefault((generator, formula), ([], {}))
+        members.append((sid, digest))
+        if isinstance(duplicate, str):
+            duplicates[sid] = duplicate
+    return {key: (tuple(members), duplicates) for key, (members, duplicates) in buckets.items()}
 
 
 def read_manifest(out: Path) -> pd.DataFrame | None:

@@ -72,7 +72,7 @@ class Worker:
         if self.error:
             raise RuntimeError(f"this worker could not start: {self.error}")
         with threadpool_limits(limits=self.spec.blas_threads, user_api="blas"):
-            return method.compute(chunk, self.engine, self.spec.protocol)
+            return method.compute([item.unpacked() for item in chunk], self.engine, self.spec.protocol)
 
 
 def attach_log_file(path: str) -> logging.Handler:

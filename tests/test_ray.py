@@ -6,6 +6,7 @@ tests/potentials_for_tests.py are EMT with a delay on Pd (slow) or Au (hangs).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -149,3 +150,17 @@ def test_hanging_structure_is_cut_off_while_its_neighbours_finish(tmp_path, loca
     assert "longer than 4 s" in rows.loc["Au-fcc", Col.ERROR]
     others = rows.drop(index=["Au-fcc", "Au-bcc"])
     assert set(others[Col.STATUS]) == {Status.OK} and len(others) == 4
+
+    # a resume tries the timed-out structures once more (attempt 2), then keeps them; the flag keeps them at once
+    run_benchmark([str(inputs)], tmp_path / "out", spec, {"model": HANGS}, executor, chunk_size=3)
+    again = read_structures(tmp_path / "out").set_index(Col.GENERATOR)
+    assert again.loc["Au-fcc", Col.STATUS] == Status.TIMEOUT and again.loc["Au-fcc", Col.ATTEMPT] == 2
+    assert again.loc["Cu-fcc", Col.ATTEMPT] == 1
+    for retry_failed in (True, False):
+        run_benchmark([str(inputs)], tmp_path / "out", spec, {"model": HANGS}, executor, chunk_size=3,
+                      retry_failed=retry_failed)
+        assert json.loads((tmp_path / "out" / "run.json").read_text())["n_computed_this_time"] == 0
+    fresh = tmp_path / "no-retry"
+    run_benchmark([str(inputs)], fresh, spec, {"model": HANGS}, executor, chunk_size=3)
+    run_benchmark([str(inputs)], fresh, spec, {"model": HANGS}, executor, chunk_size=3, retry_failed=False)
+    assert json.loads((fresh / "run.json").read_text())["n_computed_this_time"] == 0

@@ -371,3 +371,15 @@ def test_the_method_runs_numpy_on_one_blas_thread(tmp_path, monkeypatch):
         result = _run(inputs, "--out", tmp_path / "out", "--model", model, "--in-process")
     assert result.exit_code == 0, result.output
     assert set(read_structures(tmp_path / "out")[Col.STATUS]) == {Status.OK}
+
+
+def test_a_long_run_leaves_few_part_files(tmp_path):
+    folder = tmp_path / "in"
+    for k in range(18):  # 18 generators of one structure each, one chunk each: 18 part files before compaction
+        _metals(folder / f"g{k:02d}", Cu=bulk("Cu", "fcc", a=3.55 + 0.01 * k))
+    out = tmp_path / "out"
+    assert _run(folder, "--out", out, *EMT_RUN, "--chunk-size", "1").exit_code == 0
+    assert len(list((out / "structures").glob("part-*.parquet"))) == 1
+    ids = _raw_ids(out)
+    assert len(ids) == len(set(ids)) == len(read_structures(out)) == 18
+    assert _run(folder, "--out", out, *EMT_RUN).exit_code == 0 and _info(out)["n_computed_this_time"] == 0
