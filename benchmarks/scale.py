@@ -81,7 +81,7 @@ def _perturbed(rng, base, substitution: dict, amplitude: float, strain: float):
 
 def build_set(root: Path, size: int, bucket: int, seed: int) -> dict:
     """Write the synthetic set under root (unless it is there already); returns its description."""
-    marker = root / "set.json"
+    marker = root.with_name(root.name + ".json")  # beside the set: inside it, it would be read as an input
     if marker.exists():
         return json.loads(marker.read_text())
     shutil.rmtree(root, ignore_errors=True)

@@ -11,9 +11,9 @@ What makes it fast at 110k structures, with the same result:
 - each structure is reduced once, then ``fit(..., skip_structure_reduction=True)``, as ``group_structures``
   does, instead of reducing both structures again in each of the bucket's ~n^2/2 fits;
 - buckets run as tasks on the executor (a local Ray or the cluster), and a large bucket is cut into
-  blocks: each block's structures are compared with the structures kept so far by several tasks at once,
-  then among themselves (all pairs at once), and the greedy rule is applied to those answers in order,
-  which is exactly what one process going through the bucket would decide.
+  blocks: each block's structures are compared with the structures kept so far by several tasks at once
+  (first fit, in order), then the ones that fit none are grouped among themselves by one task; both
+  steps follow the greedy rule, which is exactly what one process going through the bucket decides.
 """
 
 from __future__ import annotations
@@ -90,12 +90,6 @@ def first_fits(reduced: list[Structure], candidates: list[int], kept: list[int])
     return [next((i for i in kept if _fits(sm, reduced[i], reduced[j])), None) for j in candidates]
 
 
-def pair_fits(reduced: list[Structure], pairs: list[tuple[int, int]]) -> list[bool]:
-    """fit(earlier, later) for each pair."""
-    sm = matcher()
-    return [_fits(sm, reduced[i], reduced[j]) for i, j in pairs]
-
-
 # ---------------------------------------------------------------------------------------------
 # Spreading the work: buckets and blocks over an executor's tasks
 
@@ -157,8 +151,8 @@ def _slices(values: list, n: int) -> list[list]:
 
 def _group_large(bucket: list[InputStructure], executor) -> list[int]:
     """One large bucket on several tasks, with the result of ``group_in_order`` on it."""
-    parts = max(1, 4 * executor.slots())
-    reduced = [s for part in executor.map_tasks(reduce, [(p,) for p in _slices(bucket, parts)]) for s in part]
+    slots = max(1, executor.slots())
+    reduced = [s for part in executor.map_tasks(reduce, [(p,) for p in _slices(bucket, 4 * slots)]) for s in part]
     # the reduced cells' sizes split the bucket further: cells of different sizes never fit
     by_size: dict[int, list[int]] = defaultdict(list)
     for j, structure in enumerate(reduced):
@@ -166,38 +160,43 @@ def _group_large(bucket: list[InputStructure], executor) -> list[int]:
     owner = list(range(len(bucket)))
     for members in by_size.values():
         local = [reduced[j] for j in members]
-        for k, i in enumerate(_group_blocks(local, executor, parts)):
+        for k, i in enumerate(_group_blocks(local, executor, parts=4 * slots, block=16 * slots)):
             owner[members[k]] = members[i]
     return owner
 
 
-def _group_blocks(reduced: list[Structure], executor, parts: int, block: int = 256) -> list[int]:
+def group_among(reduced: list[Structure], candidates: list[int]) -> list[int]:
+    """Structures grouped among themselves in order by the greedy rule (as ``group_in_order``); for each
+    candidate, its owner."""
+    sm, new_kept, owner = matcher(), [], []
+    for j in candidates:
+        match = next((i for i in new_kept if _fits(sm, reduced[i], reduced[j])), None)
+        if match is None:
+            new_kept.append(j)
+        owner.append(j if match is None else match)
+    return owner
+
+
+def _group_blocks(reduced: list[Structure], executor, parts: int, block: int) -> list[int]:
+    """``group_in_order`` in blocks of ``block`` structures: each block's structures are compared with the
+    structures kept so far by ``parts`` tasks at once (first fit, in order), then the ones that fit none
+    are grouped among themselves by one task. Both steps follow the greedy rule, so the result is the
+    same; the first step, where almost all the fits are once a bucket is large, runs in parallel."""
+    shared = executor.share(reduced)
     owner, kept = list(range(len(reduced))), []
     for start in range(0, len(reduced), block):
         candidates = list(range(start, min(start + block, len(reduced))))
         unmatched = candidates
-        if kept:  # against the structures kept so far, all candidates at once
-            answers = executor.map_tasks(first_fits, [(c, kept) for c in _slices(candidates, parts)], shared=reduced)
+        if kept:
+            answers = executor.map_tasks(first_fits, [(c, kept) for c in _slices(candidates, parts)], shared=shared)
             firsts = [a for part in list(answers) for a in part]
-            unmatched = []
+            unmatched = [j for j, match in zip(candidates, firsts) if match is None]
             for j, match in zip(candidates, firsts):
-                if match is None:
-                    unmatched.append(j)
-                else:
+                if match is not None:
                     owner[j] = match
-        # among the block's own new structures: every earlier-later pair at once, then the greedy rule
-        pairs = [(i, j) for n, j in enumerate(unmatched) for i in unmatched[:n]]
-        fitted = set()
-        if pairs:
-            answers = executor.map_tasks(pair_fits, [(p,) for p in _slices(pairs, parts)], shared=reduced)
-            fitted = {pair for part, answer in zip(_slices(pairs, parts), list(answers))
-                      for pair, fit in zip(part, answer) if fit}
-        new_kept: list[int] = []
-        for j in unmatched:
-            match = next((i for i in new_kept if (i, j) in fitted), None)
-            if match is None:
-                new_kept.append(j)
-            else:
-                owner[j] = match
-        kept += new_kept
+        if unmatched:
+            among = next(iter(executor.map_tasks(group_among, [(unmatched,)], shared=shared)))
+            for j, i in zip(unmatched, among):
+                owner[j] = i
+            kept += [j for j, i in zip(unmatched, among) if i == j]
     return owner

@@ -137,7 +137,9 @@ class RayExecutor:
         fault: the tasks keep each structure's failure in its row)."""
         ray = self._ray()
         remote = ray.remote(num_cpus=self.cpus_per_worker, max_retries=self.max_retries)(_with_one_blas_thread)
-        head = (ray.put(shared),) if shared is not None else ()
+        if shared is not None and not isinstance(shared, _Shared):
+            shared = self.share(shared)
+        head = (shared,) if shared is not None else ()
         arguments, pending = iter(arguments), collections.deque()
 
         def submit() -> bool:
@@ -159,6 +161,11 @@ class RayExecutor:
                                  "and the run can be resumed") from None
             submit()
             yield result
+
+    def share(self, value):
+        """``value`` in the object store, once, for several ``map_tasks`` calls (each worker process reads
+        it once: unpickling thousands of structures per task would cost more than the task)."""
+        return _Shared([self._ray().put(value)])
 
     def slots(self) -> int:
         """How many workers run at once: as asked, or as many as the cluster's CPUs or GPUs allow."""
@@ -234,10 +241,29 @@ class RayExecutor:
         yield [StructureResult.for_input(chunk[0], status, why)]
 
 
+@dataclasses.dataclass
+class _Shared:
+    """A value shared by many tasks: its object reference, inside a list so that Ray hands it over as it is."""
+
+    refs: list
+
+
+_SHARED_IN_THIS_WORKER: dict = {}  # the shared value a task process read last, by its reference
+
+
 def _with_one_blas_thread(function, *arguments):
-    """A task's function under one BLAS thread, as the workers compute (small matrices)."""
+    """A task's function under one BLAS thread, as the workers compute (small matrices); a shared first
+    argument is read once per worker process."""
     from threadpoolctl import threadpool_limits
 
+    if arguments and isinstance(arguments[0], _Shared):
+        import ray
+
+        ref = arguments[0].refs[0]
+        if ref.hex() not in _SHARED_IN_THIS_WORKER:
+            _SHARED_IN_THIS_WORKER.clear()  # one at a time: a bucket's structures
+            _SHARED_IN_THIS_WORKER[ref.hex()] = ray.get(ref)
+        arguments = (_SHARED_IN_THIS_WORKER[ref.hex()], *arguments[1:])
     with threadpool_limits(limits=1, user_api="blas"):
         return function(*arguments)
 

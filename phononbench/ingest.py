@@ -564,6 +564,10 @@ class LocalTasks:
     def slots(self) -> int:
         return 1
 
+    def share(self, value):
+        """A handle to pass as ``shared`` to several ``map_tasks`` calls (here: the value itself)."""
+        return value
+
     def map_tasks(self, function: Callable, arguments, shared=None) -> Iterator:
         """``function(*a)`` for each ``a`` of ``arguments`` (``shared`` first when given), in order."""
         for a in arguments:

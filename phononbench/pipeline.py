@@ -166,6 +166,7 @@ def deduplicate_inputs(
         with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
             for row in write:
                 writer.add(row)
+        results_io.compact(out)
         counts = unique_counts(items, duplicate_of)
         _finish_run(out, info, items, n_computed=0, n_kept=0, dedup=counts.to_dict(orient="records"))
         return counts

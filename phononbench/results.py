@@ -177,12 +177,17 @@ def read_ingest_cache(out: Path, settings: dict) -> dict[str, list]:
         return {}
     columns = {name: table.column(name).to_pylist() for name in table.column_names if name not in
                ("lattice", "fractional")}
-    lattices, fractionals = table.column("lattice").to_pylist(), table.column("fractional").to_pylist()
+    # the coordinates as two flat arrays and offsets: views, not 110k small Python lists
+    arrays = {}
+    for name in ("lattice", "fractional"):
+        column = table.column(name).combine_chunks()
+        arrays[name] = (column.flatten().to_numpy(zero_copy_only=False), column.offsets.to_numpy())
     cache: dict[str, list] = {}
     for k, key in enumerate(columns["read_key"]):
         species = columns["species"][k]
-        cell = None if species is None else (np.array(lattices[k]).reshape(3, 3), tuple(species),
-                                             np.array(fractionals[k]).reshape(-1, 3))
+        lattice, fractional = ((values[offsets[k]:offsets[k + 1]] for values, offsets in
+                                (arrays["lattice"], arrays["fractional"])))
+        cell = None if species is None else (lattice.reshape(3, 3), tuple(species), fractional.reshape(-1, 3))
         cache.setdefault(key, []).append(InputStructure(
             columns[Col.STRUCTURE_ID][k], columns[Col.GENERATOR][k], columns[Col.SOURCE][k],
             error=columns[Col.ERROR][k], structure_hash=columns[Col.STRUCTURE_HASH][k],
