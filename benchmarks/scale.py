@@ -14,7 +14,9 @@ structures, then a few of a quarter of that), strained and perturbed so that mos
 quadratic worst case of dedup.
 
 For each worker count: ``phononbench dedup SET --out OUT --workers W`` in a fresh process on a local Ray,
-then the same command again (a resume with nothing left to do). Printed per run: wall time of the
+then the same command again (a resume with nothing left to do). ``--finished-run``: also ``phononbench run``
+with ``--max-atoms 1`` (every structure stops at ingest, so a whole run folder of SIZE rows is written
+without the physics) and its resume. Printed per run: wall time of the
 command, of its read-inputs and dedup stages (run.json ``stage_s``), CPU time of the whole process tree
 (the driver, Ray and its workers, sampled), and the driver's peak RSS. ``--baseline TREE`` times the
 serial ingest + dedup of the code at TREE (``read_inputs`` + ``find_duplicates`` in one process) on the
@@ -190,6 +192,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where the set and outputs go")
     parser.add_argument("--baseline", type=Path, default=None, help="also time the code at this tree, serially")
     parser.add_argument("--keep", action="store_true", help="keep the output folders")
+    parser.add_argument("--finished-run", action="store_true",
+                        help="also a whole run that stops every structure at ingest, and its resume")
     args = parser.parse_args()
     root = args.root or Path(f"/tmp/phononbench-scale-{args.size}-{args.bucket}-{args.seed}")
     start = time.perf_counter()
@@ -210,6 +214,25 @@ def main() -> None:
                    **{f"{k}_s": round(v, 1) for k, v in info["stage_s"].items()},
                    "driver_peak_rss_mb": info["driver_peak_rss_mb"], "n_input": info["n_input"],
                    "n_unique": pooled["n_unique"], "n_duplicates": pooled["n_valid"] - pooled["n_unique"],
+                   "n_part_files": len(list((out / "structures").glob("*.parquet")))}
+            figures["runs"].append(row)
+            print(json.dumps(row), flush=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    if args.finished_run:
+        # a whole run whose every structure stops at ingest (--max-atoms 1: all invalid_input), then its
+        # resume: the resume path of a finished run (inputs, dedup, rows, summary) without the physics
+        out = root / "out-run"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "phononbench.cli", "run", str(root / "set"), "--out", str(out),
+                   "--model", "emt", "--max-atoms", "1", "--workers", str(max(args.workers))]
+        for attempt in ("fresh", "resume"):
+            wall, cpu, _ = timed(command, env)
+            info = json.loads((out / "run.json").read_text())
+            row = {"finished_run": attempt, "wall_s": round(wall, 1), "tree_cpu_s": round(cpu, 1),
+                   **{f"{k}_s": round(v, 1) for k, v in info["stage_s"].items()},
+                   "driver_peak_rss_mb": info["driver_peak_rss_mb"], "n_input": info["n_input"],
+                   "n_computed_this_time": info["n_computed_this_time"],
                    "n_part_files": len(list((out / "structures").glob("*.parquet")))}
             figures["runs"].append(row)
             print(json.dumps(row), flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import re
 import time
@@ -135,12 +136,17 @@ class RayExecutor:
         ``arguments`` (any iterable, read as tasks are submitted), as Ray tasks of ``cpus_per_worker`` CPUs, a
         few per slot in flight; results in order. A task that raises stops the run (it is not a structure's
         fault: the tasks keep each structure's failure in its row)."""
+        arguments = iter(arguments)
+        first = next(arguments, None)
+        if first is None:
+            return  # nothing to do: no Ray started for it
+        arguments = itertools.chain([first], arguments)
         ray = self._ray()
         remote = ray.remote(num_cpus=self.cpus_per_worker, max_retries=self.max_retries)(_with_one_blas_thread)
         if shared is not None and not isinstance(shared, _Shared):
             shared = self.share(shared)
         head = (shared,) if shared is not None else ()
-        arguments, pending = iter(arguments), collections.deque()
+        pending = collections.deque()
 
         def submit() -> bool:
             for a in arguments:
