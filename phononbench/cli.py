@@ -337,10 +337,10 @@ def plot_bands(
         from phononbench.plots import band_structure_figure
         from phononbench.potentials import load_potential
         from phononbench.records import Col
-        from phononbench.results import read_run_info, read_structures
+        from phononbench.results import read_structures, read_verdict_run_info
         from phononbench.settings import Protocol
 
-        info = read_run_info(out)
+        info = read_verdict_run_info(out)
         rows = read_structures(out).set_index(Col.STRUCTURE_ID)
         if structure_id not in rows.index:
             raise SetupError(f"no structure {structure_id!r} in {out}")
@@ -368,9 +368,9 @@ def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run."
 
     def action():
         from phononbench.report import summary_table
-        from phononbench.results import read_run_info, read_summary
+        from phononbench.results import read_summary, read_verdict_run_info
 
-        info = read_run_info(out)
+        info = read_verdict_run_info(out)
         summary = read_summary(out)
         title = f"PhononBench ({info['protocol']['name']} protocol, {info['potential']['model']})"
         console.print(summary_table(summary, title=title))

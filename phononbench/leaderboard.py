@@ -19,7 +19,7 @@ from phononbench import analysis, plots
 from phononbench.errors import SetupError
 from phononbench.records import Col, counts
 from phononbench.report import percent
-from phononbench.results import read_manifest, read_run_info, read_structures
+from phononbench.results import read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
@@ -40,7 +40,7 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]
     inputs each run's manifest lists per generator under ``inputs_per_generator``."""
     frames, infos, seen = [], {}, set()
     for directory in run_dirs:
-        info = read_run_info(directory)
+        info = read_verdict_run_info(directory)
         identity = info.get("run_id") or str(Path(directory).resolve())
         if identity in seen:
             continue

@@ -404,3 +404,12 @@ def read_run_info(out: Path) -> dict:
     if not path.exists():
         raise SetupError(f"{path} not found; is {out} a PhononBench output folder?")
     return json.loads(path.read_text())
+
+
+def read_verdict_run_info(out: Path) -> dict:
+    """run.json of a folder that holds verdicts (not only a dedup)."""
+    info = read_run_info(out)
+    if info.get("stage") == "dedup":
+        raise SetupError(f"{out} holds only a dedup, no verdicts yet; `phononbench run` with the same inputs "
+                         f"and --out {out} computes them")
+    return info

@@ -138,6 +138,9 @@ def test_dedup_command_writes_what_run_writes_and_run_takes_it_up(copper_folder,
     rows = read_structures(out).set_index(Col.STRUCTURE_ID)[Col.STATUS].to_dict()
     assert rows == {"metals/broken.cif": "invalid_input", "metals/Cu_fcc_conventional.cif": "duplicate"}
 
+    board = runner.invoke(app, ["leaderboard", str(out)])
+    assert board.exit_code == 2 and "holds only a dedup, no verdicts yet" in board.output
+
     for folder in (out, direct):
         result = runner.invoke(app, ["run", str(copper_folder), "--out", str(folder), "--model", "emt", "--in-process"])
         assert result.exit_code == 0, result.output
