@@ -168,6 +168,17 @@ def timed(command: list[str], env: dict) -> tuple[float, float, subprocess.Compl
     return wall, sum(totals.values()), subprocess.CompletedProcess(command, 0, out, err)
 
 
+def _largest_bucket(out: Path) -> dict:
+    """The largest (generator, formula) bucket of a dedup: its size and how many structures it kept."""
+    import pandas as pd
+
+    frame = pd.read_parquet(out / "dedup.parquet")
+    sizes = frame.groupby(["generator", "formula"]).size()
+    key = sizes.idxmax()
+    members = frame.set_index(["generator", "formula"]).loc[key]
+    return {"formula": key[1], "size": int(sizes.max()), "kept": int(members["duplicate_of"].isna().sum())}
+
+
 BASELINE = """
 import resource, sys, time, json
 from phononbench.ingest import read_inputs
@@ -212,9 +223,11 @@ def main() -> None:
             pooled = next(r for r in info["dedup"] if r["pooled"])
             row = {"workers": workers, "attempt": attempt, "wall_s": round(wall, 1), "tree_cpu_s": round(cpu, 1),
                    **{f"{k}_s": round(v, 1) for k, v in info["stage_s"].items()},
-                   "driver_peak_rss_mb": info["driver_peak_rss_mb"], "n_input": info["n_input"],
-                   "n_unique": pooled["n_unique"], "n_duplicates": pooled["n_valid"] - pooled["n_unique"],
+                   "driver_cpu_s": info.get("driver_cpu_s"), "driver_peak_rss_mb": info["driver_peak_rss_mb"],
+                   "n_input": info["n_input"], "n_unique": pooled["n_unique"], "n_duplicates": pooled["n_valid"] - pooled["n_unique"],
                    "n_part_files": len(list((out / "structures").glob("*.parquet")))}
+            if attempt == "fresh":
+                row["largest_bucket"] = _largest_bucket(out)
             figures["runs"].append(row)
             print(json.dumps(row), flush=True)
         if not args.keep:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import math
 import os
 import re
 import time
@@ -109,8 +110,11 @@ class RayExecutor:
             kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
             if self.address:
                 ray.init(address=self.address, **kwargs)
-            else:
-                ray.init(num_cpus=os.cpu_count(), **kwargs)
+            else:  # a local Ray: the machine's CPUs, or only as many as the workers asked for use
+                cpus = os.cpu_count() or 1
+                if self.workers:
+                    cpus = max(1, min(cpus, math.ceil(self.workers * self.cpus_per_worker)))
+                ray.init(num_cpus=cpus, **kwargs)
         return ray
 
     def check(self, spec: WorkerSpec) -> None:

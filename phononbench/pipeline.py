@@ -34,6 +34,10 @@ from phononbench.worker import WorkerSpec, attach_log_file
 
 log = logging.getLogger(__name__)
 
+# rows per part file when rows are written in bulk (invalid and duplicate inputs); a finished chunk is
+# flushed on its own, whatever its size
+ROWS_PER_PART = 5000
+
 
 class Reporter(TypingProtocol):
     def start(self, total: int, done: int = 0) -> None: ...
@@ -80,7 +84,8 @@ def check_output_folder(out: str | Path) -> None:
 
 def _plan(items, duplicate_of, recorded: pd.DataFrame, retry_failed: bool):
     """What this run must do for each input, given the rows already written (resume by content):
-    rows to write as they are, structures to compute (with their attempt number)."""
+    rows to write (``_rows``: made one at a time as they are written, so 110k of them never sit in memory
+    together), structures to compute (with their attempt number)."""
     columns = [Col.STRUCTURE_ID, Col.STRUCTURE_HASH, Col.STATUS, Col.DUPLICATE_OF, Col.ATTEMPT]
     narrow = recorded.reindex(columns=columns).astype(object)
     narrow = narrow.where(narrow.notna(), None)  # NaN is no value
@@ -92,11 +97,10 @@ def _plan(items, duplicate_of, recorded: pd.DataFrame, retry_failed: bool):
         _, status, duplicate, attempt = by_key.get((item.structure_id, item.structure_hash), (None,) * 4)
         if not item.valid:
             if status != Status.INVALID_INPUT:
-                write.append(StructureResult.for_input(item, Status.INVALID_INPUT))
+                write.append((item, Status.INVALID_INPUT, None))
         elif item.structure_id in duplicate_of:
             if status != Status.DUPLICATE or duplicate != duplicate_of[item.structure_id]:
-                write.append(StructureResult.for_input(item, Status.DUPLICATE,
-                                                       duplicate_of=duplicate_of[item.structure_id]))
+                write.append((item, Status.DUPLICATE, duplicate_of[item.structure_id]))
         elif status in COMPUTED_STATUSES:
             n_kept += 1
         elif status in RETRYABLE_STATUSES and not (retry_failed and (attempt or 1) < 2):
@@ -105,11 +109,21 @@ def _plan(items, duplicate_of, recorded: pd.DataFrame, retry_failed: bool):
             # the same structure under another id (a moved or renamed file): its result, under this id
             copy = recorded.iloc[computed_by_hash[item.structure_hash]].to_dict()
             copy.update({Col.STRUCTURE_ID: item.structure_id, Col.GENERATOR: item.generator, Col.SOURCE: item.source})
-            write.append(copy)
+            write.append(copy)  # a few: a row as written before
         else:
             attempts[item.structure_id] = 2 if status in RETRYABLE_STATUSES else 1
             todo.append(item)
     return write, todo, attempts, n_kept
+
+
+def _rows(write):
+    """The rows ``_plan`` decided to write, made one at a time."""
+    for entry in write:
+        if isinstance(entry, dict):
+            yield entry
+        else:
+            item, status, duplicate = entry
+            yield StructureResult.for_input(item, status, duplicate_of=duplicate)
 
 
 def run_benchmark(
@@ -163,8 +177,8 @@ def deduplicate_inputs(
     def body(out: Path, info: dict, previous: dict | None) -> pd.DataFrame:
         items, duplicate_of, rows = _prepare(out, info, protocol, executor, limit_per_generator, reporter)
         write, _, _, _ = _plan(items, duplicate_of, rows, retry_failed=False)
-        with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
-            for row in write:
+        with results_io.ResultWriter(out, protocol.thresholds_thz, every_rows=ROWS_PER_PART) as writer:
+            for row in _rows(write):
                 writer.add(row)
         results_io.compact(out)
         counts = unique_counts(items, duplicate_of)
@@ -300,9 +314,17 @@ def _finish_run(out: Path, info: dict, items, n_computed: int, n_kept: int, **ex
     info.update(status="complete", finished=dt.datetime.now(dt.timezone.utc).isoformat(),
                 wall_s=round(time.time() - dt.datetime.fromisoformat(info["started"]).timestamp(), 2),
                 n_input=len(items), n_computed_this_time=n_computed, n_kept=n_kept,
-                driver_peak_rss_mb=round(_peak_rss_mb()), **extra)
+                driver_peak_rss_mb=round(_peak_rss_mb()), driver_cpu_s=round(_cpu_s(), 1), **extra)
     results_io.write_run_info(out, info)
     log.info("%s complete in %.1f s", info["stage"], info["wall_s"])
+
+
+def _cpu_s() -> float:
+    """CPU time of this process (the driver), user and system."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss_mb() -> float:
@@ -321,8 +343,8 @@ def _run(out, spec, info, previous, executor, limit_per_generator, reporter, chu
              len(items), n_kept, len(todo), len(chunks))
 
     spec = dataclasses.replace(spec, log_file=str((out / results_io.LOG_FILE).resolve()))
-    with results_io.ResultWriter(out, protocol.thresholds_thz) as writer:
-        for row in write:
+    with results_io.ResultWriter(out, protocol.thresholds_thz, every_rows=ROWS_PER_PART) as writer:
+        for row in _rows(write):
             writer.add(row)
         writer.flush()
         if reporter:
