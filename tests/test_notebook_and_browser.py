@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -49,7 +50,10 @@ def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    pytest.fail("no headless Chromium on PATH: install it (Debian: apt-get install chromium)")
+    why = "no headless Chromium on PATH (Debian: apt-get install chromium): the HTML leaderboard was not opened"
+    if os.environ.get("PHONONBENCH_REQUIRE_BROWSER"):  # CI installs Chromium: there, not running is a failure
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def _dom_after_load(page: Path, tmp_path: Path) -> str:
