@@ -4,8 +4,9 @@ The grouping is pymatgen's ``StructureMatcher.group_structures`` (default tolera
 input order, a structure is a duplicate of the first earlier kept structure it ``fit``s, else it is kept.
 What makes it fast at 110k structures, with the same result:
 
-- buckets: only structures of one generator with the same reduced formula and the same number of sites
-  in their reduced (primitive, Niggli) cell are compared. The site count is safe: with the matcher's
+- buckets: only structures of one generator with the same reduced formula are compared, and a large
+  bucket is split further by the number of sites of the reduced (primitive, Niggli) cell (in a small one
+  such pairs fail at once). The site count is safe: with the matcher's
   defaults (no supercells, no subsets) ``fit`` refuses two reduced cells of different sizes before
   anything else (``_strict_match``: the site mask must be square); tests check it against plain ``fit``;
 - each structure is reduced once, then ``fit(..., skip_structure_reduction=True)``, as ``group_structures``
