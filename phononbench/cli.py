@@ -145,20 +145,15 @@ def run(
     _quiet_libraries()
 
     def action():
-        from phononbench.ingest import describe_skipped, split_input
-        from phononbench.pipeline import check_output_folder, check_run_settings, run_benchmark
+        from phononbench.pipeline import run_benchmark
         from phononbench.report import summary_table
-        from phononbench.results import read_run_info
         from phononbench.settings import preset as get_preset
 
         protocol = get_preset(preset).with_overrides(
             model=model, thresholds_thz=threshold or None, max_atoms=max_atoms,
             allow_positive_thresholds=allow_positive_threshold or None,
         ).check()
-        check_run_settings(chunk_size, limit)
-        check_output_folder(out)
-        for spec in inputs:
-            split_input(spec)  # a typo in a path stops the run before the potential loads
+        _check_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
         potential, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
                                            ray_address, workers, cpus_per_worker, gpus_per_worker,
@@ -169,12 +164,31 @@ def run(
             command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
-        skipped = read_run_info(out).get("skipped_files") or {}
-        if skipped:
-            console.print(f"{describe_skipped(skipped)}; see {out}/run.json", markup=False, highlight=False)
+        _print_skipped(out)
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)", markup=False, highlight=False)
 
     _guarded(action)
+
+
+def _check_before_loading(inputs: list[str], out: Path, chunk_size: int, limit: int | None) -> None:
+    """What can be refused before a potential or Ray loads: sizes, the output folder, a typo in a path."""
+    from phononbench.ingest import split_input
+    from phononbench.pipeline import check_output_folder, check_run_settings
+
+    check_run_settings(chunk_size, limit)
+    check_output_folder(out)
+    for spec in inputs:
+        split_input(spec)
+
+
+def _print_skipped(out: Path) -> None:
+    """The files a run passed over on purpose, in one line (the list is in run.json)."""
+    from phononbench.ingest import describe_skipped
+    from phononbench.results import read_run_info
+
+    skipped = read_run_info(out).get("skipped_files") or {}
+    if skipped:
+        console.print(f"{describe_skipped(skipped)}; see {out}/run.json", markup=False, highlight=False)
 
 
 def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_address=None, workers=None,
@@ -213,25 +227,18 @@ def dedup(
 
     def action():
         from phononbench.executors import InProcessExecutor, RayExecutor
-        from phononbench.ingest import describe_skipped, split_input
-        from phononbench.pipeline import check_output_folder, check_run_settings, deduplicate_inputs
+        from phononbench.pipeline import deduplicate_inputs
         from phononbench.report import unique_table
-        from phononbench.results import read_run_info
         from phononbench.settings import preset as get_preset
 
         protocol = get_preset(preset).with_overrides(max_atoms=max_atoms).check()
-        check_run_settings(1, limit)
-        check_output_folder(out)
-        for spec in inputs:
-            split_input(spec)
+        _check_before_loading(inputs, out, 1, limit)
         start = time.time()
         executor = InProcessExecutor() if in_process else RayExecutor(ray_address, workers)
         counts = deduplicate_inputs(inputs, out, protocol, executor, limit, ProgressReporter(protocol.headline_threshold_thz),
                                     command=shlex.join(["phononbench", *sys.argv[1:]]))
         console.print(unique_table(counts))
-        skipped = read_run_info(out).get("skipped_files") or {}
-        if skipped:
-            console.print(f"{describe_skipped(skipped)}; see {out}/run.json", markup=False, highlight=False)
+        _print_skipped(out)
         console.print(f"rows in {out}/ ({time.time() - start:.0f} s); `phononbench run` with the same inputs and "
                       f"--out {out} takes it up", markup=False, highlight=False)
 

@@ -69,15 +69,21 @@ def _fits(sm: StructureMatcher, kept: Structure | None, candidate: Structure | N
         return False
 
 
-def group_in_order(reduced: list[Structure]) -> list[int]:
-    """For each structure, the index of the kept structure it duplicates (itself when it is kept)."""
+def group_among(reduced: list[Structure], candidates: list[int]) -> list[int]:
+    """The greedy rule over ``candidates`` in order: each is a duplicate of the first earlier kept one it
+    fits, else kept. For each candidate, its owner (itself when it is kept)."""
     sm, kept, owner = matcher(), [], []
-    for j, candidate in enumerate(reduced):
-        match = next((i for i in kept if _fits(sm, reduced[i], candidate)), None)
+    for j in candidates:
+        match = next((i for i in kept if _fits(sm, reduced[i], reduced[j])), None)
         if match is None:
             kept.append(j)
         owner.append(j if match is None else match)
     return owner
+
+
+def group_in_order(reduced: list[Structure]) -> list[int]:
+    """For each structure, the index of the kept structure it duplicates (itself when it is kept)."""
+    return group_among(reduced, list(range(len(reduced))))
 
 
 def group_buckets(buckets: list[list[InputStructure]]) -> list[list[int]]:
@@ -166,18 +172,6 @@ def _group_large(bucket: list[InputStructure], executor) -> list[int]:
     return owner
 
 
-def group_among(reduced: list[Structure], candidates: list[int]) -> list[int]:
-    """Structures grouped among themselves in order by the greedy rule (as ``group_in_order``); for each
-    candidate, its owner."""
-    sm, new_kept, owner = matcher(), [], []
-    for j in candidates:
-        match = next((i for i in new_kept if _fits(sm, reduced[i], reduced[j])), None)
-        if match is None:
-            new_kept.append(j)
-        owner.append(j if match is None else match)
-    return owner
-
-
 def _group_blocks(reduced: list[Structure], executor, parts: int, block: int) -> list[int]:
     """``group_in_order`` in blocks of ``block`` structures: each block's structures are compared with the
     structures kept so far by ``parts`` tasks at once (first fit, in order), then the ones that fit none
@@ -190,7 +184,7 @@ def _group_blocks(reduced: list[Structure], executor, parts: int, block: int) ->
         unmatched = candidates
         if kept:
             answers = executor.map_tasks(first_fits, [(c, kept) for c in _slices(candidates, parts)], shared=shared)
-            firsts = [a for part in list(answers) for a in part]
+            firsts = [a for part in answers for a in part]
             unmatched = [j for j, match in zip(candidates, firsts) if match is None]
             for j, match in zip(candidates, firsts):
                 if match is not None:

@@ -20,7 +20,10 @@ class SetupError(RuntimeError):
 
 class RunAborted(SetupError):
     """The run stopped for a reason that is not a structure's (a bug, a worker that cannot start); what was
-    written is kept and the same command resumes once the cause is fixed."""
+    written is kept and the same command resumes once the cause is fixed (the message says so)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; rows written so far are kept and the same command resumes the run")
 
 
 def reason(exc: BaseException, limit: int = 500) -> str:

@@ -53,8 +53,7 @@ class InProcessExecutor(LocalTasks):
             try:
                 rows = worker(chunk)
             except Exception as exc:  # the method never raises for a structure's sake: this is a bug
-                raise RunAborted(f"the worker failed on a chunk, not because of a structure ({reason(exc)}); "
-                                 "rows written so far are kept and the run can be resumed") from exc
+                raise RunAborted(f"the worker failed on a chunk, not because of a structure ({reason(exc)})") from exc
             yield rows
 
     def describe(self) -> dict:
@@ -131,7 +130,7 @@ class RayExecutor:
         if self.gpus_per_worker and self.gpus_per_worker > most_gpus:
             raise SetupError(f"a worker asks for {self.gpus_per_worker:g} GPUs but no node has that many ({has})",
                              setting="gpus_per_worker")
-        if self.workers and self.gpus_per_worker * self.workers > total.get("GPU", 0) + 1e-9 and self.gpus_per_worker:
+        if self.gpus_per_worker and self.workers and self.gpus_per_worker * self.workers > total.get("GPU", 0) + 1e-9:
             raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has})",
                              setting="workers")
 
@@ -167,8 +166,7 @@ class RayExecutor:
             except Exception as exc:
                 for other in pending:
                     ray.cancel(other)
-                raise RunAborted(f"a {function.__name__} task failed ({_cause(exc)}); what was written is kept "
-                                 "and the run can be resumed") from None
+                raise RunAborted(f"a {function.__name__} task failed ({_cause(exc)})") from None
             submit()
             yield result
 
@@ -225,8 +223,7 @@ class RayExecutor:
                         yield from self._split_or_fail(queue, chunk, Status.WORKER_CRASHED, _cause(exc))
                         continue
                     except Exception as exc:  # the method never raises for a structure's sake: a bug
-                        raise RunAborted(f"a worker failed on a chunk, not because of a structure ({_cause(exc)}); "
-                                         "rows written so far are kept and the run can be resumed") from None
+                        raise RunAborted(f"a worker failed on a chunk, not because of a structure ({_cause(exc)})") from None
                     idle.append(actor)
                     yield rows
                 if self.timeout_per_structure_s:

@@ -314,23 +314,18 @@ def _finish_run(out: Path, info: dict, items, n_computed: int, n_kept: int, **ex
     info.update(status="complete", finished=dt.datetime.now(dt.timezone.utc).isoformat(),
                 wall_s=round(time.time() - dt.datetime.fromisoformat(info["started"]).timestamp(), 2),
                 n_input=len(items), n_computed_this_time=n_computed, n_kept=n_kept,
-                driver_peak_rss_mb=round(_peak_rss_mb()), driver_cpu_s=round(_cpu_s(), 1), **extra)
+                **_driver_usage(), **extra)
     results_io.write_run_info(out, info)
     log.info("%s complete in %.1f s", info["stage"], info["wall_s"])
 
 
-def _cpu_s() -> float:
-    """CPU time of this process (the driver), user and system."""
+def _driver_usage() -> dict:
+    """This process's (the driver's) peak memory and CPU time so far."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"driver_peak_rss_mb": round(usage.ru_maxrss / 1024),  # KiB on Linux
+            "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
 def _run(out, spec, info, previous, executor, limit_per_generator, reporter, chunk_size, retry_failed):
@@ -361,8 +356,8 @@ def _run(out, spec, info, previous, executor, limit_per_generator, reporter, chu
             if reporter:
                 reporter.stop()
 
-    results_io.compact(out)
-    summary = results_io.summarize(results_io.read_structures(out), protocol.thresholds_thz)
+    latest = results_io.compact(out)  # the rows as they now stand, read once for compaction and summary
+    summary = results_io.summarize(results_io.read_structures(out, latest), protocol.thresholds_thz)
     results_io.write_summary(out, summary)
     _finish_run(out, info, items, n_computed=len(todo), n_kept=n_kept)
     return summary

@@ -116,19 +116,20 @@ def recorded_rows(out: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def compact(out: Path, rows_per_part: int = 50_000, most_parts: int = 16) -> None:
+def compact(out: Path, rows_per_part: int = 50_000, most_parts: int = 16) -> pa.Table | None:
     """Rewrite OUT/structures as few large parts (the latest row per key, types kept) once a run has left
     more than ``most_parts``: a 110k-structure run writes thousands of small ones. The new parts are written
     (atomically) before the old ones go, so a crash in between leaves rows twice, never none; a later
-    reader keeps one of each."""
+    reader keeps one of each. Returns the latest rows (for ``read_structures``, so they are read once)."""
     table, parts = _latest_rows(out)
     if table is None or len(parts) <= most_parts:
-        return
+        return table
     tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}-compact"
     for n, start in enumerate(range(0, table.num_rows, rows_per_part)):
         _write_atomically(table.slice(start, rows_per_part), Path(out) / STRUCTURES_DIR / f"part-{tag}-{n:05d}.parquet")
     for part in parts:
         part.unlink()
+    return table
 
 
 def write_manifest(out: Path, items) -> None:
@@ -140,6 +141,19 @@ def write_manifest(out: Path, items) -> None:
         str(Col.SOURCE): [i.source for i in items],
     })
     _write_atomically(table, Path(out) / MANIFEST_FILE)
+
+
+def _stamped(table: pa.Table, made_by: str) -> pa.Table:
+    """A cache table with what made it (settings, matcher, versions) in its metadata."""
+    return table.replace_schema_metadata({"made_by": made_by})
+
+
+def _read_stamped(path: Path, made_by: str) -> pa.Table | None:
+    """A cache table, if it exists and the same thing made it; else None (it is made again)."""
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    return table if (table.schema.metadata or {}).get(b"made_by", b"").decode() == made_by else None
 
 
 def write_ingest_cache(out: Path, items, settings: dict) -> None:
@@ -159,8 +173,8 @@ def write_ingest_cache(out: Path, items, settings: dict) -> None:
         "lattice": pa.array([None if c is None else c[0].ravel() for c in cells], pa.list_(pa.float64())),
         "species": pa.array([None if c is None else list(c[1]) for c in cells], pa.list_(pa.string())),
         "fractional": pa.array([None if c is None else c[2].ravel() for c in cells], pa.list_(pa.float64())),
-    }).replace_schema_metadata({"settings": json.dumps(settings, sort_keys=True)})
-    _write_atomically(table, Path(out) / INGEST_CACHE_FILE)
+    })
+    _write_atomically(_stamped(table, json.dumps(settings, sort_keys=True)), Path(out) / INGEST_CACHE_FILE)
 
 
 def read_ingest_cache(out: Path, settings: dict) -> dict[str, list]:
@@ -169,11 +183,8 @@ def read_ingest_cache(out: Path, settings: dict) -> dict[str, list]:
 
     from phononbench.ingest import InputStructure
 
-    path = Path(out) / INGEST_CACHE_FILE
-    if not path.exists():
-        return {}
-    table = pq.read_table(path)
-    if (table.schema.metadata or {}).get(b"settings", b"").decode() != json.dumps(settings, sort_keys=True):
+    table = _read_stamped(Path(out) / INGEST_CACHE_FILE, json.dumps(settings, sort_keys=True))
+    if table is None:
         return {}
     columns = {name: table.column(name).to_pylist() for name in table.column_names if name not in
                ("lattice", "fractional")}
@@ -205,18 +216,15 @@ def write_dedup(out: Path, items, duplicate_of: dict[str, str]) -> None:
         str(Col.STRUCTURE_ID): [i.structure_id for i in valid],
         str(Col.STRUCTURE_HASH): [i.structure_hash for i in valid],
         str(Col.DUPLICATE_OF): [duplicate_of.get(i.structure_id) for i in valid],
-    }).replace_schema_metadata({"matcher": DEDUP_MATCHER})
-    _write_atomically(table, Path(out) / DEDUP_FILE)
+    })
+    _write_atomically(_stamped(table, DEDUP_MATCHER), Path(out) / DEDUP_FILE)
 
 
 def read_dedup(out: Path) -> dict[tuple[str, str], tuple[tuple, dict[str, str]]]:
     """(generator, formula) -> (the bucket's (structure_id, structure_hash) in order, its duplicates), as
     ``write_dedup`` left them; empty when there is none or another matcher wrote it."""
-    path = Path(out) / DEDUP_FILE
-    if not path.exists():
-        return {}
-    table = pq.read_table(path)
-    if (table.schema.metadata or {}).get(b"matcher", b"").decode() != DEDUP_MATCHER:
+    table = _read_stamped(Path(out) / DEDUP_FILE, DEDUP_MATCHER)
+    if table is None:
         return {}
     frame = table.to_pandas()
     buckets: dict[tuple[str, str], tuple[list, dict]] = {}
@@ -332,13 +340,14 @@ class ResultWriter:
         self.flush()  # also on an exception: what was computed is kept
 
 
-def read_structures(out: Path) -> pd.DataFrame:
+def read_structures(out: Path, latest: pa.Table | None = None) -> pd.DataFrame:
     """The run's rows: one per input of its manifest, the latest computed for that input's content. Rows of
-    inputs since removed, or of an earlier content of an edited input, are left out."""
+    inputs since removed, or of an earlier content of an edited input, are left out. ``latest``: the rows
+    as ``compact`` just read them (else they are read here)."""
     directory = Path(out) / STRUCTURES_DIR
     if not has_rows(out):
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
-    rows = recorded_rows(out)
+    rows = latest.to_pandas() if latest is not None else recorded_rows(out)
     manifest = read_manifest(out)
     if manifest is not None:
         keys = manifest[[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]]
