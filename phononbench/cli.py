@@ -128,7 +128,7 @@ def run(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen) or bulk (sets aside structures that relax into molecules, chains or layers).")] = "published",
     max_atoms: MaxAtoms = None,
-    engine: Annotated[str, typer.Option(help="batched (default) or serial (one structure and displacement per call, as published).")] = "batched",
+    engine: Annotated[str, typer.Option(help="batched (default), torchsim (every structure in flight in one TorchSim state on the device; mattersim and sevennet) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Structures relaxed and phonon-computed together.")] = 32,
     ray_address: RayAddress = None,
@@ -159,7 +159,7 @@ def run(
                                            ray_address, workers, cpus_per_worker, gpus_per_worker,
                                            timeout_per_structure, max_retries)
         summary = run_benchmark(
-            inputs, out, spec, potential.describe(), executor, limit_per_generator=limit,
+            inputs, out, spec, potential, executor, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
             command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
@@ -193,22 +193,27 @@ def _print_skipped(out: Path) -> None:
 
 def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_address=None, workers=None,
            cpus_per_worker=1.0, gpus_per_worker=0.0, timeout_per_structure=None, max_retries=2):
-    """The potential (loaded here first, so a missing checkpoint stops the run before any work), the
-    workers' spec and the executor."""
+    """The potential's description (the potential is loaded here first, so a missing checkpoint stops the
+    run before any work), the workers' spec and the executor. With Ray the driver loads it on the CPU only:
+    the model goes onto a GPU in the workers, never in the driver (which may have none: Ray checks that the
+    cluster has the GPUs the workers ask for)."""
     from phononbench.engines import check_engine
     from phononbench.executors import InProcessExecutor, RayExecutor
-    from phononbench.potentials import load_potential
+    from phononbench.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, load_potential
     from phononbench.worker import WorkerSpec
 
-    check_engine(engine)
-    potential = load_potential(protocol.model, device=device, checkpoint=checkpoint, max_atoms_per_batch=batch_atoms)
+    check_engine(engine, protocol.model)
+    potential = load_potential(protocol.model, device=device if in_process else "cpu", checkpoint=checkpoint,
+                               max_atoms_per_batch=batch_atoms)
+    description = {**potential.describe(), "device": device,
+                   "max_atoms_per_batch": batch_atoms or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]}
     spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
     if in_process:
-        return potential, spec, InProcessExecutor(potential)
+        return description, spec, InProcessExecutor(potential)
     if device.startswith("cuda") and not gpus_per_worker:
         gpus_per_worker = 1.0  # GPU workers when a GPU is asked for; fractions share one
     executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
-    return potential, spec, executor
+    return description, spec, executor
 
 
 @app.command()
@@ -275,7 +280,7 @@ def validate(
         protocol = PUBLISHED.with_overrides(model=model, thresholds_thz=threshold or None)
         folder = out or Path("runs") / f"validate-{model}"
         potential, spec, executor = _setup(protocol, device, checkpoint, None, "batched", in_process)
-        run_benchmark([f"validation={structures}"], folder, spec, potential.describe(), executor,
+        run_benchmark([f"validation={structures}"], folder, spec, potential, executor,
                       reporter=ProgressReporter(protocol.headline_threshold_thz),
                       command=shlex.join(["phononbench", *sys.argv[1:]]))
         rows = read_structures(folder)

@@ -8,8 +8,10 @@ An engine answers two questions the method asks, and nothing else:
 
 ``serial`` is the published scripts' way: one structure at a time, one ASE calculator call per geometry.
 ``batched`` steps a chunk's relaxations in lockstep with one batched model call per FIRE step, and sends
-all displaced supercells through the model's batched inference. A further engine (a GPU-resident batched
-state) implements the same two methods; the stages do not change.
+all displaced supercells through the model's batched inference. ``torchsim`` keeps every structure in flight
+in one TorchSim state on the model's device (``relax_torchsim.py``: the same recipe with TorchSim's FIRE,
+Frechet cell filter and FixSymmetry) and sends the supercells through the same model in bins packed by
+TorchSim's autobatcher. The stages do not change.
 """
 
 from __future__ import annotations
@@ -73,12 +75,67 @@ class BatchedEngine(_OnePotential):
         return self.potential.forces(supercells)
 
 
-ENGINES = {"batched": BatchedEngine, "serial": SerialEngine}
+class TorchSimEngine(_OnePotential):
+    """Every structure in flight in one TorchSim state on the device; supercells in autobatched bins.
+
+    In flight: up to the potential's atoms per batch. Supercell bins: on a CPU, that many atoms; on a GPU,
+    as many as TorchSim's autobatcher measures will fit (once per worker, by trying growing batches)."""
+
+    name = "torchsim"
+
+    def __init__(self, potential: Potential):
+        super().__init__(potential)
+        self.model = potential.torchsim_model()
+        if self.model is None:
+            check_engine(self.name, potential.name)  # says which potentials have one
+            raise SetupError(f"the potential {potential.name} has no TorchSim model: use --engine batched",
+                             setting="engine")
+        self._bin_size: float | None = None if potential.device.startswith("cuda") else potential.max_atoms_per_batch
+
+    def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
+        from phononbench import relax_torchsim
+
+        return relax_torchsim.relax_structures(structures, self.model, recipe(protocol),
+                                               max_atoms_in_flight=self.potential.max_atoms_per_batch)
+
+    def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:
+        from torch_sim.autobatching import BinningAutoBatcher
+
+        from phononbench.potentials import predict_with_torchsim, split_on_oom
+
+        if not supercells:
+            return []
+        by_atoms = self._bin_size is not None
+        batcher = BinningAutoBatcher(
+            self.model, memory_scales_with="n_atoms" if by_atoms else self.model.memory_scales_with,
+            max_memory_scaler=max(self._bin_size, *map(len, supercells)) if by_atoms else None)
+        # the bins only: the structures go to the model as ASE cells, through the one prediction path
+        from phononbench.relax_torchsim import to_state
+
+        batcher.load_states(to_state(supercells, self.model))
+        self._bin_size = self._bin_size or batcher.max_memory_scaler  # measured once per worker
+        out: list[np.ndarray | None] = [None] * len(supercells)
+        for indices in batcher.index_bins:
+            batch = [supercells[i] for i in indices]
+            predictions = split_on_oom(lambda b: predict_with_torchsim(self.model, b, stress=False), batch)
+            for i, prediction in zip(indices, predictions):
+                out[i] = prediction.forces
+        return out
 
 
-def check_engine(name: str) -> str:
+ENGINES = {"batched": BatchedEngine, "serial": SerialEngine, "torchsim": TorchSimEngine}
+
+
+# potentials with a TorchSim model (potentials.py: make_torchsim); plugins are checked when they load
+TORCHSIM_MODELS = ("mattersim-5m", "mattersim-1m", "mattersim", "sevennet")
+
+
+def check_engine(name: str, model: str | None = None) -> str:
     if name not in ENGINES:
         raise SetupError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}", setting="engine")
+    if name == "torchsim" and model is not None and not model.startswith("python:") and model not in TORCHSIM_MODELS:
+        raise SetupError(f"the torchsim engine needs a potential with a TorchSim model ({', '.join(TORCHSIM_MODELS)}); "
+                         f"{model} has none: use --engine batched", setting="engine")
     return name
 
 

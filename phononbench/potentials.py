@@ -54,6 +54,8 @@ class Potential:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     max_atoms_per_batch: int = 2048
+    make_torchsim: Callable[["Potential"], object] | None = None
+    _torchsim: object = None
 
     def predict(self, structures: list[Atoms], stress: bool = True) -> list[Prediction]:
         """Energy, forces (and stress) of each structure, through the model's batched inference."""
@@ -71,15 +73,7 @@ class Potential:
         return [p.forces for p in self.predict(structures, stress=False)]
 
     def _predict_splitting_on_oom(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
-        try:
-            return self._predict_batch(batch, stress)
-        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if "out of memory" not in str(exc).lower() or len(batch) == 1:
-                raise
-            _empty_cuda_cache()
-            half = len(batch) // 2
-            return self._predict_splitting_on_oom(batch[:half], stress) + \
-                self._predict_splitting_on_oom(batch[half:], stress)
+        return split_on_oom(lambda b: self._predict_batch(b, stress), batch)
 
     def _predict_batch(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
         out = []
@@ -93,6 +87,13 @@ class Potential:
             ))
         return out
 
+    def torchsim_model(self):
+        """The model as a TorchSim ``ModelInterface`` whose state and outputs are float64, built once; None
+        where the potential has no TorchSim model (the ``torchsim`` engine refuses it before any work)."""
+        if self._torchsim is None and self.make_torchsim is not None:
+            self._torchsim = self.make_torchsim(self)
+        return self._torchsim
+
     def describe(self) -> dict:
         return {
             "model": self.name,
@@ -101,6 +102,18 @@ class Potential:
             "checkpoint_sha256": self.checkpoint_sha256,
             "max_atoms_per_batch": self.max_atoms_per_batch,
         }
+
+
+def split_on_oom(predict_batch: Callable[[list[Atoms]], list[Prediction]], batch: list[Atoms]) -> list[Prediction]:
+    """``predict_batch(batch)``; on a GPU out-of-memory error, the two halves one after the other."""
+    try:
+        return predict_batch(batch)
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if "out of memory" not in str(exc).lower() or len(batch) == 1:
+            raise
+        _empty_cuda_cache()
+        half = len(batch) // 2
+        return split_on_oom(predict_batch, batch[:half]) + split_on_oom(predict_batch, batch[half:])
 
 
 def _unconstrained(atoms: Atoms) -> Atoms:
@@ -134,25 +147,34 @@ def _empty_cuda_cache() -> None:
 
 
 class MatterSimPotential(Potential):
-    """Batched inference through MatterSim's own dataloader and ``predict_properties``."""
+    """Batched inference through MatterSim's own TorchSim wrapper (graphs built on the model's device).
+
+    Not MatterSim's ``build_dataloader`` + ``predict_properties``: in MatterSim 1.2.5 that path gives each
+    structure of a multi-structure batch forces that differ by about 1% from the same structure alone (two
+    copies of one structure in one batch get different forces; 1.2.3 gave identical ones). The TorchSim
+    wrapper agrees with MatterSim's calculator to float precision, batched or not
+    (tests/test_mattersim.py)."""
 
     def _predict_batch(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
-        from ase.stress import full_3x3_to_voigt_6_stress
-        from ase.units import GPa
-        from mattersim.datasets.utils.build import build_dataloader
+        return predict_with_torchsim(self.torchsim_model(), batch, stress)
 
-        model = self.calculator.potential
-        args = model.model.model_args
-        loader = build_dataloader(
-            batch, batch_size=len(batch), only_inference=True,
-            cutoff=args["cutoff"], threebody_cutoff=args["threebody_cutoff"],
-        )
-        energies, forces, stresses = model.predict_properties(loader, include_forces=True, include_stresses=stress)
-        return [
-            Prediction(float(e), np.asarray(f, dtype=float),
-                       GPa * full_3x3_to_voigt_6_stress(np.asarray(stresses[k])) if stress else None)
-            for k, (e, f) in enumerate(zip(energies, forces))
-        ]
+
+def predict_with_torchsim(model, batch: list[Atoms], stress: bool) -> list[Prediction]:
+    """One forward pass of a TorchSim model over a batch of structures, split back per structure
+    (stress in ASE's Voigt order, eV/A^3)."""
+    import torch
+    import torch_sim as ts
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    state = ts.io.atoms_to_state([_unconstrained(a) for a in batch], device=model.device, dtype=model.dtype)
+    with torch.no_grad() if not model.compute_forces else torch.enable_grad():
+        output = model(state)
+    energies = output["energy"].detach().cpu().numpy().reshape(-1)
+    forces = np.split(output["forces"].detach().cpu().numpy().astype(float), np.cumsum([len(a) for a in batch])[:-1])
+    stresses = output["stress"].detach().cpu().numpy() if stress else None
+    return [Prediction(float(energies[k]), forces[k],
+                       full_3x3_to_voigt_6_stress(stresses[k]).astype(float) if stress else None)
+            for k in range(len(batch))]
 
 
 class CHGNetPotential(Potential):
@@ -250,7 +272,16 @@ def _load_mattersim(name: str, device: str, checkpoint: str | None) -> Potential
         raise SetupError(f"cannot load MatterSim checkpoint {path} ({type(exc).__name__}: {exc}); "
                          "delete it and download it again", setting="checkpoint") from exc
     calculator = MatterSimCalculator(potential=model, device=device)
-    return MatterSimPotential(name, calculator, device, str(path), sha256_of(path))
+    return MatterSimPotential(name, calculator, device, str(path), sha256_of(path),
+                              make_torchsim=_mattersim_torchsim)
+
+
+def _mattersim_torchsim(potential: Potential):
+    import torch
+    from mattersim.torchsim import TorchSimWrapper
+
+    # weights stay float32 (as published); the optimizer's state and the outputs are float64, as in ASE
+    return TorchSimWrapper(potential.calculator.potential, device=potential.device, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +309,36 @@ def _load_sevennet(name: str, device: str, checkpoint: str | None) -> Potential:
     model = checkpoint or "7net-0"
     path = Path(checkpoint) if checkpoint else Path(pretrained_name_to_path(model))
     calculator = SevenNetCalculator(model, device=device)
-    return Potential(name, calculator, device, str(path), sha256_of(path) if path.is_file() else None)
+    return Potential(name, calculator, device, str(path), sha256_of(path) if path.is_file() else None,
+                     make_torchsim=_sevennet_torchsim)
+
+
+def _sevennet_torchsim(potential: Potential):
+    from sevenn.torchsim import SevenNetModel
+
+    return Float64(SevenNetModel(potential.checkpoint, device=potential.device))
+
+
+def Float64(model):
+    """A float32 TorchSim model behind a float64 face: the optimizer's state stays float64 (as ASE's numpy
+    arrays are), the model sees float32 positions and cells, its outputs come back as float64."""
+    import torch
+    from torch_sim.models.interface import ModelInterface
+
+    class _Float64(ModelInterface):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self._device, self._dtype = inner.device, torch.float64
+            self._compute_stress, self._compute_forces = inner.compute_stress, inner.compute_forces
+            self._memory_scales_with = inner.memory_scales_with
+
+        def forward(self, state, **kwargs):
+            output = self.inner(state.to(dtype=self.inner.dtype), **kwargs)
+            return {k: (v.detach().to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v)
+                    for k, v in output.items()}
+
+    return _Float64(model)
 
 
 def _load_emt(name: str, device: str, checkpoint: str | None) -> Potential:

@@ -87,3 +87,38 @@ def test_cli_stops_before_any_work_without_the_checkpoint(tmp_path, monkeypatch,
     assert result.exit_code == 2 and "mattersim-v1.0.0-5M.pth" in result.output and "--checkpoint" in result.output
     assert not out.exists()
 
+
+
+def test_batched_predictions_are_each_structures_own(random_checkpoint):
+    """MatterSim 1.2.5's dataloader + predict_properties gives the structures of one batch forces ~1% apart
+    from each one's own (two copies of one structure get different forces); the batched path used here
+    (MatterSim's TorchSim wrapper) must give every structure exactly what the calculator gives it alone."""
+    potential = load_potential("mattersim", device="cpu", checkpoint=str(random_checkpoint))
+    cell = bulk("NaCl", "rocksalt", a=5.64) * (2, 2, 2)
+    cell.rattle(0.01, seed=1)
+    displaced = cell.copy()
+    displaced.positions[0, 0] += 0.01
+    batch = [cell, displaced, displaced, cell]
+    batched = potential.predict(batch)
+    alone = potential.predict_with_calculator(batch)
+    for b, a in zip(batched, alone):
+        assert b.energy_ev == pytest.approx(a.energy_ev, rel=1e-6)
+        # float32 sums in another order differ by ~1e-6 of the largest force; the 1.2.5 dataloader by ~1e-2
+        assert np.allclose(b.forces, a.forces, rtol=0, atol=1e-4 * np.abs(a.forces).max())
+        assert np.allclose(b.stress, a.stress, rtol=1e-5, atol=1e-9)
+    assert np.allclose(batched[1].forces, batched[2].forces, rtol=0, atol=1e-4 * np.abs(batched[1].forces).max())
+
+
+def test_torchsim_engine_runs_mattersims_model_code(random_checkpoint):
+    from phononbench.engines import make_engine
+    from phononbench.method import compute
+
+    potential = load_potential("mattersim", device="cpu", checkpoint=str(random_checkpoint))
+    protocol = PUBLISHED.with_overrides(model="mattersim", relax_fmax_ev_per_a=10.0,
+                                        relax_target_fmax_ev_per_a=5.0, relax_cycles=1, relax_steps_per_cycle=5)
+    items = [InputStructure("t/NaCl", "t", "NaCl", AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.64)))]
+    reference = compute(items, make_engine("batched", potential), protocol)[0]
+    row = compute(items, make_engine("torchsim", potential), protocol)[0]
+    assert row.status == reference.status == Status.OK, (row.error, reference.error)
+    assert row.relax_steps == reference.relax_steps and row.verdicts == reference.verdicts
+    assert row.min_frequency_thz == pytest.approx(reference.min_frequency_thz, abs=1e-3)
