@@ -5,10 +5,10 @@
 
 Every engine relaxes the same structures (the demo's valid, unique ones, repeated with a small rattle up to
 ``--in-flight`` structures) for exactly ``--steps`` FIRE steps (one cycle, an acceptance no structure
-reaches) with a model that costs nothing: a calculator whose forces are a fixed smooth function of the
-positions and whose stress is zero. The model's own time is measured separately (the same calls) and
-taken off. Printed: CPU milliseconds per structure-step outside the model, per engine; the last line is
-one JSON object. Numpy's BLAS runs one thread, as in the workers.
+reaches) with a model that costs nothing: forces a fixed smooth function of the positions, zero stress,
+as an ASE calculator (serial, batched) and as a TorchSim model (torchsim). The model's own time is measured
+separately (the same calls) and taken off. Printed: CPU milliseconds per structure-step outside the model,
+per engine; the last line is one JSON object. Numpy's BLAS and torch run one thread, as in the workers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.io.ase import AseAtomsAdaptor
 from threadpoolctl import threadpool_limits
@@ -48,6 +49,30 @@ class FreeCalculator(Calculator):
                         "stress": np.zeros(6)}
 
 
+def free_model():
+    """The same forces as FreeCalculator, as a TorchSim model (float64, as the engine's states are)."""
+    from torch_sim.models.interface import ModelInterface
+
+    class FreeModel(ModelInterface):
+        calls = 0
+
+        def __init__(self):
+            super().__init__()
+            self._device, self._dtype = torch.device("cpu"), torch.float64
+            self._compute_stress, self._compute_forces, self._memory_scales_with = True, True, "n_atoms"
+
+        def forward(self, state, **kwargs):
+            FreeModel.calls += 1
+            forces = 0.05 * torch.sin(state.positions)
+            mean = torch.zeros((state.n_systems, 3), dtype=forces.dtype).index_add_(0, state.system_idx, forces)
+            forces = forces - (mean / state.n_atoms_per_system[:, None])[state.system_idx]
+            energy = torch.zeros(state.n_systems, dtype=forces.dtype).index_add_(
+                0, state.system_idx, torch.cos(state.positions).sum(dim=1))
+            return {"energy": energy, "forces": forces, "stress": torch.zeros((state.n_systems, 3, 3), dtype=forces.dtype)}
+
+    return FreeModel()
+
+
 def structures(n: int, seed: int = 0) -> list:
     items = read_inputs([str(DEMO)], 40, 0.5)
     duplicates = find_duplicates(items)
@@ -62,7 +87,7 @@ def structures(n: int, seed: int = 0) -> list:
 
 
 def model_seconds(cells: list, calls_per_cell: int) -> float:
-    """CPU time of the model alone for as many calls as a relaxation makes."""
+    """CPU time of the ASE model alone for as many calls as a relaxation makes."""
     calculator = FreeCalculator()
     start = time.process_time()
     for atoms in cells:
@@ -71,6 +96,18 @@ def model_seconds(cells: list, calls_per_cell: int) -> float:
             atoms.calc = calculator
             atoms.get_forces()
             atoms.get_stress()
+    return time.process_time() - start
+
+
+def torch_model_seconds(cells: list, calls: int) -> float:
+    """CPU time of the TorchSim model alone, called as often as the relaxation called it, on all cells."""
+    from phononbench.relax_torchsim import to_state
+
+    model = free_model()
+    state = to_state(cells, model)
+    start = time.process_time()
+    for _ in range(calls):
+        model(state)
     return time.process_time() - start
 
 
@@ -83,19 +120,26 @@ def main() -> None:
     protocol = preset("published").with_overrides(relax_fmax_ev_per_a=1e-9, relax_target_fmax_ev_per_a=1e-10,
                                                   relax_cycles=1, relax_steps_per_cycle=args.steps)
     cells = structures(args.in_flight)
-    potential = Potential("free", FreeCalculator(), "cpu")
+    potential = Potential("free", FreeCalculator(), "cpu", make_torchsim=lambda _: free_model())
     potential.max_atoms_per_batch = 10**6  # every structure in one lockstep batch
     figures = {"in_flight": len(cells), "steps": args.steps, "atoms": sum(len(a) for a in cells), "engines": {}}
+    torch.set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):
         for name in args.engines:
             engine = make_engine(name, potential)
             FreeCalculator.calls = 0
+            if name == "torchsim":
+                engine.relax([a.copy() for a in cells[:2]], protocol)  # first-call costs (imports) off the clock
+                type(engine.model).calls = 0
             start = time.process_time()
             outcomes = engine.relax([a.copy() for a in cells], protocol)
             total = time.process_time() - start
             failed = [o for o in outcomes if isinstance(o, Exception)]
             steps = sum(o.n_steps for o in outcomes if not isinstance(o, Exception))
-            model = model_seconds(cells, max(1, round(FreeCalculator.calls / len(cells))))
+            if name == "torchsim":
+                model = torch_model_seconds(cells, type(engine.model).calls)
+            else:
+                model = model_seconds(cells, max(1, round(FreeCalculator.calls / len(cells))))
             per_step_ms = 1000 * (total - model) / max(steps, 1)
             figures["engines"][name] = {"cpu_s": round(total, 2), "model_cpu_s": round(model, 2),
                                         "structure_steps": steps, "failed": len(failed),

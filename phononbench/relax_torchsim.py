@@ -87,7 +87,6 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
     others finish, up to ``max_atoms_in_flight`` atoms (and ``max_structures_in_flight``). Returns, per
     structure, its Relaxation or the exception that failed it alone.
     """
-    import torch_sim as ts
     from torch_sim.optimizers import fire_step
 
     outcome: list[Relaxation | Exception | None] = [None] * len(structures)
@@ -112,17 +111,17 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
             n_atoms += size
             newcomers.append((_Slot(index), to_state([structures[index]], model)))
         if newcomers:
-            started, failed = _start_cycles(newcomers, ask, recipe)
+            started, started_slots, failed = _start_cycles(newcomers, ask, recipe)
             for slot, exc in failed:
                 outcome[slot.index] = exc
             if started is not None:
-                state = started if state is None else ts.concatenate_states([state, started])
-                slots += [slot for slot, _ in newcomers if outcome[slot.index] is None]
+                state = started if state is None else _join([state, started])
+                slots += started_slots
         if state is None or not slots:
             continue
 
         # the model's answer at every structure's current geometry is in the state: decide per structure
-        leave = {}  # position in state -> where it goes: an exception, a Relaxation or "between"
+        leave = {}  # position in state -> an exception, a Relaxation, or None (between two cycles)
         finite = _finite_per_structure(state)
         gradient = _largest_gradient(state)
         for k, slot in enumerate(slots):
@@ -140,30 +139,30 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
                     slot.steps_before += slot.steps
                     slot.steps, slot.final = 0, final
                     slot.cycle = slot.cycle if final else slot.cycle + 1
-                    leave[k] = "between"
+                    leave[k] = None
         if leave:
-            staying = [k for k in range(len(slots)) if k not in leave]
             for k, where in leave.items():
-                if isinstance(where, str):
+                if where is None:
                     between.append((slots[k], _geometry(state, k)))
                 else:
                     outcome[slots[k].index] = where
+            staying = [k for k in range(len(slots)) if k not in leave]
             slots = [slots[k] for k in staying]
-            state = state[staying] if staying else None
+            state = _take(state, staying) if staying else None
         if state is None:
             continue
         try:
             state = fire_step(state, model, fire_flavor="ase_fire")
         except Exception as exc:  # the step itself (e.g. FixSymmetry on a cell gone singular)
-            for k, culprit in enumerate(_culprits(state, slots)):
+            culprits = _culprits(state)
+            if not any(culprits):  # no culprit to single out: all of them
+                culprits = [True] * len(slots)
+            for k, culprit in enumerate(culprits):
                 if culprit:
                     outcome[slots[k].index] = exc
-            if not any(outcome[s.index] is exc for s in slots):  # no culprit to single out: all of them
-                for s in slots:
-                    outcome[s.index] = exc
-            keep = [k for k, s in enumerate(slots) if outcome[s.index] is None]
+            keep = [k for k, culprit in enumerate(culprits) if not culprit]
             slots = [slots[k] for k in keep]
-            state = state[keep] if keep else None
+            state = _take(state, keep) if keep else None
             continue
         for slot in slots:
             slot.steps += 1
@@ -171,47 +170,46 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
 
 
 def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
-    """Fresh FixSymmetry (refining each geometry), fresh Frechet cell filter and fresh FIRE for the
-    structures starting a cycle, in one model call. Returns the new state and the (slot, exception) of
-    structures that could not start (their symmetry could not be found, or their model call raised)."""
-    import torch_sim as ts
+    """A fresh FixSymmetry (refining each geometry), a fresh Frechet cell filter and a fresh FIRE for the
+    structures starting a cycle, in one model call. Returns their state, their slots in state order, and
+    the (slot, exception) of those that could not start (no symmetry found, or their model call raised)."""
     from torch_sim.constraints import FixSymmetry
+
+    ready, failed = [], []
+    for slot, single in newcomers:
+        try:
+            symmetry = None
+            if recipe.fix_symmetry:
+                found = FixSymmetry.from_state(single, symprec=recipe.symprec)  # refines `single` in place
+                symmetry = (found.rotations[0], found.symm_maps[0])
+            ready.append((slot, single, symmetry))
+        except Exception as exc:
+            failed.append((slot, exc))
+    state, slots, init_failed = _init_fire(ready, ask)
+    return state, slots, failed + init_failed
+
+
+def _init_fire(ready, ask: _AskOnce):
+    import torch_sim as ts
     from torch_sim.optimizers import fire_init
     from torch_sim.optimizers.cell_filters import CellFilter
 
-    failed, ok = [], []
-    for slot, single in newcomers:
-        try:
-            if recipe.fix_symmetry:
-                # made while the previous cycle's constraint would still hold: refine in place, then keep
-                single.constraints = [FixSymmetry.from_state(single, symprec=recipe.symprec)]
-            ok.append((slot, single))
-        except Exception as exc:
-            failed.append((slot, exc))
-    newcomers[:] = ok
-    if not ok:
-        return None, failed
-    batch = ts.concatenate_states([single for _, single in ok])
+    if not ready:
+        return None, [], []
+    batch = ts.concatenate_states([single for _, single, _ in ready])
+    if ready[0][2] is not None:
+        batch._constraints = [BatchedFixSymmetry(_Symmetry([s[0] for _, _, s in ready], [s[1] for _, _, s in ready]))]
     try:
         state = fire_init(batch, ask, cell_filter=CellFilter.frechet, dt_start=DT_START, alpha_start=ALPHA_START,
                           fire_flavor="ase_fire")
     except Exception as exc:
-        if len(ok) == 1:
-            failed.append((ok[0][0], exc))
-            newcomers.clear()
-            return None, failed
-        # one call per structure, so that only the culprit fails
-        states = []
-        for slot, single in list(ok):
-            # its constraint is attached already: no second refinement
-            one, one_failed = _start_cycles([(slot, single.clone())], ask, replace(recipe, fix_symmetry=False))
-            if one is None:
-                failed += one_failed
-                newcomers.remove((slot, single))
-            else:
-                states.append(one)
         ask.forget()
-        return (ts.concatenate_states(states) if states else None), failed
+        if len(ready) == 1:
+            return None, [], [(ready[0][0], exc)]
+        parts = [_init_fire([one], ask) for one in ready]  # one call per structure: only the culprit fails
+        states = [state for state, _, _ in parts if state is not None]
+        return ((_join(states) if states else None), [slot for _, slots, _ in parts for slot in slots],
+                [f for _, _, failed in parts for f in failed])
     ask.forget()
     # the forces the optimizer sees are the constrained ones, as ASE's FixSymmetry hands them over
     state.set_constrained_forces(state.forces)
@@ -223,7 +221,7 @@ def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
     state.dt = torch.full_like(state.dt, DT_START / F_DEC)
     state.alpha = torch.full_like(state.alpha, ALPHA_START)
     state.n_pos = torch.zeros_like(state.n_pos)
-    return state, failed
+    return state, [slot for slot, _, _ in ready], []
 
 
 def _per_structure_max(values: torch.Tensor, system_idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -251,28 +249,168 @@ def _largest_gradient(state) -> list[float]:
     return torch.maximum(largest, torch.nan_to_num(cell, nan=np.inf)).tolist()
 
 
+def _atoms_of(state, k: int) -> slice:
+    counts = state.n_atoms_per_system
+    start = int(counts[:k].sum())
+    return slice(start, start + int(counts[k]))
+
+
 def _geometry(state, k: int):
     """Structure k's geometry alone, as a plain state (its constraint is remade at the next cycle)."""
     import torch_sim as ts
 
-    one = state[[k]]
-    return ts.SimState(positions=one.positions.clone(), masses=one.masses.clone(), cell=one.cell.clone(),
-                       pbc=one.pbc, atomic_numbers=one.atomic_numbers.clone())
+    atoms = _atoms_of(state, k)
+    return ts.SimState(positions=state.positions[atoms].clone(), masses=state.masses[atoms].clone(),
+                       cell=state.cell[k:k + 1].clone(), pbc=state.pbc,
+                       atomic_numbers=state.atomic_numbers[atoms].clone())
 
 
 def _relaxation(state, k: int, slot: _Slot, residual: float, recipe: Recipe) -> Relaxation:
     """The acceptance, on the forces just computed with a fresh constraint and filter."""
-    one = state[[k]]
-    atoms = Atoms(numbers=one.atomic_numbers.cpu().numpy(), positions=one.positions.detach().cpu().numpy(),
-                  cell=one.row_vector_cell[0].detach().cpu().numpy(), pbc=True)
-    energy = float(one.energy.reshape(-1)[0])
+    atoms_k = _atoms_of(state, k)
+    atoms = Atoms(numbers=state.atomic_numbers[atoms_k].cpu().numpy(),
+                  positions=state.positions[atoms_k].detach().cpu().numpy(),
+                  cell=state.row_vector_cell[k].detach().cpu().numpy(), pbc=True)
+    energy = float(state.energy.reshape(-1)[k])
     return Relaxation(atoms, residual <= recipe.fmax_ev_per_a, slot.steps_before, slot.cycle, residual,
                       energy / len(atoms))
 
 
-def _culprits(state, slots) -> list[bool]:
-    """Structures whose geometry or velocities are no longer finite after a failed step."""
+def _culprits(state) -> list[bool]:
+    """Structures whose geometry, velocities or cell forces are no longer finite after a failed step."""
     bad_atoms = (~torch.isfinite(state.positions)).any(dim=1) | (~torch.isfinite(state.velocities)).any(dim=1)
     bad = _per_structure_max(bad_atoms.to(state.dtype), state.system_idx, state.n_systems) > 0
-    bad |= (~torch.isfinite(state.cell.reshape(state.n_systems, -1))).any(dim=1)
+    for per_system in (state.cell, state.cell_forces, state.cell_positions):
+        bad |= (~torch.isfinite(per_system.reshape(state.n_systems, -1))).any(dim=1)
     return bad.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Symmetry for the whole state at once, and taking structures in and out without copying it all
+
+
+class _Symmetry:
+    """TorchSim's FixSymmetry arithmetic (``torch_sim.symmetrize``: forces and displacements as rank-1,
+    stress and cell deformation as rank-2 tensors, averaged over each structure's operations) done for all
+    structures of the state in a few batched operations. TorchSim's own constraint loops over structures
+    in Python four times per step (and deep-copies itself whenever the state is sliced): with hundreds of
+    structures in flight that loop, not the model, would set the pace.
+
+    The constraint covers every structure of the state, in state order (``system_idx`` = 0..n-1)."""
+
+    def __init__(self, rotations: list[torch.Tensor], symm_maps: list[torch.Tensor]):
+        self.rotations, self.symm_maps = rotations, symm_maps
+        device = rotations[0].device
+        n_ops = torch.tensor([len(r) for r in rotations], device=device)
+        sizes = torch.tensor([m.shape[1] for m in symm_maps], device=device)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        self.n_ops_of_system = n_ops
+        self.ops = torch.cat(rotations)  # (all ops, 3, 3), fractional
+        self.op_system = torch.repeat_interleave(torch.arange(len(rotations), device=device), n_ops)
+        # rank 1: every (operation, atom) pair: the atom it maps to, in the state's atom numbering
+        self.pair_op = torch.repeat_interleave(torch.arange(len(self.ops), device=device),
+                                               sizes[self.op_system])
+        self.pair_source = torch.cat([offsets[k] + torch.arange(m.shape[1], device=device).repeat(m.shape[0])
+                                      for k, m in enumerate(symm_maps)])
+        self.pair_target = torch.cat([offsets[k] + m.reshape(-1) for k, m in enumerate(symm_maps)])
+        self.n_ops_of_atom = torch.repeat_interleave(n_ops, sizes)
+
+    def take(self, keep: list[int]) -> "_Symmetry":
+        return _Symmetry([self.rotations[k] for k in keep], [self.symm_maps[k] for k in keep])
+
+    @staticmethod
+    def join(parts: list["_Symmetry"]) -> "_Symmetry":
+        return _Symmetry([r for p in parts for r in p.rotations], [m for p in parts for m in p.symm_maps])
+
+    def rank1(self, state, vectors: torch.Tensor) -> torch.Tensor:
+        lattice = state.row_vector_cell[state.system_idx]  # (atoms, 3, 3)
+        scaled = torch.linalg.solve(lattice.mT, vectors.unsqueeze(-1)).squeeze(-1)  # v @ inv(L)
+        ops = self.ops.to(vectors.dtype)[self.pair_op]
+        rotated = torch.einsum("pkj,pj->pk", ops, scaled[self.pair_source])
+        total = torch.zeros_like(scaled).index_add_(0, self.pair_target, rotated)
+        average = total / self.n_ops_of_atom.unsqueeze(-1).to(vectors.dtype)
+        return torch.einsum("ni,nij->nj", average, lattice)
+
+    def rank2(self, lattice: torch.Tensor, tensors: torch.Tensor) -> torch.Tensor:
+        """Per structure: inv(L) avg_R(R^T (L T L^T) R) inv(L)^T, with L the structure's row-vector cell."""
+        scaled = lattice @ tensors @ lattice.mT
+        ops = self.ops.to(tensors.dtype)
+        turned = ops.mT @ scaled[self.op_system] @ ops
+        total = torch.zeros_like(scaled).index_add_(0, self.op_system, turned)
+        average = total / self.n_ops_of_system.to(tensors.dtype).view(-1, 1, 1)
+        inverse = torch.linalg.inv(lattice)
+        return inverse @ average @ inverse.mT
+
+
+class BatchedFixSymmetry:
+    """A TorchSim constraint (the hooks ``SimState`` calls) built on ``_Symmetry``; one per state."""
+
+    def __init__(self, symmetry: _Symmetry, max_delta_component: float = 0.25):
+        self.symmetry = symmetry
+        self.max_delta_component = max_delta_component  # as TorchSim's and ASE's FixSymmetry clamp a step
+
+    def adjust_forces(self, state, forces: torch.Tensor) -> None:
+        forces[:] = self.symmetry.rank1(state, forces)
+
+    def adjust_positions(self, state, new_positions: torch.Tensor) -> None:
+        displacement = self.symmetry.rank1(state, new_positions - state.positions)
+        new_positions[:] = state.positions + displacement
+
+    def adjust_stress(self, state, stress: torch.Tensor) -> None:
+        stress[:] = self.symmetry.rank2(state.row_vector_cell, stress)
+
+    def adjust_cell(self, state, cell: torch.Tensor) -> None:
+        current = state.row_vector_cell
+        identity = torch.eye(3, device=cell.device, dtype=cell.dtype)
+        delta = torch.linalg.solve(current, cell.mT) - identity
+        largest = delta.abs().amax(dim=(1, 2))
+        if not bool(torch.isfinite(largest).all()):
+            raise RuntimeError("FixSymmetry: the cell deformation is not finite")
+        scale = torch.clamp(self.max_delta_component / largest.clamp(min=1e-300), max=1.0)
+        delta = delta * scale.view(-1, 1, 1)
+        cell[:] = (current @ (self.symmetry.rank2(current, delta) + identity)).mT
+
+    def adjust_momenta(self, state, momenta: torch.Tensor) -> None:
+        self.adjust_forces(state, momenta)
+
+    def get_removed_dof(self, state) -> torch.Tensor:
+        return torch.zeros(state.n_systems, dtype=torch.long, device=state.device)
+
+    def to(self, device=None, dtype=None) -> "BatchedFixSymmetry":
+        """Rotations are cast to the tensors' dtype where used; a model's view of the state in another dtype
+        (``potentials.Float64``) never steps it."""
+        if device is None or torch.device(device) == self.symmetry.ops.device:
+            return self
+        symmetry = self.symmetry
+        return BatchedFixSymmetry(_Symmetry([r.to(device) for r in symmetry.rotations],
+                                            [m.to(device) for m in symmetry.symm_maps]), self.max_delta_component)
+
+
+def _take(state, keep: list[int]):
+    """The structures ``keep`` of the state, in that order, without TorchSim's deep copy of constraints."""
+    constraints = state._constraints
+    state._constraints = []
+    try:
+        taken = state[keep]
+    finally:
+        state._constraints = constraints
+    if constraints:
+        taken._constraints = [BatchedFixSymmetry(constraints[0].symmetry.take(keep))]
+    return taken
+
+
+def _join(states: list):
+    """One state of several (each with its BatchedFixSymmetry, or none), in order."""
+    import torch_sim as ts
+
+    constraints = [s._constraints for s in states]
+    for s in states:
+        s._constraints = []
+    try:
+        joined = ts.concatenate_states(states)
+    finally:
+        for s, c in zip(states, constraints):
+            s._constraints = c
+    if any(constraints):
+        joined._constraints = [BatchedFixSymmetry(_Symmetry.join([c[0].symmetry for c in constraints]))]
+    return joined
