@@ -1,16 +1,19 @@
-"""Throughput of the batched engine against the published serial protocol, side by side in one process.
+"""Throughput of every engine against the published serial protocol, side by side in one process.
 
-    python benchmarks/throughput.py --model chgnet                      # demo set, CPU
-    python benchmarks/throughput.py --model mattersim --checkpoint M.pth --fmax 5 --max-steps 20
-    python benchmarks/throughput.py --model mattersim-5m --device cuda --n 200 --batch-atoms 16384
+    python benchmarks/throughput.py --model chgnet                      # demo set, CPU (no torchsim: CHGNet)
+    python benchmarks/throughput.py --model sevennet                    # serial, batched and torchsim
+    python benchmarks/throughput.py --random-architecture 5m --fmax 5 --max-steps 20   # MatterSim's code
+    python benchmarks/throughput.py --model mattersim-5m --device cuda --n 200 --chunk-size 200
 
 Serial reference: one structure at a time, relaxation through the ASE calculator, one displaced supercell
-per calculator call (what the published scripts do): the ``serial`` engine. Engine: the ``batched`` engine over
-chunks of structures. Both run the one method (``method.compute``) through the product's ``Worker``.
-Both see the same structures (valid, deduplicated, first ``--n``) after one warm-up call, timed in ABBA order
-over ``--rounds`` rounds and averaged. The tiered preset
-(Gamma screen) runs on the engine too, to measure how often the screen fires and whether it agrees.
-The last line printed is one JSON object with the figures.
+per calculator call (what the published scripts do): the ``serial`` engine. Engines: ``batched`` (ASE
+lockstep) and ``torchsim`` (one TorchSim state) over chunks of structures. All run the one method
+(``method.compute``) through the product's ``Worker``, on the same structures (valid, deduplicated, first
+``--n``) after one warm-up call each, timed in rotating order over ``--rounds`` rounds and averaged.
+``--random-architecture 1m|5m`` writes a MatterSim checkpoint of that architecture with random weights
+(use with ``--fmax``/``--max-steps``: a fixed number of steps, so the cost per step is the real one).
+On CUDA, nvidia-smi is sampled while each engine runs (mean GPU utilisation). The tiered preset (Gamma
+screen) runs on the batched engine too. The last line printed is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +57,58 @@ def _compare(reference: list[StructureResult], other: list[StructureResult]) -> 
     return agree, largest, differing
 
 
+def _atom_evaluations(results: list[StructureResult], supercell_size: int) -> int:
+    """Atoms the model was evaluated on: unit cells over the relaxation steps, supercells over displacements."""
+    total = 0
+    for r in results:
+        if r.n_atoms:
+            total += r.n_atoms * ((r.relax_steps or 0) + 1)
+            total += supercell_size * r.n_atoms * (r.n_displacements or 0)
+    return total
+
+
+class GpuSampler:
+    """Mean GPU utilisation (nvidia-smi, every 0.5 s) while a block runs; None without nvidia-smi."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.split()[0]))
+            except Exception:
+                return
+            self._stop.wait(0.5)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
+def random_mattersim(architecture: str, folder: str) -> str:
+    """A MatterSim checkpoint of the 1M (128 units) or 5M (256 units) architecture, random weights."""
+    import torch
+    from mattersim.forcefield.m3gnet.m3gnet import M3Gnet
+
+    torch.manual_seed(0)
+    model = M3Gnet(device="cpu", units={"1m": 128, "5m": 256}[architecture])
+    path = str(Path(folder) / f"mattersim-{architecture}-random.pth")
+    torch.save({"model_name": "m3gnet", "model_args": model.model_args, "model": model.state_dict()}, path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", default=[str(DEMO)])
@@ -64,8 +122,14 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="one relaxation cycle of at most N steps")
     parser.add_argument("--skip-tiered", action="store_true")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="timed rounds, alternating which path goes first (ABBA); times are averaged")
+                        help="timed rounds, rotating which engine goes first; times are averaged")
+    parser.add_argument("--engines", nargs="+", default=["serial", "batched", "torchsim"],
+                        help="serial first: it is the reference (torchsim is left out for potentials without it)")
+    parser.add_argument("--random-architecture", choices=["1m", "5m"],
+                        help="MatterSim with random weights of this architecture (sets --model mattersim)")
     args = parser.parse_args()
+    if args.random_architecture:
+        args.model, args.checkpoint = "mattersim", random_mattersim(args.random_architecture, tempfile.mkdtemp())
 
     overrides = dict(model=args.model)
     if args.fmax is not None:  # random-weight models: a loose acceptance, and the target at half of it
@@ -86,8 +150,11 @@ def main() -> None:
         return Worker(WorkerSpec(args.model, args.device, args.checkpoint, args.batch_atoms, protocol, engine),
                       potential)
 
-    serial_worker, batched_worker = worker("serial", published), worker("batched", published)
-    batched_worker(items[:1])  # warm-up: lazy imports, first graph, allocator
+    engines = [e for e in args.engines if e != "torchsim" or potential.torchsim_model() is not None]
+    workers = {e: worker(e, published) for e in engines}
+    for e in engines:
+        if e != "serial":
+            workers[e](items[:1])  # warm-up: lazy imports, first graph, allocator
 
     def timed(run):
         start = time.perf_counter()
@@ -95,39 +162,58 @@ def main() -> None:
         return out, time.perf_counter() - start
 
     chunks = [items[k:k + args.chunk_size] for k in range(0, len(items), args.chunk_size)]
-    run_serial = lambda: [r for i in items for r in serial_worker([i])]  # noqa: E731
-    run_engine = lambda: [r for c in chunks for r in batched_worker(c)]  # noqa: E731
-    # ABBA order (serial, engine, engine, serial, ...): on a small machine the second of two long runs in
-    # one process is not timed like the first (allocator and cache state), so the order must cancel out
-    times: dict[str, list[float]] = {"serial": [], "engine": []}
+
+    def run(engine):
+        if engine == "serial":
+            return [r for i in items for r in workers[engine]([i])]
+        return [r for c in chunks for r in workers[engine](c)]
+
+    # rotating order: on a small machine the second of two long runs in one process is not timed like the
+    # first (allocator and cache state), so the order must cancel out
+    times: dict[str, list[float]] = {e: [] for e in engines}
+    utilisation: dict[str, list[float]] = {e: [] for e in engines}
+    rows: dict[str, list[StructureResult]] = {}
     for round_ in range(args.rounds):
-        order = [("serial", run_serial), ("engine", run_engine)]
-        for name, run in order if round_ % 2 == 0 else order[::-1]:
-            rows, seconds = timed(run)
-            times[name].append(seconds)
-            if name == "serial":
-                serial = rows
-            else:
-                engine = rows
-    serial_s, engine_s = (sum(times[k]) / len(times[k]) for k in ("serial", "engine"))
-    agree, max_diff, differing = _compare(serial, engine)
+        order = engines[round_ % len(engines):] + engines[:round_ % len(engines)]
+        for engine in order if round_ % 2 == 0 else order[::-1]:
+            with GpuSampler() as gpu:
+                rows[engine], seconds = timed(lambda: run(engine))
+            times[engine].append(seconds)
+            if gpu.mean() is not None:
+                utilisation[engine].append(gpu.mean())
+    seconds = {e: sum(t) / len(t) for e, t in times.items()}
+    reference = engines[0]
 
     report = {
-        "model": args.model, "device": args.device, "n_structures": len(items),
+        "model": args.model, "checkpoint": args.checkpoint, "device": args.device, "n_structures": len(items),
+        "n_atoms": sum(len(i.structure) for i in items),
         "batch_atoms": potential.max_atoms_per_batch, "chunk_size": args.chunk_size,
         "fmax_ev_per_a": published.relax_fmax_ev_per_a, "relax_cycles": published.relax_cycles,
-        "relax_steps_per_cycle": published.relax_steps_per_cycle,
-        "rounds": args.rounds, "serial_s_each": [round(t, 2) for t in times["serial"]],
-        "engine_s_each": [round(t, 2) for t in times["engine"]],
-        "serial_s": round(serial_s, 2), "engine_s": round(engine_s, 2),
-        "serial_structures_per_hour": round(_per_hour(len(items), serial_s), 1),
-        "engine_structures_per_hour": round(_per_hour(len(items), engine_s), 1),
-        "ratio": round(serial_s / engine_s, 3) if engine_s else math.nan,
-        "verdicts_agree": agree, "max_min_frequency_diff_thz": max_diff, "differing": differing,
-        "serial_stages": _stage_seconds(serial), "engine_stages": _stage_seconds(engine),
-        "statuses": {s: sum(r.status == s for r in engine) for s in map(str, Status) if any(r.status == s for r in engine)},
-        "n_displacements": sum(r.n_displacements or 0 for r in engine),
+        "relax_steps_per_cycle": published.relax_steps_per_cycle, "rounds": args.rounds,
+        "reference": reference, "engines": {},
     }
+    for e in engines:
+        agree, max_diff, differing = _compare(rows[reference], rows[e])
+        per_hour = _per_hour(len(items), seconds[e])
+        report["engines"][e] = {
+            "s_each": [round(t, 2) for t in times[e]], "s": round(seconds[e], 2),
+            "structures_per_hour": round(per_hour, 1),
+            "atom_evaluations_per_s": round(_atom_evaluations(rows[e], math.prod(published.supercell)) / seconds[e], 1),
+            "speedup_vs_reference": round(seconds[reference] / seconds[e], 3),
+            "hours_for_110k": round(110_000 / per_hour, 2),
+            "gpu_utilisation_percent": (round(sum(utilisation[e]) / len(utilisation[e]), 1)
+                                        if utilisation[e] else None),
+            "verdicts_agree": agree, "max_min_frequency_diff_thz": max_diff, "differing": differing,
+            "stages": _stage_seconds(rows[e]),
+            "statuses": {s: sum(r.status == s for r in rows[e]) for s in map(str, Status)
+                         if any(r.status == s for r in rows[e])},
+        }
+    # the earlier report's keys, for RESULTS.md's older tables
+    if "serial" in rows and "batched" in rows:
+        report.update({"serial_s": round(seconds["serial"], 2), "engine_s": round(seconds["batched"], 2),
+                       "ratio": round(seconds["serial"] / seconds["batched"], 3)})
+    engine = rows.get("batched", rows[engines[-1]])
+    serial_s = seconds[reference]
     if args.device.startswith("cuda"):
         import torch
 
@@ -149,8 +235,12 @@ def main() -> None:
             "tiered_stages": _stage_seconds(screened),
         })
 
-    for key in ("serial_structures_per_hour", "engine_structures_per_hour", "ratio", "verdicts_agree",
-                "max_min_frequency_diff_thz", "tiered_screen_fired", "tiered_verdicts_agree"):
+    for e, figures in report["engines"].items():
+        print(f"{e:9s} {figures['s']:8.1f} s  {figures['structures_per_hour']:10.1f} structures/h  "
+              f"{figures['atom_evaluations_per_s']:10.1f} atom-evaluations/s  x{figures['speedup_vs_reference']:.2f}  "
+              f"verdicts agree: {figures['verdicts_agree']} (max diff {figures['max_min_frequency_diff_thz']:.4f} THz)"
+              + (f"  GPU {figures['gpu_utilisation_percent']}%" if figures["gpu_utilisation_percent"] is not None else ""))
+    for key in ("tiered_screen_fired", "tiered_verdicts_agree"):
         if key in report:
             print(f"{key:32s} {report[key]}")
     print(json.dumps(report))

@@ -130,7 +130,7 @@ def run(
     max_atoms: MaxAtoms = None,
     engine: Annotated[str, typer.Option(help="batched (default), torchsim (every structure in flight in one TorchSim state on the device; mattersim and sevennet) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
-    chunk_size: Annotated[int, typer.Option(help="Structures relaxed and phonon-computed together.")] = 32,
+    chunk_size: Annotated[Optional[int], typer.Option(help="Structures relaxed and phonon-computed together, per worker call (default 32; 512 for the torchsim engine on cuda, which keeps them all in flight on the GPU).")] = None,
     ray_address: RayAddress = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker slots (default: all CPUs, or GPUs / --gpus-per-worker).")] = None,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs (and torch threads) per worker.")] = 1.0,
@@ -153,6 +153,8 @@ def run(
             model=model, thresholds_thz=threshold or None, max_atoms=max_atoms,
             allow_positive_thresholds=allow_positive_threshold or None,
         ).check()
+        if chunk_size is None:  # a GPU state is only as full as the chunk: give it hundreds of structures
+            chunk_size = 512 if engine == "torchsim" and device.startswith("cuda") else 32
         _check_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
         potential, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
