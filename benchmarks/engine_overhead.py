@@ -49,7 +49,7 @@ class FreeCalculator(Calculator):
                         "stress": np.zeros(6)}
 
 
-def free_model():
+def free_model(device: str = "cpu"):
     """The same forces as FreeCalculator, as a TorchSim model (float64, as the engine's states are)."""
     from torch_sim.models.interface import ModelInterface
 
@@ -58,17 +58,18 @@ def free_model():
 
         def __init__(self):
             super().__init__()
-            self._device, self._dtype = torch.device("cpu"), torch.float64
+            self._device, self._dtype = torch.device(device), torch.float64
             self._compute_stress, self._compute_forces, self._memory_scales_with = True, True, "n_atoms"
 
         def forward(self, state, **kwargs):
             FreeModel.calls += 1
             forces = 0.05 * torch.sin(state.positions)
-            mean = torch.zeros((state.n_systems, 3), dtype=forces.dtype).index_add_(0, state.system_idx, forces)
+            like = dict(dtype=forces.dtype, device=forces.device)
+            mean = torch.zeros((state.n_systems, 3), **like).index_add_(0, state.system_idx, forces)
             forces = forces - (mean / state.n_atoms_per_system[:, None])[state.system_idx]
-            energy = torch.zeros(state.n_systems, dtype=forces.dtype).index_add_(
+            energy = torch.zeros(state.n_systems, **like).index_add_(
                 0, state.system_idx, torch.cos(state.positions).sum(dim=1))
-            return {"energy": energy, "forces": forces, "stress": torch.zeros((state.n_systems, 3, 3), dtype=forces.dtype)}
+            return {"energy": energy, "forces": forces, "stress": torch.zeros((state.n_systems, 3, 3), **like)}
 
     return FreeModel()
 
@@ -99,11 +100,11 @@ def model_seconds(cells: list, calls_per_cell: int) -> float:
     return time.process_time() - start
 
 
-def torch_model_seconds(cells: list, calls: int) -> float:
+def torch_model_seconds(cells: list, calls: int, device: str) -> float:
     """CPU time of the TorchSim model alone, called as often as the relaxation called it, on all cells."""
     from phononbench.relax_torchsim import to_state
 
-    model = free_model()
+    model = free_model(device)
     state = to_state(cells, model)
     start = time.process_time()
     for _ in range(calls):
@@ -116,13 +117,14 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=24, help="structures relaxed together")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--engines", nargs="+", default=list(ENGINES))
+    parser.add_argument("--device", default="cpu", help="where the torchsim engine's state lives (cpu or cuda)")
     args = parser.parse_args()
     protocol = preset("published").with_overrides(relax_fmax_ev_per_a=1e-9, relax_target_fmax_ev_per_a=1e-10,
                                                   relax_cycles=1, relax_steps_per_cycle=args.steps)
     cells = structures(args.in_flight)
-    potential = Potential("free", FreeCalculator(), "cpu", make_torchsim=lambda _: free_model())
+    potential = Potential("free", FreeCalculator(), "cpu", make_torchsim=lambda _: free_model(args.device))
     potential.max_atoms_per_batch = 10**6  # every structure in one lockstep batch
-    figures = {"in_flight": len(cells), "steps": args.steps, "atoms": sum(len(a) for a in cells), "engines": {}}
+    figures = {"device": args.device, "in_flight": len(cells), "steps": args.steps, "atoms": sum(len(a) for a in cells), "engines": {}}
     torch.set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):
         for name in args.engines:
@@ -137,7 +139,7 @@ def main() -> None:
             failed = [o for o in outcomes if isinstance(o, Exception)]
             steps = sum(o.n_steps for o in outcomes if not isinstance(o, Exception))
             if name == "torchsim":
-                model = torch_model_seconds(cells, type(engine.model).calls)
+                model = torch_model_seconds(cells, type(engine.model).calls, args.device)
             else:
                 model = model_seconds(cells, max(1, round(FreeCalculator.calls / len(cells))))
             per_step_ms = 1000 * (total - model) / max(steps, 1)

@@ -143,6 +143,8 @@ def run(
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""
     _quiet_libraries()
+    if chunk_size is None:  # a GPU state is only as full as the chunk: give it hundreds of structures
+        chunk_size = 512 if engine == "torchsim" and device.startswith("cuda") else 32
 
     def action():
         from phononbench.pipeline import run_benchmark
@@ -153,8 +155,6 @@ def run(
             model=model, thresholds_thz=threshold or None, max_atoms=max_atoms,
             allow_positive_thresholds=allow_positive_threshold or None,
         ).check()
-        if chunk_size is None:  # a GPU state is only as full as the chunk: give it hundreds of structures
-            chunk_size = 512 if engine == "torchsim" and device.startswith("cuda") else 32
         _check_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
         potential, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,

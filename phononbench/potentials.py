@@ -162,13 +162,11 @@ class MatterSimPotential(Potential):
 def predict_with_torchsim(model, batch: list[Atoms], stress: bool) -> list[Prediction]:
     """One forward pass of a TorchSim model over a batch of structures, split back per structure
     (stress in ASE's Voigt order, eV/A^3)."""
-    import torch
     import torch_sim as ts
     from ase.stress import full_3x3_to_voigt_6_stress
 
     state = ts.io.atoms_to_state([_unconstrained(a) for a in batch], device=model.device, dtype=model.dtype)
-    with torch.no_grad() if not model.compute_forces else torch.enable_grad():
-        output = model(state)
+    output = model(state)
     energies = output["energy"].detach().cpu().numpy().reshape(-1)
     forces = np.split(output["forces"].detach().cpu().numpy().astype(float), np.cumsum([len(a) for a in batch])[:-1])
     stresses = output["stress"].detach().cpu().numpy() if stress else None
