@@ -2,7 +2,8 @@
 flight held in one batched state on the model's device.
 
 The recipe is the one ``relax.py`` states, step for step, written with TorchSim's ASE-flavoured FIRE, its
-Frechet cell filter and its FixSymmetry constraint (moyopy):
+Frechet cell filter and its FixSymmetry arithmetic (symmetry found and refined by ASE's FixSymmetry, as in
+the reference, at each cycle's start):
 
 - a cycle starts with a fresh FixSymmetry (refining the geometry onto the symmetry it finds), a fresh cell
   filter (its reference cell is the current one) and a fresh FIRE, and the model is asked at that geometry;
@@ -48,6 +49,7 @@ class _Slot:
     steps_before: int = 0  # FIRE steps of the earlier cycles
     steps: int = 0  # FIRE steps of this cycle
     final: bool = False  # the acceptance check: predict once with fresh constraint and filter, then finish
+    constraint: object = None  # this cycle's ASE FixSymmetry (its symmetry operations; refines the next cycle)
 
 
 class _AskOnce:
@@ -172,21 +174,44 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
 def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
     """A fresh FixSymmetry (refining each geometry), a fresh Frechet cell filter and a fresh FIRE for the
     structures starting a cycle, in one model call. Returns their state, their slots in state order, and
-    the (slot, exception) of those that could not start (no symmetry found, or their model call raised)."""
-    from torch_sim.constraints import FixSymmetry
+    the (slot, exception) of those that could not start (no symmetry found, or their model call raised).
+
+    Finding the symmetry and refining the geometry onto it is ASE's FixSymmetry (spglib), made exactly as
+    the reference makes it: while the previous cycle's constraint is still attached. TorchSim's own
+    (moyopy) refines differently in the last digits, and where a structure relaxed towards a higher
+    symmetry that difference decides the acceptance or moves the published band path's q-points: on the
+    demo and phonondb_dev it flipped 2 of 64 verdicts (benchmarks/RESULTS.md). Each step's symmetrization
+    then uses these operations, for the whole state at once (``_Symmetry``)."""
+    from ase.constraints import FixSymmetry
 
     ready, failed = [], []
     for slot, single in newcomers:
         try:
             symmetry = None
             if recipe.fix_symmetry:
-                found = FixSymmetry.from_state(single, symprec=recipe.symprec)  # refines `single` in place
-                symmetry = (found.rotations[0], found.symm_maps[0])
+                atoms = _ase_atoms(single)
+                atoms.set_constraint(slot.constraint)  # refinement moves atoms as the previous symmetry allows
+                slot.constraint = FixSymmetry(atoms, symprec=recipe.symprec)  # refines `atoms` in place
+                single = to_state([_unconstrained(atoms)], ask.model)
+                symmetry = (torch.as_tensor(np.asarray(slot.constraint.rotations), device=single.device),
+                            torch.as_tensor(np.asarray(slot.constraint.symm_map), device=single.device))
             ready.append((slot, single, symmetry))
         except Exception as exc:
             failed.append((slot, exc))
     state, slots, init_failed = _init_fire(ready, ask)
     return state, slots, failed + init_failed
+
+
+def _ase_atoms(single) -> Atoms:
+    return Atoms(numbers=single.atomic_numbers.cpu().numpy(), positions=single.positions.detach().cpu().numpy(),
+                 cell=single.row_vector_cell[0].detach().cpu().numpy(), pbc=single.pbc.cpu().numpy()
+                 if torch.is_tensor(single.pbc) else single.pbc)
+
+
+def _unconstrained(atoms: Atoms) -> Atoms:
+    atoms = atoms.copy()
+    atoms.set_constraint()
+    return atoms
 
 
 def _init_fire(ready, ask: _AskOnce):
