@@ -33,7 +33,7 @@ DEDUP_FILE = "dedup.parquet"  # every valid input's dedup decision, reused by a 
 # what decided it: a dedup file from another matcher (or pymatgen) is not reused
 DEDUP_MATCHER = f"StructureMatcher() defaults, pymatgen {metadata.version('pymatgen')}"
 
-PACKAGES = ("phononbench", "mattersim", "torch", "ase", "phonopy", "spglib", "seekpath", "pymatgen",
+PACKAGES = ("phononbench", "mattersim", "torch", "torch-sim-atomistic", "ase", "phonopy", "spglib", "seekpath", "pymatgen",
             "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
 
 # run.json keys that must match for a resume: anything that changes a verdict

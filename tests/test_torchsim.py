@@ -152,3 +152,23 @@ def test_torchsim_engine_refused_before_work_for_a_potential_without_a_torchsim_
         check_engine("torchsim", "chgnet")
     with pytest.raises(SetupError, match="torchsim engine needs"):
         make_engine("torchsim", load_potential("emt"))
+
+
+def test_the_run_command_with_the_torchsim_engine(copper_folder, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from phononbench.cli import app
+    from phononbench.results import read_structures
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "sevennet",
+                                      "--engine", "torchsim", "--in-process"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["engine"] == "torchsim"
+    rows = read_structures(out).set_index("structure_id")
+    assert rows.loc["metals/Cu_fcc.cif", "status"] == Status.OK
+    assert rows.loc["metals/Cu_fcc_conventional.cif", "status"] == Status.DUPLICATE
+    assert rows.loc["metals/broken.cif", "status"] == Status.INVALID_INPUT
+    assert rows.loc["metals/Cu_bcc.cif", "status"] == Status.OK
