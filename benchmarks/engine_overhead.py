@@ -102,7 +102,7 @@ def model_seconds(cells: list, calls_per_cell: int) -> float:
 
 def torch_model_seconds(cells: list, calls: int, device: str) -> float:
     """CPU time of the TorchSim model alone, called as often as the relaxation called it, on all cells."""
-    from phononbench.relax_torchsim import to_state
+    from phononbench.potentials import to_state
 
     model = free_model(device)
     state = to_state(cells, model)

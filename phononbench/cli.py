@@ -157,11 +157,11 @@ def run(
         ).check()
         _check_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
-        potential, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
+        described, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
                                            ray_address, workers, cpus_per_worker, gpus_per_worker,
                                            timeout_per_structure, max_retries)
         summary = run_benchmark(
-            inputs, out, spec, potential, executor, limit_per_generator=limit,
+            inputs, out, spec, described, executor, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
             command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
@@ -281,8 +281,8 @@ def validate(
             raise SetupError(f"--structures {structures} is not a folder")
         protocol = PUBLISHED.with_overrides(model=model, thresholds_thz=threshold or None)
         folder = out or Path("runs") / f"validate-{model}"
-        potential, spec, executor = _setup(protocol, device, checkpoint, None, "batched", in_process)
-        run_benchmark([f"validation={structures}"], folder, spec, potential, executor,
+        described, spec, executor = _setup(protocol, device, checkpoint, None, "batched", in_process)
+        run_benchmark([f"validation={structures}"], folder, spec, described, executor,
                       reporter=ProgressReporter(protocol.headline_threshold_thz),
                       command=shlex.join(["phononbench", *sys.argv[1:]]))
         rows = read_structures(folder)

@@ -22,7 +22,7 @@ import numpy as np
 from ase import Atoms
 
 from phononbench.errors import SetupError
-from phononbench.potentials import Potential
+from phononbench.potentials import Potential, batches_by_atoms
 from phononbench.relax import Recipe, Relaxation, relax_structures
 from phononbench.settings import Protocol
 
@@ -90,7 +90,7 @@ class TorchSimEngine(_OnePotential):
             check_engine(self.name, potential.name)  # says which potentials have one
             raise SetupError(f"the potential {potential.name} has no TorchSim model: use --engine batched",
                              setting="engine")
-        self._bin_size: float | None = None if potential.device.startswith("cuda") else potential.max_atoms_per_batch
+        self._memory_scaler: float | None = None  # the autobatcher's measure of a GPU's room, once known
 
     def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
         from phononbench import relax_torchsim
@@ -99,28 +99,37 @@ class TorchSimEngine(_OnePotential):
                                                max_atoms_in_flight=self.potential.max_atoms_per_batch)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:
-        from torch_sim.autobatching import BinningAutoBatcher
-
         from phononbench.potentials import predict_with_torchsim, split_on_oom
 
-        if not supercells:
-            return []
-        by_atoms = self._bin_size is not None
-        batcher = BinningAutoBatcher(
-            self.model, memory_scales_with="n_atoms" if by_atoms else self.model.memory_scales_with,
-            max_memory_scaler=max(self._bin_size, *map(len, supercells)) if by_atoms else None)
-        # the bins only: the structures go to the model as ASE cells, through the one prediction path
-        from phononbench.relax_torchsim import to_state
-
-        batcher.load_states(to_state(supercells, self.model))
-        self._bin_size = self._bin_size or batcher.max_memory_scaler  # measured once per worker
         out: list[np.ndarray | None] = [None] * len(supercells)
-        for indices in batcher.index_bins:
+        for indices in self._bins(supercells):
             batch = [supercells[i] for i in indices]
             predictions = split_on_oom(lambda b: predict_with_torchsim(self.model, b, stress=False), batch)
             for i, prediction in zip(indices, predictions):
                 out[i] = prediction.forces
         return out
+
+    def _bins(self, supercells: list[Atoms]) -> list[list[int]]:
+        """Which supercells go through the model together: on a CPU, consecutive runs of at most the
+        potential's atoms per batch; on a GPU, TorchSim's autobatcher's bins, sized by measuring the memory
+        (once per worker)."""
+        if not supercells:
+            return []
+        if not self.potential.device.startswith("cuda"):
+            bins, start = [], 0
+            for batch in batches_by_atoms(supercells, self.potential.max_atoms_per_batch):
+                bins.append(list(range(start, start + len(batch))))
+                start += len(batch)
+            return bins
+        from torch_sim.autobatching import BinningAutoBatcher
+
+        from phononbench.potentials import to_state
+
+        batcher = BinningAutoBatcher(self.model, memory_scales_with=self.model.memory_scales_with,
+                                     max_memory_scaler=self._memory_scaler)
+        batcher.load_states(to_state(supercells, self.model))
+        self._memory_scaler = batcher.max_memory_scaler
+        return batcher.index_bins
 
 
 ENGINES = {"batched": BatchedEngine, "serial": SerialEngine, "torchsim": TorchSimEngine}

@@ -159,13 +159,19 @@ class MatterSimPotential(Potential):
         return predict_with_torchsim(self.torchsim_model(), batch, stress)
 
 
+def to_state(structures: list[Atoms], model):
+    """ASE structures as one TorchSim state on the model's device, in its dtype."""
+    import torch_sim as ts
+
+    return ts.io.atoms_to_state(structures, device=model.device, dtype=model.dtype)
+
+
 def predict_with_torchsim(model, batch: list[Atoms], stress: bool) -> list[Prediction]:
     """One forward pass of a TorchSim model over a batch of structures, split back per structure
     (stress in ASE's Voigt order, eV/A^3)."""
-    import torch_sim as ts
     from ase.stress import full_3x3_to_voigt_6_stress
 
-    state = ts.io.atoms_to_state([_unconstrained(a) for a in batch], device=model.device, dtype=model.dtype)
+    state = to_state([_unconstrained(a) for a in batch], model)
     output = model(state)
     energies = output["energy"].detach().cpu().numpy().reshape(-1)
     forces = np.split(output["forces"].detach().cpu().numpy().astype(float), np.cumsum([len(a) for a in batch])[:-1])
@@ -314,10 +320,10 @@ def _load_sevennet(name: str, device: str, checkpoint: str | None) -> Potential:
 def _sevennet_torchsim(potential: Potential):
     from sevenn.torchsim import SevenNetModel
 
-    return Float64(SevenNetModel(potential.checkpoint, device=potential.device))
+    return as_float64(SevenNetModel(potential.checkpoint, device=potential.device))
 
 
-def Float64(model):
+def as_float64(model):
     """A float32 TorchSim model behind a float64 face: the optimizer's state stays float64 (as ASE's numpy
     arrays are), the model sees float32 positions and cells, its outputs come back as float64."""
     import torch

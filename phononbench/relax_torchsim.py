@@ -26,12 +26,13 @@ trajectory, it only spares the device many tiny calls.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from ase import Atoms
 
+from phononbench.potentials import _unconstrained, to_state
 from phononbench.relax import ForcesDiverged, NonFiniteForces, Recipe, Relaxation
 
 # ASE's FIRE defaults, which the published scripts use
@@ -73,12 +74,6 @@ class _AskOnce:
 
     def forget(self):
         self._last = None
-
-
-def to_state(structures: list[Atoms], model):
-    import torch_sim as ts
-
-    return ts.io.atoms_to_state(structures, device=model.device, dtype=model.dtype)
 
 
 def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_in_flight: int = 4096,
@@ -189,7 +184,7 @@ def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
         try:
             symmetry = None
             if recipe.fix_symmetry:
-                atoms = _ase_atoms(single)
+                atoms = _ase_atoms(single, 0)
                 atoms.set_constraint(slot.constraint)  # refinement moves atoms as the previous symmetry allows
                 slot.constraint = FixSymmetry(atoms, symprec=recipe.symprec)  # refines `atoms` in place
                 single = to_state([_unconstrained(atoms)], ask.model)
@@ -200,18 +195,6 @@ def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
             failed.append((slot, exc))
     state, slots, init_failed = _init_fire(ready, ask)
     return state, slots, failed + init_failed
-
-
-def _ase_atoms(single) -> Atoms:
-    return Atoms(numbers=single.atomic_numbers.cpu().numpy(), positions=single.positions.detach().cpu().numpy(),
-                 cell=single.row_vector_cell[0].detach().cpu().numpy(), pbc=single.pbc.cpu().numpy()
-                 if torch.is_tensor(single.pbc) else single.pbc)
-
-
-def _unconstrained(atoms: Atoms) -> Atoms:
-    atoms = atoms.copy()
-    atoms.set_constraint()
-    return atoms
 
 
 def _init_fire(ready, ask: _AskOnce):
@@ -290,12 +273,16 @@ def _geometry(state, k: int):
                        atomic_numbers=state.atomic_numbers[atoms].clone())
 
 
+def _ase_atoms(state, k: int) -> Atoms:
+    """Structure k of the state as ASE Atoms (no calculator, no constraint)."""
+    atoms = _atoms_of(state, k)
+    return Atoms(numbers=state.atomic_numbers[atoms].cpu().numpy(), positions=state.positions[atoms].detach().cpu().numpy(),
+                 cell=state.row_vector_cell[k].detach().cpu().numpy(), pbc=state.pbc.cpu().numpy())
+
+
 def _relaxation(state, k: int, slot: _Slot, residual: float, recipe: Recipe) -> Relaxation:
     """The acceptance, on the forces just computed with a fresh constraint and filter."""
-    atoms_k = _atoms_of(state, k)
-    atoms = Atoms(numbers=state.atomic_numbers[atoms_k].cpu().numpy(),
-                  positions=state.positions[atoms_k].detach().cpu().numpy(),
-                  cell=state.row_vector_cell[k].detach().cpu().numpy(), pbc=True)
+    atoms = _ase_atoms(state, k)
     energy = float(state.energy.reshape(-1)[k])
     return Relaxation(atoms, residual <= recipe.fmax_ev_per_a, slot.steps_before, slot.cycle, residual,
                       energy / len(atoms))
@@ -330,7 +317,7 @@ class _Symmetry:
         sizes = torch.tensor([m.shape[1] for m in symm_maps], device=device)
         offsets = torch.cumsum(sizes, 0) - sizes
         self.n_ops_of_system = n_ops
-        self.ops = torch.cat(rotations)  # (all ops, 3, 3), fractional
+        self.ops = torch.cat(rotations).to(torch.float64)  # (all ops, 3, 3), fractional
         self.op_system = torch.repeat_interleave(torch.arange(len(rotations), device=device), n_ops)
         # rank 1: every (operation, atom) pair: the atom it maps to, in the state's atom numbering
         self.pair_op = torch.repeat_interleave(torch.arange(len(self.ops), device=device),
@@ -339,6 +326,7 @@ class _Symmetry:
                                       for k, m in enumerate(symm_maps)])
         self.pair_target = torch.cat([offsets[k] + m.reshape(-1) for k, m in enumerate(symm_maps)])
         self.n_ops_of_atom = torch.repeat_interleave(n_ops, sizes)
+        self.pair_ops = self.ops[self.pair_op]
 
     def take(self, keep: list[int]) -> "_Symmetry":
         return _Symmetry([self.rotations[k] for k in keep], [self.symm_maps[k] for k in keep])
@@ -350,7 +338,7 @@ class _Symmetry:
     def rank1(self, state, vectors: torch.Tensor) -> torch.Tensor:
         lattice = state.row_vector_cell[state.system_idx]  # (atoms, 3, 3)
         scaled = torch.linalg.solve(lattice.mT, vectors.unsqueeze(-1)).squeeze(-1)  # v @ inv(L)
-        ops = self.ops.to(vectors.dtype)[self.pair_op]
+        ops = self.pair_ops.to(vectors.dtype)
         rotated = torch.einsum("pkj,pj->pk", ops, scaled[self.pair_source])
         total = torch.zeros_like(scaled).index_add_(0, self.pair_target, rotated)
         average = total / self.n_ops_of_atom.unsqueeze(-1).to(vectors.dtype)
@@ -402,8 +390,8 @@ class BatchedFixSymmetry:
         return torch.zeros(state.n_systems, dtype=torch.long, device=state.device)
 
     def to(self, device=None, dtype=None) -> "BatchedFixSymmetry":
-        """Rotations are cast to the tensors' dtype where used; a model's view of the state in another dtype
-        (``potentials.Float64``) never steps it."""
+        """Rotations are cast to the tensors' dtype where used (a no-op for float64); a model's view of the state in another dtype
+        (``potentials.as_float64``) never steps it."""
         if device is None or torch.device(device) == self.symmetry.ops.device:
             return self
         symmetry = self.symmetry
