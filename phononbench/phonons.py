@@ -112,6 +112,30 @@ def high_symmetry_path(phonon: Phonopy, npoints: int = 101) -> tuple[list[np.nda
     return segments, [tuple(p) for p in path["path"]]
 
 
+def high_symmetry_band_path(phonon: Phonopy, npoints: int = 101) -> dict:
+    """Frequencies along the Brillouin-zone path (``high_symmetry_path``), in the shape ``band_path``
+    returns (``qpoints``, ``distances``, ``frequencies`` per segment, ``labels``, ``path_connections``),
+    so one plot draws either path."""
+    segments, ends = high_symmetry_path(phonon, npoints)
+    reciprocal = np.linalg.inv(np.asarray(phonon.primitive.cell))  # columns: b_i / 2 pi
+    result: dict = {"qpoints": [], "distances": [], "frequencies": [], "labels": [], "path_connections": []}
+    start = 0.0
+    for k, (segment, (a, b)) in enumerate(zip(segments, ends)):
+        if k == 0 or ends[k - 1][1] != a:  # a jump in the path: the new segment starts at its own label
+            if k:
+                result["path_connections"][-1] = False
+            result["labels"].append(a)
+        result["labels"].append(b)
+        result["path_connections"].append(True)
+        distance = start + np.linalg.norm((segment - segment[0]) @ reciprocal.T, axis=1)
+        start = float(distance[-1])
+        result["qpoints"].append(segment)
+        result["distances"].append(distance)
+        result["frequencies"].append(frequencies_at(phonon, segment).frequencies_thz)
+    result["path_connections"][-1] = False
+    return result
+
+
 def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, supercell: tuple[int, int, int] = (2, 2, 2),
                            mesh_length_a: float = 20.0) -> dict[str, np.ndarray]:
     """q-points (fractional, the input cell's reciprocal basis) by where they come from:

@@ -3,6 +3,7 @@ histograms, and the phonon band structure of one structure."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +14,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from phononbench import analysis  # noqa: E402
-from phononbench.phonons import band_path  # noqa: E402
 from phononbench.records import Col  # noqa: E402
 
 
@@ -76,15 +76,25 @@ def min_frequency_histogram(structures: pd.DataFrame, path: str | Path, threshol
     return _save(figure, path)
 
 
-def band_structure_figure(phonon, title: str, path: str | Path, npoints: int = 101) -> Path:
-    """Phonon bands along the seekpath path; imaginary branches (shown negative) in red."""
-    result = band_path(phonon, npoints)
-    labels, connections = result["labels"], result["path_connections"]
+def _point_name(text: str) -> str:
+    """A q-point label as plain text: phonopy's "$\\mathrm{M}$" and "$\\Gamma$", seekpath's "GAMMA"."""
+    plain = re.sub(r"\\mathrm\{([^}]*)\}", r"\1", text).replace("$", "")
+    return plain.replace("\\Gamma", "Γ").replace("GAMMA", "Γ")
+
+
+def band_structure_figure(bands: dict, title: str, path: str | Path, threshold_thz: float = -0.1) -> Path:
+    """Phonon bands along a path (``phonons.band_path`` or ``phonons.high_symmetry_band_path``); branches
+    dipping below the threshold (imaginary, shown negative) in red, the lowest point marked."""
+    labels, connections = bands["labels"], bands["path_connections"]
     figure, axes = plt.subplots(figsize=(7, 4))
     ticks, tick_labels, label_index, after_break = [], [], 0, False
-    for k, (distance, frequency) in enumerate(zip(result["distances"], result["frequencies"])):
-        for branch in np.asarray(frequency).T:
-            axes.plot(distance, branch, color="tab:red" if branch.min() < -0.1 else "tab:blue", lw=0.9)
+    lowest = (np.inf, 0.0)
+    for k, (distance, frequency) in enumerate(zip(bands["distances"], bands["frequencies"])):
+        frequency = np.asarray(frequency)
+        for branch in frequency.T:
+            axes.plot(distance, branch, color="tab:red" if branch.min() < threshold_thz else "tab:blue", lw=0.9)
+        iq = int(np.argmin(frequency.min(axis=1)))
+        lowest = min(lowest, (float(frequency[iq].min()), float(distance[iq])))
         if not ticks:
             ticks.append(distance[0])
             tick_labels.append(labels[label_index])
@@ -97,9 +107,12 @@ def band_structure_figure(phonon, title: str, path: str | Path, npoints: int = 1
         if after_break:
             label_index += 1
     axes.axhline(0, color="black", lw=0.6)
+    if lowest[0] < threshold_thz:
+        axes.plot(lowest[1], lowest[0], "x", color="tab:red", ms=9, mew=2, label=f"lowest {lowest[0]:.3g} THz")
+        axes.legend(loc="upper right", fontsize=8)
     for x in ticks:
         axes.axvline(x, color="grey", lw=0.4)
-    axes.set_xticks(ticks, tick_labels)
+    axes.set_xticks(ticks, [_point_name(t) for t in tick_labels])
     axes.set_xlim(ticks[0], ticks[-1])
     axes.set_ylabel("frequency (THz)")
     axes.set_title(label(title))
