@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from phononbench.errors import SetupError
-from phononbench.records import Status, StructureResult
+from phononbench.records import Col, Status, StructureResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dynamical stability of generated crystals.")
 # Wide enough for the summary table when output goes to a file or CI log.
@@ -91,7 +91,7 @@ OPTIONS = {"checkpoint": "--checkpoint", "model": "--model", "device": "--device
            "chunk_size": "--chunk-size", "limit": "--limit", "workers": "--workers",
            "cpus_per_worker": "--cpus-per-worker", "gpus_per_worker": "--gpus-per-worker",
            "timeout_per_structure_s": "--timeout-per-structure", "max_retries": "--max-retries",
-           "max_atoms_per_batch": "--batch-atoms"}
+           "max_atoms_per_batch": "--batch-atoms", "format": "--format"}
 
 
 def _guarded(action):
@@ -332,45 +332,88 @@ def leaderboard(
     _guarded(action)
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="Run folder.")],
+    stable: Annotated[bool, typer.Option("--stable", help="Export the stable structures (the one selection there is; say it).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Threshold in THz, one of the run's (default: its headline).")] = None,
+    bz: Annotated[bool, typer.Option("--bz", help="Stable over the Brillouin zone, not only on the published q-points.")] = False,
+    format: Annotated[str, typer.Option("--format", help="cif-zip (CIF files and index.csv), extxyz or parquet.")] = "cif-zip",
+    output: Annotated[Optional[Path], typer.Option(help="File to write (default OUT/stable_at_T_thz[_bz].zip|.extxyz|.parquet).")] = None,
+) -> None:
+    """The stable set: relaxed cells of the stable structures, with ids, generators and lowest frequencies."""
+
+    def action():
+        from phononbench.export import export_stable
+
+        if not stable:
+            raise SetupError("say which structures to export: --stable (the stable set)")
+        target, n = export_stable(out, format, threshold, bz, output)
+        console.print(f"{n} stable structures written to {target}", markup=False, highlight=False)
+
+    _guarded(action)
+
+
+@app.command()
+def serve(
+    run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="Run folders to explore (their leaderboard, structures and bands).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the app to this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    checks: Annotated[Path, typer.Option(help="Folder of the structure checks (each a run folder of its own).")] = Path("runs/checks"),
+    max_upload_kb: Annotated[int, typer.Option(help="Largest structure file a check accepts (KiB).")] = 512,
+    max_atoms: Annotated[int, typer.Option(help="Most atoms in a checked cell (the published protocol's limit).")] = 40,
+    device: Annotated[str, typer.Option(help="cpu or cuda, for checks and band structures.")] = "cpu",
+) -> None:
+    """A local web app: the leaderboard, a structure browser per run, band structures, checks of one structure."""
+    _quiet_libraries()
+
+    def action():
+        from phononbench.checks import Limits
+        from phononbench.results import read_verdict_run_info
+        from phononbench.webapp import serve as serve_app
+
+        if max_upload_kb < 1 or max_atoms < 1:
+            raise SetupError("--max-upload-kb and --max-atoms must be at least 1")
+        for directory in run_dirs or []:
+            read_verdict_run_info(directory)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print(f"warning: listening on {host}: anyone who reaches this address can browse these runs "
+                              "and start checks", markup=False)
+        console.print(f"PhononBench on http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/ "
+                      f"({len(run_dirs or [])} runs; checks in {checks}/); Ctrl-C stops it", markup=False, highlight=False)
+        serve_app(list(run_dirs or []), host, port, checks, Limits(max_upload_kb * 1024, max_atoms), device)
+
+    _guarded(action)
+
+
 @app.command("plot-bands")
 def plot_bands(
     out: Annotated[Path, typer.Argument(help="Run folder.")],
     structure_id: Annotated[str, typer.Argument(help="structure_id of a relaxed structure in that run.")],
-    output: Annotated[Optional[Path], typer.Option(help="PNG file (default OUT/bands/<id>.png).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="PNG file (default OUT/bands/<key>/published_path.png; the force constants are cached there too).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Recompute (with the run's potential and protocol) and plot one structure's phonon bands."""
     _quiet_libraries()
 
     def action():
-        import io
-
-        from ase.io import read as read_atoms
-
-        from phononbench.phonons import displace, displaced_supercells, produce_force_constants
+        from phononbench import explore
+        from phononbench.phonons import band_path
         from phononbench.plots import band_structure_figure
-        from phononbench.potentials import load_potential
-        from phononbench.records import Col
         from phononbench.results import read_structures, read_verdict_run_info
         from phononbench.settings import Protocol
 
         info = read_verdict_run_info(out)
-        rows = read_structures(out).set_index(Col.STRUCTURE_ID)
-        if structure_id not in rows.index:
-            raise SetupError(f"no structure {structure_id!r} in {out}")
-        row = rows.loc[structure_id]
-        if not isinstance(row[Col.RELAXED_CIF], str):
-            raise SetupError(f"{structure_id} has no relaxed structure (status {row[Col.STATUS]}: {row[Col.ERROR]})")
+        try:
+            row = explore.row_of(read_structures(out), structure_id)
+        except KeyError:
+            raise SetupError(f"no structure {structure_id!r} in {out}") from None
         protocol = Protocol.from_dict(info["protocol"])
-        potential = load_potential(info["potential"]["model"], device, info["potential"].get("checkpoint"))
-        unitcell = read_atoms(io.StringIO(row[Col.RELAXED_CIF]), format="cif")
-        phonon = displace(unitcell, protocol.supercell, protocol.displacement_a)
-        produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)),
-                                protocol.subtract_drift, protocol.symmetrize_force_constants)
-        target = output or out / "bands" / (structure_id.replace("/", "__").replace("#", "_") + ".png")
+        phonon = explore.force_constants(out, row, info, lambda described: explore.run_potential(described, device))
+        target = output or explore.bands_folder(out, row, info) / explore.FIGURES["published"]
         target.parent.mkdir(parents=True, exist_ok=True)
         title = f"{structure_id} ({row[Col.FORMULA]}), min {row[Col.MIN_FREQUENCY_THZ]:.3g} THz"
-        band_structure_figure(phonon, title, target, protocol.band_npoints)
+        band_structure_figure(band_path(phonon, protocol.band_npoints), title, target, protocol.headline_threshold_thz)
         console.print(f"band structure written to {target}", markup=False)
 
     _guarded(action)

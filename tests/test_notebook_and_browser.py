@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from nbclient import NotebookClient
 from typer.testing import CliRunner
 
+from browser import chromium
 from phononbench.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,21 +45,11 @@ def test_analysis_notebook_executes_on_a_run(small_run, tmp_path, monkeypatch):
     assert not any(o.get("output_type") == "error" for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    why = "no headless Chromium on PATH (Debian: apt-get install chromium): the HTML leaderboard was not opened"
-    if os.environ.get("PHONONBENCH_REQUIRE_BROWSER"):  # CI installs Chromium: there, not running is a failure
-        pytest.fail(why)
-    pytest.skip(why)
-
-
 def _dom_after_load(page: Path, tmp_path: Path) -> str:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=2000", "--dump-dom"]
-    done = subprocess.run([_chromium(), *flags, page.as_uri()], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([chromium(), *flags, page.as_uri()], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]
     return done.stdout
 

@@ -1,0 +1,362 @@
+"""``phononbench serve``: a small local web app (FastAPI) over run folders.
+
+- ``/``: the leaderboard of the given runs (``leaderboard.build``: the numbers of ``phononbench leaderboard``)
+  and the checks made so far;
+- ``/runs/{key}``: every row of a run, filtered, sorted and paged on the server (``explore.select``), so a
+  110k-row run stays quick; ``/runs/{key}/export``: its stable set;
+- ``/runs/{key}/structure?id=``: one structure, its bands on the published q-points and on the
+  Brillouin-zone path (computed once, cached in the run folder), its relaxed CIF;
+- ``/check``: upload a CIF or POSCAR and a potential from the registry; the check runs in the background
+  (``checks.Checks``) in a run folder of its own, and ``/checks/{id}`` shows its progress, then its verdict.
+
+A run's key is its position on the command line, or a check's id: a URL names a run or a structure only
+through these lookups, never as a path. Nothing is written outside the run folders and the checks folder.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from phononbench import explore, export, leaderboard
+from phononbench.checks import WEB_POTENTIALS, Checks, Limits, UploadRefused
+from phononbench.errors import SetupError, reason
+from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
+                                 structures_schema, verdict_column)
+from phononbench.report import percent
+from phononbench.results import STRUCTURES_DIR, read_structures, read_verdict_run_info
+
+log = logging.getLogger(__name__)
+FORM_OVERHEAD_BYTES = 16 * 1024  # a multipart body's headers and the potential's field, beside the file
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+@dataclass
+class RunView:
+    """A run folder as the app reads it: run.json, its rows and each row's elements, and what they were
+    read from (re-read when a file changes: a run still going, a check that finished)."""
+
+    out: Path
+    info: dict
+    rows: pd.DataFrame
+    elements: pd.Series
+    signature: tuple
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [float(t) for t in self.info["protocol"]["thresholds_thz"]]
+
+
+def _signature(out: Path) -> tuple:
+    files = [out / "run.json", out / "manifest.parquet", *sorted((out / STRUCTURES_DIR).glob("part-*.parquet"))]
+    return tuple((f.name, f.stat().st_mtime_ns) for f in files if f.exists())
+
+
+class Runs:
+    """The runs the app was started on (keys "0", "1", ...) and the checks (keys: check ids)."""
+
+    def __init__(self, run_dirs: list[Path], checks: Checks, device: str = "cpu"):
+        self.run_dirs = [Path(d) for d in run_dirs]
+        self.checks, self.device = checks, device
+        self.views: dict[str, RunView] = {}
+        self.lock = threading.Lock()
+        self.potentials: dict[tuple, object] = {}
+        self.bands_lock = threading.Lock()  # one band calculation at a time: they are CPU-bound
+        self.board_cache: tuple | None = None
+        for directory in self.run_dirs:
+            read_verdict_run_info(directory)  # refuse a folder that is not a run before serving it
+
+    def folder(self, key: str) -> Path:
+        if key.isdigit() and int(key) < len(self.run_dirs):
+            return self.run_dirs[int(key)]
+        try:
+            return self.checks.folder(key)
+        except KeyError:
+            raise HTTPException(404, f"no run {key!r}") from None
+
+    def view(self, key: str) -> RunView:
+        out = self.folder(key)
+        signature = _signature(out)
+        with self.lock:
+            cached = self.views.get(key)
+            if cached is None or cached.signature != signature:
+                try:
+                    rows = read_structures(out)
+                    info = read_verdict_run_info(out)
+                except SetupError as exc:
+                    raise HTTPException(404, str(exc)) from None
+                cached = RunView(out, info, rows, explore.elements_of(rows[Col.FORMULA]), signature)
+                self.views[key] = cached
+            return cached
+
+    def board(self) -> tuple[pd.DataFrame | None, float | None, str | None]:
+        """The leaderboard of the runs (``leaderboard.build``), its headline threshold, or why there is none."""
+        if not self.run_dirs:
+            return None, None, None
+        signature = tuple(_signature(d) for d in self.run_dirs)
+        if self.board_cache and self.board_cache[0] == signature:
+            return self.board_cache[1]
+        try:
+            structures, infos = leaderboard.load_runs(self.run_dirs)
+            thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
+            result = (leaderboard.build(structures, thresholds, infos), thresholds[0], None)
+        except SetupError as exc:
+            result = (None, None, str(exc))
+        self.board_cache = (signature, result)
+        return result
+
+    def potential_for(self, described: dict):
+        """The run's potential, loaded once (on the app's device) for band structures."""
+        key = (described["model"], described.get("checkpoint"), described.get("checkpoint_sha256"))
+        if key not in self.potentials:
+            self.potentials[key] = explore.run_potential(described, self.device)
+        return self.potentials[key]
+
+    def band_figure(self, key: str, structure_id: str, kind: str) -> Path:
+        view = self.view(key)
+        row = _row(view, structure_id)
+        with self.bands_lock:
+            return explore.band_figures(view.out, row, view.info, self.potential_for)[kind]
+
+
+def _row(view: RunView, structure_id: str | None) -> pd.Series:
+    try:
+        return explore.row_of(view.rows, structure_id or "")
+    except KeyError:
+        raise HTTPException(404, f"no structure {structure_id!r} in this run") from None
+
+
+def _value(value):
+    """A cell as a page shows it: None for a missing value, an array as a list."""
+    if hasattr(value, "ndim") and value.ndim:
+        return value.tolist()
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value
+
+
+_INTEGER_COLUMNS = {f.name for f in structures_schema(()) if pa.types.is_integer(f.type)}
+
+
+def _plain_row(row: pd.Series) -> dict:
+    """A row as pages show it: missing values None, arrays as lists, integer columns as integers (a
+    column with a gap in it reads back as float)."""
+    plain = {str(c): _value(v) for c, v in row.items()}
+    for c in _INTEGER_COLUMNS:
+        if plain.get(c) is not None:
+            plain[c] = int(plain[c])
+    return plain
+
+
+def _filters(request: Request, view: RunView) -> explore.Filters:
+    query = request.query_params
+    verdict_columns = [c for t in view.thresholds for c in (verdict_column(t), bz_verdict_column(t))]
+    try:
+        page = int(query.get("page") or 1)
+    except ValueError:
+        page = 1
+    return explore.Filters(
+        generator=query.get("generator") or None, status=query.get("status") or None,
+        crystal_system=query.get("crystal_system") or None, element=query.get("element") or None,
+        verdicts={c: query[c] for c in verdict_columns if query.get(c) in ("stable", "unstable")},
+        sort=query.get("sort") or Col.STRUCTURE_ID, descending=query.get("order") == "desc", page=page)
+
+
+def _spacegroup(number) -> str:
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    if _value(number) is None:
+        return "-"
+    try:
+        return f"{SpaceGroup.from_int_number(int(number)).symbol} ({int(number)})"
+    except Exception:
+        return str(int(number))
+
+
+def _qpoint(q) -> str:
+    """A fractional q-point as a page shows it: (0, 0, 0.5), never -0."""
+    q = _value(q)
+    return "-" if q is None else "(" + ", ".join(f"{round(float(x), 4) + 0.0:g}" for x in q) + ")"
+
+
+def _verdict(rows: pd.DataFrame, rule, threshold_thz: float) -> list[str | None]:
+    """Each row's verdict as the rate counts it: "stable", "unstable" (relaxed, not stable: a phonon failure
+    included) or None (not in the rate: invalid, duplicate, not relaxed)."""
+    return [("stable" if stable else "unstable") if relaxed else None
+            for stable, relaxed in zip(rule(rows, threshold_thz), is_relaxed(rows))]
+
+
+def _structure_context(key: str, view: RunView, row: pd.Series) -> dict:
+    """What the structure page shows of one row."""
+    one = row.to_frame().T
+    verdicts = [(t, _verdict(one, is_stable, t)[0], _verdict(one, is_stable_bz, t)[0]) for t in view.thresholds]
+    return {"key": key, "row": _plain_row(row), "verdicts": verdicts,
+            "spacegroup": _spacegroup(row[Col.SPACEGROUP_NUMBER]), "qpoint": _qpoint(row[Col.MIN_FREQUENCY_QPOINT]),
+            "qpoint_bz": _qpoint(row[Col.MIN_FREQUENCY_BZ_QPOINT]),
+            "input_spacegroup": _spacegroup(row[Col.INPUT_SPACEGROUP_NUMBER]),
+            "has_bands": row[Col.STATUS] in (Status.OK,) and isinstance(row[Col.RELAXED_CIF], str),
+            "has_cif": isinstance(row[Col.RELAXED_CIF], str), "info": view.info,
+            "protocol": view.info["protocol"], "potential": view.info["potential"]}
+
+
+def _attachment(name: str) -> str:
+    return "attachment; filename=\"" + re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:120] + "\""
+
+
+def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits(), device: str = "cpu") -> FastAPI:
+    """The app over these run folders, with checks kept under ``checks_dir``."""
+    checks = Checks(checks_dir, limits, device)
+    runs = Runs(run_dirs, checks, device)
+    app = FastAPI(title="PhononBench", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runs, app.state.checks = runs, checks
+
+    def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, template, {"percent": percent, **context}, status_code=status_code)
+
+    @app.middleware("http")
+    async def refuse_large_uploads(request: Request, call_next):
+        """An upload far over the limit is refused before its body is read (nothing spooled to disk); one
+        near it is read into memory and refused by ``checks.read_upload`` with its size."""
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit() or int(length) > limits.max_upload_bytes + FORM_OVERHEAD_BYTES:
+                error = (f"the upload is {int(length) / 1024:.0f} KiB; the limit is {limits.max_upload_bytes // 1024} KiB"
+                         if length and length.isdigit() else "an upload must say its length (Content-Length)")
+                return page(request, "check.html", status_code=413, potentials=WEB_POTENTIALS, limits=limits,
+                            error=error, chosen="emt")
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request):
+        board, headline, problem = runs.board()
+        listed = []
+        for k, directory in enumerate(runs.run_dirs):
+            info = read_verdict_run_info(directory)
+            listed.append({"key": str(k), "name": directory.resolve().name, "status": info.get("status"),
+                           "model": info["potential"]["model"], "protocol": info["protocol"]["name"]})
+        board_rows = [] if board is None else [
+            {**{str(c): _value(v) for c, v in r.items()}, "entry": leaderboard.entry_name(r)} for _, r in board.iterrows()]
+        return page(request, "index.html", runs=listed, board=board_rows, headline=headline, problem=problem,
+                    checks=[checks.state(c) for c in checks.ids()[:20]])
+
+    @app.get("/runs/{key}", response_class=HTMLResponse)
+    def run_page(request: Request, key: str):
+        view = runs.view(key)
+        filters = _filters(request, view)
+        started = time.perf_counter()
+        try:
+            chosen = explore.select(view.rows, view.elements, filters, view.thresholds)
+        except SetupError as exc:
+            raise HTTPException(400, str(exc)) from None
+        shown, page_number, pages = explore.page_of(chosen, filters.page)
+        took_ms = 1000 * (time.perf_counter() - started)
+        rows = view.rows
+        options = {name: sorted(rows[column].dropna().unique().tolist()) for name, column in
+                   (("generator", Col.GENERATOR), ("status", Col.STATUS), ("crystal_system", Col.CRYSTAL_SYSTEM))}
+        verdicts = _verdict(shown, is_stable, view.thresholds[0])
+        table = [_plain_row(r) | {"verdict": v} for (_, r), v in zip(shown.iterrows(), verdicts)]
+        query = {k: v for k, v in request.query_params.items() if k not in ("page", "sort", "order")}
+        return page(request, "run.html", key=key, name=view.out.resolve().name, info=view.info, table=table,
+                    n_rows=len(rows), n_chosen=len(chosen), page=page_number, pages=pages, filters=filters,
+                    options=options, thresholds=view.thresholds, query=query, took_ms=took_ms,
+                    sortable=[str(c) for c in explore.SORTABLE], formats=list(export.FORMATS),
+                    verdict_column=verdict_column, bz_verdict_column=bz_verdict_column)
+
+    @app.get("/runs/{key}/structure", response_class=HTMLResponse)
+    def structure_page(request: Request, key: str, id: str = ""):
+        view = runs.view(key)
+        return page(request, "structure.html", **_structure_context(key, view, _row(view, id)),
+                    name=view.out.resolve().name)
+
+    @app.get("/runs/{key}/bands/{kind}.png")
+    def bands_png(key: str, kind: str, id: str = ""):
+        if kind not in explore.FIGURES:
+            raise HTTPException(404, f"no band structure {kind!r}")
+        try:
+            path = runs.band_figure(key, id, kind)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            log.exception("bands of %s", id)
+            raise HTTPException(500, f"cannot compute the bands: {reason(exc)}") from None
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/runs/{key}/relaxed.cif")
+    def relaxed_cif(key: str, id: str = ""):
+        row = _row(runs.view(key), id)
+        if not isinstance(row[Col.RELAXED_CIF], str):
+            raise HTTPException(404, f"{id} has no relaxed structure (status {row[Col.STATUS]})")
+        return Response(row[Col.RELAXED_CIF], media_type="chemical/x-cif",
+                        headers={"Content-Disposition": _attachment(f"{id}_relaxed.cif")})
+
+    @app.get("/runs/{key}/export")
+    def export_stable(key: str, format: str = "cif-zip", threshold: float | None = None, bz: bool = False):
+        view = runs.view(key)
+        try:
+            chosen = export.choose_threshold(view.info, threshold)
+            handle = io.BytesIO()
+            export.write(export.stable_rows(view.rows, chosen, bz), format, handle)
+        except SetupError as exc:
+            raise HTTPException(400, str(exc)) from None
+        name = f"{view.out.resolve().name}_stable_at_{chosen:g}_thz{'_bz' if bz else ''}{export.FORMATS[format]}"
+        return Response(handle.getvalue(), media_type="application/octet-stream",
+                        headers={"Content-Disposition": _attachment(name)})
+
+    @app.get("/check", response_class=HTMLResponse)
+    def check_form(request: Request):
+        return page(request, "check.html", potentials=WEB_POTENTIALS, limits=limits, error=None, chosen="emt")
+
+    @app.post("/check")
+    async def check_submit(request: Request, structure: UploadFile = File(...), potential: str = Form(...)):
+        data = await structure.read(limits.max_upload_bytes + 1)  # never more than the limit into memory
+        try:
+            check_id = checks.submit(structure.filename or "", data, potential)
+        except UploadRefused as exc:
+            return page(request, "check.html", status_code=400, potentials=WEB_POTENTIALS, limits=limits,
+                        error=str(exc), chosen=potential)
+        return RedirectResponse(f"/checks/{check_id}", status_code=303)
+
+    def check_state(check_id: str) -> dict:
+        try:
+            return checks.state(check_id)
+        except KeyError:
+            raise HTTPException(404, f"no check {check_id!r}") from None
+
+    @app.get("/checks/{check_id}", response_class=HTMLResponse)
+    def check_page(request: Request, check_id: str):
+        state = check_state(check_id)
+        context = {}
+        if state["state"] == "done":
+            view = runs.view(check_id)
+            context = _structure_context(check_id, view, view.rows.iloc[0])
+        return page(request, "check_status.html", check=state, **context)
+
+    @app.get("/checks/{check_id}/state")
+    def check_state_json(check_id: str):
+        return JSONResponse(check_state(check_id))
+
+    return app
+
+
+def serve(run_dirs: list[Path], host: str, port: int, checks_dir: Path, limits: Limits, device: str = "cpu") -> None:
+    import uvicorn
+
+    app = create_app(run_dirs, checks_dir, limits, device)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+

@@ -1,0 +1,297 @@
+"""`phononbench serve` in a real headless Chromium: the structure table filters, a structure page shows its band
+structures, an uploaded fcc Cu is stable and bcc Cu unstable under EMT, a file that is not a structure starts
+nothing; and `phononbench export` gives exactly the rows marked stable."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from browser import Browser
+from phononbench.cli import app
+from phononbench.records import Col, is_relaxed, is_stable, is_stable_bz
+from phononbench.report import percent
+from phononbench.results import read_structures
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def emt_run(tmp_path_factory):
+    """Two generators under EMT: fcc Cu, fcc Al, bcc Cu, fcc Ni, a file that is not a crystal."""
+    from ase.build import bulk
+
+    root = tmp_path_factory.mktemp("web")
+    for generator, cells in {"gen_fcc": {"Cu_fcc": bulk("Cu", "fcc", a=3.6), "Al_fcc": bulk("Al", "fcc", a=4.05)},
+                             "gen_bcc": {"Cu_bcc": bulk("Cu", "bcc", a=2.87), "Ni_fcc": bulk("Ni", "fcc", a=3.52)}}.items():
+        folder = root / "in" / generator
+        folder.mkdir(parents=True)
+        for name, atoms in cells.items():
+            atoms.write(folder / f"{name}.cif")
+    (root / "in" / "gen_bcc" / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    result = runner.invoke(app, ["run", str(root / "in"), "--out", str(root / "run"), "--model", "emt", "--in-process"])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(emt_run, tmp_path_factory):
+    """`phononbench serve RUN` as a user starts it (default host), with small upload and atom limits."""
+    checks = tmp_path_factory.mktemp("checks")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phononbench.cli", "serve", str(emt_run), "--port", str(port), "--checks", str(checks),
+         "--max-upload-kb", "8", "--max-atoms", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=5)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the app did not start: {process.stdout.read()[-2000:]}")
+            time.sleep(0.5)
+    yield {"url": url, "checks": checks, "process": process, "run": emt_run}
+    process.terminate()
+    process.wait(20)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    b = Browser(tmp_path / "profile")
+    yield b
+    b.close()
+
+
+SHOW_IDS = "[...document.querySelectorAll('#structures tbody tr')].map(r => r.dataset.id)"
+
+
+def test_served_on_localhost_only_and_ids_never_become_paths(server):
+    listening = {c.laddr.ip for c in psutil.Process(server["process"].pid).net_connections() if c.status == "LISTEN"}
+    assert listening == {"127.0.0.1"}
+    for path in ["/runs/1", "/runs/..%2F..%2Fetc", "/runs/0/structure?id=..%2F..%2Fetc%2Fpasswd",
+                 "/runs/0/relaxed.cif?id=%2Fetc%2Fpasswd", "/checks/..%2F..", "/runs/0/bands/..%2Frun.json.png?id=x",
+                 "/runs/20260101-000000-deadbeef"]:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server["url"] + path)
+        assert refused.value.code == 404, path
+
+
+def test_the_leaderboard_shows_the_numbers_of_phononbench_leaderboard(server, browser):
+    expected = pd.read_csv(io.StringIO(runner.invoke(app, ["leaderboard", str(server["run"]), "--format", "csv"]).output))
+    browser.goto(server["url"] + "/")
+    shown = browser.evaluate("[...document.querySelectorAll('#leaderboard tbody tr')].map(r => "
+                             "[r.querySelector('.generator').textContent, r.querySelector('.rate').textContent, "
+                             "r.querySelector('.rate-bz').textContent, r.querySelector('.rate-strict').textContent])")
+    assert shown == [[r.generator, percent(r.stability_rate), percent(r.stability_rate_bz),
+                      percent(r.strict_stability_rate)] for r in expected.itertuples()]
+    assert shown[0][:2] == ["gen_fcc", "100.0%"]  # fcc Cu and Al are stable under EMT
+
+
+def test_the_structure_table_filters_to_the_expected_rows(server, browser, tmp_path):
+    rows = read_structures(server["run"])
+    browser.goto(server["url"] + "/runs/0")
+    assert sorted(browser.evaluate(SHOW_IDS)) == sorted(rows[Col.STRUCTURE_ID])
+
+    # choosing a generator submits the form (as a user does it), and the page shows that generator's rows
+    browser.evaluate("const s = document.querySelector('select[name=generator]'); s.value = 'gen_bcc';"
+                     "s.dispatchEvent(new Event('change'))")
+    browser.wait_for("location.search.includes('generator=gen_bcc') && document.readyState === 'complete'")
+    assert sorted(browser.evaluate(SHOW_IDS)) == sorted(rows[rows[Col.GENERATOR] == "gen_bcc"][Col.STRUCTURE_ID])
+
+    # unstable at the headline threshold: relaxed but not stable, as the rate counts it
+    browser.evaluate("const v = document.querySelector('select[name=\"stable_at_-0.1_thz\"]'); v.value = 'unstable';"
+                     "v.dispatchEvent(new Event('change'))")
+    browser.wait_for("location.search.includes('unstable') && document.readyState === 'complete'")
+    unstable = rows[(rows[Col.GENERATOR] == "gen_bcc") & is_relaxed(rows) & ~is_stable(rows, -0.1)]
+    assert browser.evaluate(SHOW_IDS) == list(unstable[Col.STRUCTURE_ID]) == ["gen_bcc/Cu_bcc.cif"]
+
+    # an element typed in, then the filter button; the other filters cleared first
+    browser.goto(server["url"] + "/runs/0?status=ok")
+    browser.evaluate("document.querySelector('input[name=element]').value = 'cu'; document.getElementById('apply').click()")
+    browser.wait_for("location.search.includes('element=cu') && document.readyState === 'complete'")
+    assert sorted(browser.evaluate(SHOW_IDS)) == ["gen_bcc/Cu_bcc.cif", "gen_fcc/Cu_fcc.cif"]
+
+    # stable over the Brillouin zone at the strict threshold, sorted by lowest frequency, descending
+    browser.goto(server["url"] + "/runs/0?stable_bz_at_-0.001_thz=stable&sort=min_frequency_thz&order=desc")
+    stable = rows[is_stable_bz(rows, -0.001)].sort_values(Col.MIN_FREQUENCY_THZ, ascending=False, kind="stable")
+    assert browser.evaluate(SHOW_IDS) == list(stable[Col.STRUCTURE_ID])
+    assert browser.evaluate("document.getElementById('n-chosen').textContent") == str(len(stable))
+    browser.goto(server["url"] + "/runs/0?status=invalid_input")
+    assert browser.evaluate(SHOW_IDS) == ["gen_bcc/broken.cif"]
+    browser.screenshot(tmp_path / "run_browser.png")
+
+
+def test_a_structure_page_shows_its_band_structures_and_relaxed_cif(server, browser, tmp_path):
+    rows = read_structures(server["run"])
+    browser.goto(server["url"] + "/runs/0?generator=gen_bcc")
+    browser.evaluate("[...document.querySelectorAll('#structures a')].find(a => a.textContent === 'gen_bcc/Cu_bcc.cif').click()")
+    browser.wait_for("document.getElementById('structure-id')?.textContent === 'gen_bcc/Cu_bcc.cif'")
+    assert "unstable" in browser.evaluate("document.getElementById('verdict').textContent")
+    assert "Im-3m (229)" in browser.evaluate("document.getElementById('spacegroup').textContent")
+    # both images load in the browser (their force constants computed once with EMT, then cached in the run folder)
+    loaded = browser.wait_for("['bands-published', 'bands-bz'].every(i => document.getElementById(i).dataset.loaded) && "
+                              "['bands-published', 'bands-bz'].map(i => [document.getElementById(i).dataset.loaded, "
+                              "document.getElementById(i).naturalWidth])", timeout=180)
+    assert [state for state, _ in loaded] == ["yes", "yes"] and all(width > 400 for _, width in loaded)
+    assert len(list((server["run"] / "bands").glob("*/force_constants.npy"))) >= 1
+    browser.screenshot(tmp_path / "structure_page.png")
+
+    href = browser.evaluate("document.getElementById('cif').href")
+    cif = urllib.request.urlopen(href).read().decode()
+    assert cif == rows.set_index(Col.STRUCTURE_ID).loc["gen_bcc/Cu_bcc.cif", Col.RELAXED_CIF]
+
+
+def _check(browser, server, path: Path, potential: str = "emt") -> None:
+    browser.goto(server["url"] + "/check")
+    browser.set_files("#structure", [path])
+    browser.evaluate(f"document.getElementById('potential').value = {json.dumps(potential)}; "
+                     "document.getElementById('submit').click()")
+    browser.wait_for("location.pathname !== '/check' || !!document.getElementById('error')")
+
+
+def test_checked_fcc_copper_is_stable_and_bcc_copper_unstable(server, browser, tmp_path):
+    from ase.build import bulk
+
+    verdicts = {}
+    for name, atoms in {"fcc": bulk("Cu", "fcc", a=3.6), "bcc": bulk("Cu", "bcc", a=2.87)}.items():
+        atoms.write(tmp_path / f"Cu_{name}.cif")
+        _check(browser, server, tmp_path / f"Cu_{name}.cif")
+        assert browser.evaluate("location.pathname").startswith("/checks/")
+        state = browser.wait_for("document.getElementById('state')?.dataset.state === 'done' && "
+                                 "document.getElementById('verdict')?.textContent", timeout=180)
+        verdicts[name] = " ".join(state.split())
+        browser.wait_for("document.getElementById('bands-bz')?.dataset.loaded === 'yes'", timeout=180)
+        browser.screenshot(tmp_path / f"check_{name}.png")
+    assert verdicts["fcc"].startswith("at -0.1 THz: stable (Brillouin zone: stable)")
+    assert verdicts["bcc"].startswith("at -0.1 THz: unstable (Brillouin zone: unstable)")
+    # each check is a run folder of its own, listed on the front page
+    folders = [p for p in server["checks"].iterdir() if (p / "run.json").exists()]
+    assert len(folders) == 2 and all(json.loads((p / "run.json").read_text())["status"] == "complete" for p in folders)
+    browser.goto(server["url"] + "/")
+    assert browser.evaluate("document.querySelectorAll('#checks tbody tr').length") == 2
+
+
+@pytest.mark.parametrize("what", ["not a structure", "too large", "too many atoms"])
+def test_a_refused_upload_says_why_and_starts_nothing(server, browser, tmp_path, what):
+    from ase.build import bulk
+
+    path = tmp_path / "upload.cif"
+    if what == "not a structure":
+        path = tmp_path / "notes.txt"
+        path.write_text("these are my notes, not a crystal\n")
+        expected = "notes.txt is not a CIF or POSCAR structure"
+    elif what == "too large":  # the app was started with --max-upload-kb 8
+        bulk("Cu", "fcc", a=3.6).write(path)
+        path.write_text(path.read_text() + "#" + "x" * 10_000 + "\n")
+        expected = "the limit is 8 KiB"
+    else:  # --max-atoms 8
+        (bulk("Cu", "fcc", a=3.6) * (3, 3, 3)).write(path)
+        expected = "27 atoms in the cell, above the limit of 8"
+    before = sorted(p.name for p in server["checks"].iterdir())
+    _check(browser, server, path)
+    assert browser.evaluate("location.pathname") == "/check"
+    assert expected in browser.evaluate("document.getElementById('error').textContent")
+    assert sorted(p.name for p in server["checks"].iterdir()) == before  # nothing written, nothing queued
+
+
+def _ids_in(path: Path, fmt: str, relaxed: dict[str, str]) -> list[str]:
+    if fmt == "cif-zip":
+        with zipfile.ZipFile(path) as archive:
+            index = pd.read_csv(archive.open("index.csv"))
+            for name, sid in zip(index["file"], index[Col.STRUCTURE_ID]):  # each file is the relaxed cell
+                assert archive.read(name).decode() == relaxed[sid]
+            return list(index[Col.STRUCTURE_ID])
+    if fmt == "extxyz":
+        from ase.io import read
+
+        frames = read(path, index=":", format="extxyz")
+        for atoms in frames:
+            assert isinstance(atoms.info["min_frequency_thz"], float) and atoms.info["generator"]
+        return [atoms.info[Col.STRUCTURE_ID] for atoms in frames]
+    table = pd.read_parquet(path)
+    assert list(table[Col.RELAXED_CIF]) == [relaxed[s] for s in table[Col.STRUCTURE_ID]]
+    return list(table[Col.STRUCTURE_ID])
+
+
+@pytest.mark.parametrize("fmt", ["cif-zip", "extxyz", "parquet"])
+def test_the_exported_set_is_the_rows_marked_stable(emt_run, tmp_path, fmt):
+    rows = read_structures(emt_run)
+    relaxed = dict(zip(rows[Col.STRUCTURE_ID], rows[Col.RELAXED_CIF]))
+    for options, expected in [([], is_stable(rows, -0.1)), (["--threshold", "-0.001"], is_stable(rows, -0.001)),
+                              (["--bz"], is_stable_bz(rows, -0.1))]:
+        target = tmp_path / f"set-{len(options)}.{fmt}"
+        result = runner.invoke(app, ["export", str(emt_run), "--stable", "--format", fmt, "--output", str(target), *options])
+        assert result.exit_code == 0, result.output
+        assert _ids_in(target, fmt, relaxed) == list(rows[expected][Col.STRUCTURE_ID])
+    assert sorted(rows[is_stable(rows, -0.1)][Col.STRUCTURE_ID]) == ["gen_bcc/Ni_fcc.cif", "gen_fcc/Al_fcc.cif",
+                                                                    "gen_fcc/Cu_fcc.cif"]
+
+
+def test_export_refuses_what_the_run_cannot_answer(emt_run):
+    result = runner.invoke(app, ["export", str(emt_run), "--stable", "--threshold", "-0.05"])
+    assert result.exit_code == 2 and "verdicts at -0.1, -0.001 THz only" in result.output
+    result = runner.invoke(app, ["export", str(emt_run), "--stable", "--format", "xlsx"])
+    assert result.exit_code == 2 and "unknown format 'xlsx'" in result.output
+    assert "--stable" in runner.invoke(app, ["export", str(emt_run)]).output
+
+
+def test_the_web_export_is_the_same_set(server):
+    query = urllib.parse.urlencode({"format": "parquet", "threshold": -0.1, "bz": "true"})
+    table = pd.read_parquet(io.BytesIO(urllib.request.urlopen(f"{server['url']}/runs/0/export?{query}").read()))
+    rows = read_structures(server["run"])
+    assert list(table[Col.STRUCTURE_ID]) == list(rows[is_stable_bz(rows, -0.1)][Col.STRUCTURE_ID])
+
+
+def test_an_upload_far_over_the_limit_is_refused_before_it_is_read(server):
+    body = b"--x\r\nContent-Disposition: form-data; name=\"structure\"; filename=\"big.cif\"\r\n\r\n" + b"#" * 200_000
+    request = urllib.request.Request(server["url"] + "/check", data=body, method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 413 and "the limit is 8 KiB" in refused.value.read().decode()
+
+
+def test_a_check_left_unfinished_resumes_when_the_checks_start_again(tmp_path):
+    """A check the app had queued or was running when it stopped: the next start runs it to the end."""
+    from ase.build import bulk
+
+    from phononbench.checks import Checks
+
+    first = Checks(tmp_path, start=False)  # an app that stopped before its worker ran the check
+    bulk("Cu", "fcc", a=3.6).write(tmp_path / "Cu.cif")
+    check_id = first.submit("Cu.cif", (tmp_path / "Cu.cif").read_bytes(), "emt")
+    first._write_meta(check_id, state="running")
+    assert not (tmp_path / check_id / "run.json").exists()
+
+    checks = Checks(tmp_path)
+    deadline = time.monotonic() + 120
+    while checks.state(check_id)["state"] != "done":
+        assert checks.state(check_id)["state"] in ("queued", "running") and time.monotonic() < deadline
+        time.sleep(0.2)
+    rows = read_structures(tmp_path / check_id)
+    assert list(rows[Col.STATUS]) == ["ok"] and bool(rows["stable_at_-0.1_thz"].iloc[0])
