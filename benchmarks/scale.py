@@ -81,12 +81,8 @@ def _perturbed(rng, base, substitution: dict, amplitude: float, strain: float):
     return lattice, [substitution[str(site.specie)] for site in base], fractional
 
 
-def build_set(root: Path, size: int, bucket: int, seed: int) -> dict:
-    """Write the synthetic set under root (unless it is there already); returns its description."""
-    marker = root.with_name(root.name + ".json")  # beside the set: inside it, it would be read as an input
-    if marker.exists():
-        return json.loads(marker.read_text())
-    shutil.rmtree(root, ignore_errors=True)
+def make_structures(size: int, bucket: int, seed: int):
+    """The set's structures, (lattice, species, fractional) per generator in input order, and the big buckets' sizes."""
     rng = np.random.default_rng(seed)
     bases = _bases()
     generators = {"gen_folder_a": [], "gen_folder_b": [], "gen_table": []}
@@ -117,7 +113,18 @@ def build_set(root: Path, size: int, bucket: int, seed: int) -> dict:
             made[generator].append(_perturbed(rng, base, substitution_for(base), 0.03, 0.01))
     for generator, structures in made.items():
         order = rng.permutation(len(structures))  # big buckets and copies spread through the generator
-        structures = [structures[k] for k in order]
+        made[generator] = [structures[k] for k in order]
+    return made, big_buckets
+
+
+def build_set(root: Path, size: int, bucket: int, seed: int) -> dict:
+    """Write the synthetic set under root (unless it is there already); returns its description."""
+    marker = root.with_name(root.name + ".json")  # beside the set: inside it, it would be read as an input
+    if marker.exists():
+        return json.loads(marker.read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    made, big_buckets = make_structures(size, bucket, seed)
+    for generator, structures in made.items():
         if generator == "gen_table":
             import pandas as pd
 
