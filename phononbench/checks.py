@@ -78,7 +78,7 @@ class Checks:
         self.limits, self.device = limits, device
         self.queue: queue.Queue[str] = queue.Queue()
         self.lock = threading.Lock()
-        self.progress: dict[str, dict] = {}  # id -> the running or failed check's stage / message
+        self.progress: dict[str, dict] = {}  # the running check: id -> its stage and start
         self.waiting: list[str] = []
         self.potentials: dict[str, object] = {}  # loaded once per model, in the worker thread
         if not start:
@@ -141,7 +141,8 @@ class Checks:
         meta = self.meta(check_id)
         with self.lock:
             live = dict(self.progress.get(check_id, {}))
-            ahead = self.waiting.index(check_id) if check_id in self.waiting else None
+            # the checks before it in the queue, and the one running now
+            ahead = self.waiting.index(check_id) + bool(self.progress) if check_id in self.waiting else None
         state = {"id": check_id, **meta, **live}
         if ahead is not None and state["state"] == "queued":
             state["stage"] = f"waiting ({ahead} check{'s' if ahead != 1 else ''} ahead)" if ahead else "starting"

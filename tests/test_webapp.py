@@ -295,3 +295,27 @@ def test_a_check_left_unfinished_resumes_when_the_checks_start_again(tmp_path):
         time.sleep(0.2)
     rows = read_structures(tmp_path / check_id)
     assert list(rows[Col.STATUS]) == ["ok"] and bool(rows["stable_at_-0.1_thz"].iloc[0])
+
+
+def test_bands_that_cannot_be_computed_say_why(emt_run, tmp_path):
+    """A run whose potential's weights are not on this machine: the band structure is refused in words, and
+    nothing is cached."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from phononbench.webapp import create_app
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(emt_run, moved, ignore=shutil.ignore_patterns("bands", ".lock"))
+    info = json.loads((moved / "run.json").read_text())
+    info["potential"] = {"model": "mattersim", "checkpoint": "/nowhere/mattersim-v1.0.0-5M.pth",
+                         "checkpoint_sha256": "0" * 64}
+    (moved / "run.json").write_text(json.dumps(info))
+    client = TestClient(create_app([moved], tmp_path / "checks"))
+    page = client.get("/runs/0/structure", params={"id": "gen_fcc/Cu_fcc.cif"})
+    assert page.status_code == 200 and "bandsFailed" in page.text
+    refused = client.get("/runs/0/bands/bz.png", params={"id": "gen_fcc/Cu_fcc.cif"})
+    assert refused.status_code == 500 and "cannot compute the bands" in refused.json()["detail"]
+    assert "checkpoint" in refused.json()["detail"]
+    assert not (moved / "bands").exists()
