@@ -55,7 +55,7 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]
         manifest = read_manifest(directory)
         info["inputs_per_generator"] = ({} if manifest is None else
                                         manifest[Col.GENERATOR].value_counts().to_dict())
-        frames.append(read_structures(directory).assign(**{
+        frames.append(read_structures(directory, skip=(Col.RELAXED_CIF,)).assign(**{  # counts need no cells
             Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
             Col.COMPLETE: info.get("status") == "complete"}))
         infos[name] = info

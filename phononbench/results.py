@@ -94,13 +94,14 @@ def has_rows(out: Path) -> bool:
     return any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))
 
 
-def _latest_rows(out: Path) -> tuple[pa.Table | None, list[Path]]:
+def _latest_rows(out: Path, skip: tuple[str, ...] = ()) -> tuple[pa.Table | None, list[Path]]:
     """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash), as
-    one Arrow table (types as written), and the part files it came from."""
+    one Arrow table (types as written; the columns in ``skip`` left unread), and the part files it came from."""
     parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))  # names sort in writing order
     if not parts:
         return None, parts
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    table = pa.concat_tables([pq.read_table(p, columns=[c for c in pq.read_schema(p).names if c not in skip])
+                              for p in parts], promote_options="default")
     if Col.STRUCTURE_HASH not in table.column_names:
         table = table.append_column(str(Col.STRUCTURE_HASH), pa.nulls(table.num_rows, pa.string()))
     keys = table.select([str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]).to_pandas()
@@ -108,9 +109,9 @@ def _latest_rows(out: Path) -> tuple[pa.Table | None, list[Path]]:
     return (table if len(latest) == table.num_rows else table.take(latest)), parts
 
 
-def recorded_rows(out: Path) -> pd.DataFrame:
+def recorded_rows(out: Path, skip: tuple[str, ...] = ()) -> pd.DataFrame:
     """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash)."""
-    table, _ = _latest_rows(out)
+    table, _ = _latest_rows(out, skip)
     if table is None:
         return pd.DataFrame(columns=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH), str(Col.STATUS)])
     return table.to_pandas()
@@ -340,14 +341,14 @@ class ResultWriter:
         self.flush()  # also on an exception: what was computed is kept
 
 
-def read_structures(out: Path, latest: pa.Table | None = None) -> pd.DataFrame:
+def read_structures(out: Path, latest: pa.Table | None = None, skip: tuple[str, ...] = ()) -> pd.DataFrame:
     """The run's rows: one per input of its manifest, the latest computed for that input's content. Rows of
     inputs since removed, or of an earlier content of an edited input, are left out. ``latest``: the rows
-    as ``compact`` just read them (else they are read here)."""
+    as ``compact`` just read them (else they are read here); ``skip``: columns not needed (not read)."""
     directory = Path(out) / STRUCTURES_DIR
     if not has_rows(out):
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
-    rows = latest.to_pandas() if latest is not None else recorded_rows(out)
+    rows = latest.to_pandas() if latest is not None else recorded_rows(out, skip)
     manifest = read_manifest(out)
     if manifest is not None:
         keys = manifest[[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]]

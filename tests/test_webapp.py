@@ -319,3 +319,10 @@ def test_bands_that_cannot_be_computed_say_why(emt_run, tmp_path):
     assert refused.status_code == 500 and "cannot compute the bands" in refused.json()["detail"]
     assert "checkpoint" in refused.json()["detail"]
     assert not (moved / "bands").exists()
+
+
+def test_elements_are_read_as_typed():
+    from phononbench.explore import element_symbols
+
+    assert element_symbols("cu o") == element_symbols("Cu,O") == element_symbols("CuO") == element_symbols("CU O") == {"Cu", "O"}
+    assert element_symbols("Co") == {"Co"} and element_symbols("CO") == {"Co"}  # typed in capitals: one symbol
