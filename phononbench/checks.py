@@ -91,9 +91,9 @@ class Checks:
     # -- the folder
 
     def ids(self) -> list[str]:
-        """Every check, newest first."""
-        return sorted((p.name for p in self.root.iterdir() if CHECK_ID.match(p.name) and (p / CHECK_FILE).exists()),
-                      reverse=True)
+        """Every check, newest first (by submission time: two in one second keep their order)."""
+        ids = [p.name for p in self.root.iterdir() if CHECK_ID.match(p.name) and (p / CHECK_FILE).exists()]
+        return sorted(ids, key=lambda i: (self.meta(i).get("submitted_ns", 0), i), reverse=True)
 
     def folder(self, check_id: str) -> Path:
         """The run folder of a check; KeyError for anything that is not one (a URL never becomes a path)."""
@@ -126,7 +126,8 @@ class Checks:
         upload.write_bytes(data)
         self._write_meta(check_id, model=model, filename=filename, input=str(upload.relative_to(self.root / check_id)),
                          formula=structure.composition.reduced_formula, n_atoms=len(structure), state="queued",
-                         submitted=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                         submitted=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                         submitted_ns=time.time_ns())
         self._enqueue(check_id)
         return check_id
 

@@ -193,7 +193,8 @@ def test_checked_fcc_copper_is_stable_and_bcc_copper_unstable(server, browser, t
     folders = [p for p in server["checks"].iterdir() if (p / "run.json").exists()]
     assert len(folders) == 2 and all(json.loads((p / "run.json").read_text())["status"] == "complete" for p in folders)
     browser.goto(server["url"] + "/")
-    assert browser.evaluate("document.querySelectorAll('#checks tbody tr').length") == 2
+    listed = browser.evaluate("[...document.querySelectorAll('#checks tbody tr')].map(r => r.cells[1].textContent)")
+    assert listed == ["Cu_bcc.cif", "Cu_fcc.cif"]  # newest first
 
 
 @pytest.mark.parametrize("what", ["not a structure", "too large", "too many atoms"])
