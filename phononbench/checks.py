@@ -21,6 +21,7 @@ from pathlib import Path
 
 from phononbench.errors import reason
 from phononbench.potentials import POTENTIALS
+from phononbench.results import safe_file_name
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,15 @@ class Checks:
         if model not in WEB_POTENTIALS:
             raise UploadRefused(f"unknown potential {model!r}; choose one of {', '.join(WEB_POTENTIALS)}")
         structure, suffix = read_upload(filename, data, self.limits)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        check_id = f"{stamp}-{hashlib.sha256(data + model.encode() + str(time.time_ns()).encode()).hexdigest()[:8]}"
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename or "structure").stem).strip("._")[:60] or "structure"
+        now, now_ns = dt.datetime.now(dt.timezone.utc), time.time_ns()
+        check_id = f"{now:%Y%m%d-%H%M%S}-{hashlib.sha256(data + model.encode() + str(now_ns).encode()).hexdigest()[:8]}"
+        stem = safe_file_name(Path(filename or "structure").stem, limit=60)
         upload = self.root / check_id / UPLOAD_DIR / f"{stem}{suffix}"
         upload.parent.mkdir(parents=True)
         upload.write_bytes(data)
         self._write_meta(check_id, model=model, filename=filename, input=str(upload.relative_to(self.root / check_id)),
                          formula=structure.composition.reduced_formula, n_atoms=len(structure), state="queued",
-                         submitted=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                         submitted_ns=time.time_ns())
+                         submitted=now.isoformat(timespec="seconds"), submitted_ns=now_ns)
         self._enqueue(check_id)
         return check_id
 

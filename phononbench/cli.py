@@ -369,19 +369,17 @@ def serve(
 
     def action():
         from phononbench.checks import Limits
-        from phononbench.results import read_verdict_run_info
-        from phononbench.webapp import serve as serve_app
+        from phononbench.webapp import create_app, serve_app
 
         if max_upload_kb < 1 or max_atoms < 1:
             raise SetupError("--max-upload-kb and --max-atoms must be at least 1")
-        for directory in run_dirs or []:
-            read_verdict_run_info(directory)
+        web = create_app(list(run_dirs or []), checks, Limits(max_upload_kb * 1024, max_atoms), device)  # checks the runs
         if host not in ("127.0.0.1", "localhost", "::1"):
             err_console.print(f"warning: listening on {host}: anyone who reaches this address can browse these runs "
                               "and start checks", markup=False)
         console.print(f"PhononBench on http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/ "
                       f"({len(run_dirs or [])} runs; checks in {checks}/); Ctrl-C stops it", markup=False, highlight=False)
-        serve_app(list(run_dirs or []), host, port, checks, Limits(max_upload_kb * 1024, max_atoms), device)
+        serve_app(web, host, port)
 
     _guarded(action)
 

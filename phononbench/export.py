@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, is_stable, is_stable_bz
-from phononbench.results import read_structures, read_verdict_run_info
+from phononbench.results import read_structures, read_verdict_run_info, safe_file_name
 
 FORMATS = {"cif-zip": ".zip", "extxyz": ".extxyz", "parquet": ".parquet"}  # format -> file suffix
 INDEX_FILE = "index.csv"  # inside the zip: which file is which structure
@@ -31,10 +31,11 @@ def choose_threshold(info: dict, threshold_thz: float | None) -> float:
     thresholds = [float(t) for t in info["protocol"]["thresholds_thz"]]
     if threshold_thz is None:
         return thresholds[0]
-    if not any(abs(threshold_thz - t) < 1e-12 for t in thresholds):
+    matching = [t for t in thresholds if abs(threshold_thz - t) < 1e-12]
+    if not matching:
         raise SetupError(f"the run has verdicts at {', '.join(f'{t:g}' for t in thresholds)} THz only, "
                          f"not at {threshold_thz:g}", setting="thresholds_thz")
-    return next(t for t in thresholds if abs(threshold_thz - t) < 1e-12)
+    return matching[0]
 
 
 def stable_rows(rows: pd.DataFrame, threshold_thz: float, bz: bool = False) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def stable_rows(rows: pd.DataFrame, threshold_thz: float, bz: bool = False) -> p
 
 def file_name(structure_id: str, taken: set[str]) -> str:
     """A file name for an id inside the zip: safe characters only, unique (``~2`` on a clash)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"\.cif$", "", structure_id)).strip("._") or "structure"
+    stem = safe_file_name(re.sub(r"\.cif$", "", structure_id), limit=None)
     name, k = f"{stem}.cif", 1
     while name.lower() in taken:
         k += 1

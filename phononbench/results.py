@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 import uuid
 from importlib import metadata
@@ -100,8 +101,10 @@ def _latest_rows(out: Path, skip: tuple[str, ...] = ()) -> tuple[pa.Table | None
     parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))  # names sort in writing order
     if not parts:
         return None, parts
-    table = pa.concat_tables([pq.read_table(p, columns=[c for c in pq.read_schema(p).names if c not in skip])
-                              for p in parts], promote_options="default")
+    def read(part: Path) -> pa.Table:
+        return pq.read_table(part, columns=[c for c in pq.read_schema(part).names if c not in skip] if skip else None)
+
+    table = pa.concat_tables([read(p) for p in parts], promote_options="default")
     if Col.STRUCTURE_HASH not in table.column_names:
         table = table.append_column(str(Col.STRUCTURE_HASH), pa.nulls(table.num_rows, pa.string()))
     keys = table.select([str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]).to_pandas()
@@ -288,6 +291,11 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def safe_file_name(text: str, limit: int | None = 120, default: str = "structure") -> str:
+    """A name made of letters, digits and ._- only (an id or an upload's name never becomes a path as is)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit] or default
 
 
 def _write_atomically(table: pa.Table, path: Path) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pandas as pd
 import pyarrow as pa
@@ -35,7 +35,7 @@ from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
                                  structures_schema, verdict_column)
 from phononbench.report import percent
-from phononbench.results import STRUCTURES_DIR, read_structures, read_verdict_run_info
+from phononbench.results import STRUCTURES_DIR, read_structures, read_verdict_run_info, safe_file_name
 
 log = logging.getLogger(__name__)
 FORM_OVERHEAD_BYTES = 16 * 1024  # a multipart body's headers and the potential's field, beside the file
@@ -52,6 +52,7 @@ class RunView:
     rows: pd.DataFrame
     elements: pd.Series
     signature: tuple
+    options: dict[str, list]  # the values the table's selects offer: generators, statuses, crystal systems
 
     @property
     def thresholds(self) -> list[float]:
@@ -74,8 +75,6 @@ class Runs:
         self.potentials: dict[tuple, object] = {}
         self.bands_lock = threading.Lock()  # one band calculation at a time: they are CPU-bound
         self.board_cache: tuple | None = None
-        for directory in self.run_dirs:
-            read_verdict_run_info(directory)  # refuse a folder that is not a run before serving it
 
     def folder(self, key: str) -> Path:
         if key.isdigit() and int(key) < len(self.run_dirs):
@@ -86,6 +85,7 @@ class Runs:
             raise HTTPException(404, f"no run {key!r}") from None
 
     def view(self, key: str) -> RunView:
+        """The run's rows as read into memory, read again when a file of the run changes."""
         out = self.folder(key)
         signature = _signature(out)
         with self.lock:
@@ -96,7 +96,9 @@ class Runs:
                     info = read_verdict_run_info(out)
                 except SetupError as exc:
                     raise HTTPException(404, str(exc)) from None
-                cached = RunView(out, info, rows, explore.elements_of(rows[Col.FORMULA]), signature)
+                options = {name: sorted(rows[column].dropna().unique().tolist()) for name, column in
+                           (("generator", Col.GENERATOR), ("status", Col.STATUS), ("crystal_system", Col.CRYSTAL_SYSTEM))}
+                cached = RunView(out, info, rows, explore.elements_of(rows[Col.FORMULA]), signature, options)
                 self.views[key] = cached
             return cached
 
@@ -141,14 +143,10 @@ def _value(value):
     """A cell as a page shows it: None for a missing value, an array as a list."""
     if hasattr(value, "ndim") and value.ndim:
         return value.tolist()
-    if value is None or (isinstance(value, float) and value != value):
-        return None
     try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return value
+        return None if pd.isna(value) else value
+    except (TypeError, ValueError):  # a value pandas cannot call missing or not (a list)
+        return value
 
 
 _INTEGER_COLUMNS = {f.name for f in structures_schema(()) if pa.types.is_integer(f.type)}
@@ -210,17 +208,19 @@ def _structure_context(key: str, view: RunView, row: pd.Series) -> dict:
             "spacegroup": _spacegroup(row[Col.SPACEGROUP_NUMBER]), "qpoint": _qpoint(row[Col.MIN_FREQUENCY_QPOINT]),
             "qpoint_bz": _qpoint(row[Col.MIN_FREQUENCY_BZ_QPOINT]),
             "input_spacegroup": _spacegroup(row[Col.INPUT_SPACEGROUP_NUMBER]),
-            "has_bands": row[Col.STATUS] in (Status.OK,) and isinstance(row[Col.RELAXED_CIF], str),
-            "has_cif": isinstance(row[Col.RELAXED_CIF], str), "info": view.info,
+            "has_bands": row[Col.STATUS] == Status.OK and isinstance(row[Col.RELAXED_CIF], str),
+            "has_cif": isinstance(row[Col.RELAXED_CIF], str),
             "protocol": view.info["protocol"], "potential": view.info["potential"]}
 
 
 def _attachment(name: str) -> str:
-    return "attachment; filename=\"" + re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:120] + "\""
+    return f'attachment; filename="{safe_file_name(name)}"'
 
 
 def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits(), device: str = "cpu") -> FastAPI:
     """The app over these run folders, with checks kept under ``checks_dir``."""
+    for directory in run_dirs:
+        read_verdict_run_info(directory)  # a folder that is not a run is refused before anything starts
     checks = Checks(checks_dir, limits, device)
     runs = Runs(run_dirs, checks, device)
     app = FastAPI(title="PhononBench", docs_url=None, redoc_url=None, openapi_url=None)
@@ -228,6 +228,10 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
 
     def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, template, {"percent": percent, **context}, status_code=status_code)
+
+    def check_form_page(request: Request, error: str | None = None, chosen: str = "emt", status_code: int = 200):
+        return page(request, "check.html", status_code, potentials=WEB_POTENTIALS, limits=limits, error=error,
+                    chosen=chosen)
 
     @app.middleware("http")
     async def refuse_large_uploads(request: Request, call_next):
@@ -238,8 +242,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
             if length is None or not length.isdigit() or int(length) > limits.max_upload_bytes + FORM_OVERHEAD_BYTES:
                 error = (f"the upload is {int(length) / 1024:.0f} KiB; the limit is {limits.max_upload_bytes // 1024} KiB"
                          if length and length.isdigit() else "an upload must say its length (Content-Length)")
-                return page(request, "check.html", status_code=413, potentials=WEB_POTENTIALS, limits=limits,
-                            error=error, chosen="emt")
+                return check_form_page(request, error, status_code=413)
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
@@ -266,16 +269,16 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
             raise HTTPException(400, str(exc)) from None
         shown, page_number, pages = explore.page_of(chosen, filters.page)
         took_ms = 1000 * (time.perf_counter() - started)
-        rows = view.rows
-        options = {name: sorted(rows[column].dropna().unique().tolist()) for name, column in
-                   (("generator", Col.GENERATOR), ("status", Col.STATUS), ("crystal_system", Col.CRYSTAL_SYSTEM))}
         verdicts = _verdict(shown, is_stable, view.thresholds[0])
         table = [_plain_row(r) | {"verdict": v} for (_, r), v in zip(shown.iterrows(), verdicts)]
-        query = {k: v for k, v in request.query_params.items() if k not in ("page", "sort", "order")}
+        params = request.query_params
+        # the links keep the filters: the sort links start on page 1, the pager keeps the sort
+        sort_query = urlencode([(k, v) for k, v in params.multi_items() if k not in ("page", "sort", "order")])
+        page_query = urlencode([(k, v) for k, v in params.multi_items() if k != "page"])
         return page(request, "run.html", key=key, name=view.out.resolve().name, info=view.info, table=table,
-                    n_rows=len(rows), n_chosen=len(chosen), page=page_number, pages=pages, filters=filters,
-                    options=options, thresholds=view.thresholds, query=query, took_ms=took_ms,
-                    sortable=[str(c) for c in explore.SORTABLE], formats=list(export.FORMATS),
+                    n_rows=len(view.rows), n_chosen=len(chosen), page=page_number, pages=pages, filters=filters,
+                    options=view.options, thresholds=view.thresholds, sort_query=sort_query, page_query=page_query,
+                    took_ms=took_ms, formats=list(export.FORMATS),
                     verdict_column=verdict_column, bz_verdict_column=bz_verdict_column)
 
     @app.get("/runs/{key}/structure", response_class=HTMLResponse)
@@ -320,7 +323,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
 
     @app.get("/check", response_class=HTMLResponse)
     def check_form(request: Request):
-        return page(request, "check.html", potentials=WEB_POTENTIALS, limits=limits, error=None, chosen="emt")
+        return check_form_page(request)
 
     @app.post("/check")
     async def check_submit(request: Request, structure: UploadFile = File(...), potential: str = Form(...)):
@@ -328,8 +331,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
         try:
             check_id = checks.submit(structure.filename or "", data, potential)
         except UploadRefused as exc:
-            return page(request, "check.html", status_code=400, potentials=WEB_POTENTIALS, limits=limits,
-                        error=str(exc), chosen=potential)
+            return check_form_page(request, str(exc), potential, status_code=400)
         return RedirectResponse(f"/checks/{check_id}", status_code=303)
 
     def check_state(check_id: str) -> dict:
@@ -354,9 +356,8 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
     return app
 
 
-def serve(run_dirs: list[Path], host: str, port: int, checks_dir: Path, limits: Limits, device: str = "cpu") -> None:
+def serve_app(app: FastAPI, host: str, port: int) -> None:
     import uvicorn
 
-    app = create_app(run_dirs, checks_dir, limits, device)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
