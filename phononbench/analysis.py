@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition
 
-from phononbench.records import Col, Status, is_relaxed, is_stable
+from phononbench.records import Col, Status, is_relaxed, is_stable, is_stable_bz
 
 Z_95 = 1.959963984540054
 
@@ -33,10 +33,11 @@ def relaxed(structures: pd.DataFrame) -> pd.DataFrame:
     return structures[is_relaxed(structures)]
 
 
-def rate_with_interval(frame: pd.DataFrame, threshold_thz: float) -> dict:
-    """Stable / all rows of ``frame`` (pass relaxed rows for the published rate), with its Wilson interval."""
+def rate_with_interval(frame: pd.DataFrame, threshold_thz: float, brillouin_zone: bool = False) -> dict:
+    """Stable / all rows of ``frame`` (pass relaxed rows for the published rate), with its Wilson interval;
+    stable on the published path, or over the Brillouin zone."""
     n = len(frame)
-    k = int(is_stable(frame, threshold_thz).sum())
+    k = int((is_stable_bz if brillouin_zone else is_stable)(frame, threshold_thz).sum())
     low, high = wilson_interval(k, n)
     return {Col.N_RELAXED: n, Col.N_STABLE: k, Col.STABILITY_RATE: k / n if n else float("nan"),
             Col.CI_LOW: low, Col.CI_HIGH: high}

@@ -91,7 +91,8 @@ OPTIONS = {"checkpoint": "--checkpoint", "model": "--model", "device": "--device
            "chunk_size": "--chunk-size", "limit": "--limit", "workers": "--workers",
            "cpus_per_worker": "--cpus-per-worker", "gpus_per_worker": "--gpus-per-worker",
            "timeout_per_structure_s": "--timeout-per-structure", "max_retries": "--max-retries",
-           "max_atoms_per_batch": "--batch-atoms", "format": "--format"}
+           "max_atoms_per_batch": "--batch-atoms", "format": "--format", "supercell": "--supercell",
+           "supercell_min_length_a": "--supercell", "max_supercell_atoms": "--max-supercell-atoms"}
 
 
 def _guarded(action):
@@ -113,7 +114,8 @@ def _guarded(action):
 # Options that run and dedup share
 Inputs = Annotated[list[str], typer.Argument(help="Folders, .zip, CIF/POSCAR/extxyz files or CSV/JSON/JSONL/Parquet tables; NAME=PATH sets the generator.")]
 Limit = Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")]
-MaxAtoms = Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms).")]
+MaxAtoms = Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms; default: no limit).")]
+Supercell = Annotated[Optional[str], typer.Option(help="NxNxN (published: 2x2x2 of the input cell) or a minimum width in A (the smallest supercell at least that wide in every direction; the accurate preset's default).")]
 RayAddress = Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT (default: a local Ray).")]
 
 
@@ -121,13 +123,14 @@ RayAddress = Annotated[Optional[str], typer.Option(help="Join a Ray cluster: aut
 def run(
     inputs: Inputs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not hold a run already).")],
-    model: Annotated[Optional[str], typer.Option(help="Potential: mattersim-5m (published), mattersim-1m, mattersim, chgnet, sevennet, emt.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Potential: mattersim-5m (published), mattersim-1m, mattersim (--checkpoint), sevennet-l3i5, sevennet-0, sevennet-mf-0, chgnet, emt.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Local checkpoint file for the potential.")] = None,
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Stability threshold in THz (repeatable; first is the headline). Default -0.1 and -0.001.")] = None,
     limit: Limit = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen) or bulk (sets aside structures that relax into molecules, chains or layers).")] = "published",
+    preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen), bulk (sets aside structures that relax into molecules, chains or layers in vacuum) or accurate (supercells by length, the Brillouin-zone verdict as the headline).")] = "published",
     max_atoms: MaxAtoms = None,
+    supercell: Supercell = None,
     engine: Annotated[str, typer.Option(help="batched (default), torchsim (every structure in flight in one TorchSim state on the device; mattersim and sevennet) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="Structures relaxed and phonon-computed together, per worker call (default 32; 512 for the torchsim engine on cuda, which keeps them all in flight on the GPU).")] = None,
@@ -154,7 +157,7 @@ def run(
         protocol = get_preset(preset).with_overrides(
             model=model, thresholds_thz=threshold or None, max_atoms=max_atoms,
             allow_positive_thresholds=allow_positive_threshold or None,
-        ).check()
+        ).with_supercell(supercell).check()
         _check_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
         described, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
@@ -255,55 +258,81 @@ def dedup(
 @app.command()
 def validate(
     labels: Annotated[Path, typer.Option(help="CSV of DFT labels: an id column (mp_id, ...) and label = stable/unstable.")],
-    structures: Annotated[Path, typer.Option(help="Folder of the labelled structures, files named by id (mp-1190.POSCAR-unitcell).")],
+    structures: Annotated[Optional[Path], typer.Option(help="Folder of the labelled structures, files named by id (mp-1190.POSCAR-unitcell); leave out to score --runs only.")] = None,
     model: Annotated[str, typer.Option(help="Potential (see run).")] = "mattersim-5m",
     checkpoint: Annotated[Optional[str], typer.Option(help="Local checkpoint file for the potential.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/validate-MODEL); resumes if it exists.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/validate-MODEL-PRESET[-SUPERCELL]); resumes if it exists.")] = None,
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Thresholds in THz (repeatable).")] = None,
+    preset: Annotated[str, typer.Option(help="Protocol preset (see run).")] = "published",
+    supercell: Supercell = None,
+    engine: Annotated[str, typer.Option(help="batched, torchsim or serial (see run).")] = "batched",
+    workers: Annotated[Optional[int], typer.Option(help="Worker slots of the local Ray (default: all CPUs).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray.")] = False,
+    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Finished validation folders to score beside this one (repeatable): one table.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Also write the table as Markdown to this file.")] = None,
 ) -> None:
-    """Relax and compute phonons for DFT-labelled structures; report accuracy, precision, recall, F1."""
+    """Relax and compute phonons for DFT-labelled structures; print accuracy (95% Wilson), F1 with either class
+    positive, the false-unstable rate and the cost per structure, on every verdict and threshold, for this run
+    and any --runs."""
     _quiet_libraries()
 
     def action():
         import json
 
-        from rich.table import Table
-
         from phononbench import validation
         from phononbench.pipeline import run_benchmark
-        from phononbench.results import read_structures
-        from phononbench.settings import PUBLISHED
+        from phononbench.results import read_run_info, read_structures
+        from phononbench.settings import preset as get_preset
 
         label_table = validation.load_labels(labels)
-        if not structures.is_dir():
-            raise SetupError(f"--structures {structures} is not a folder")
-        protocol = PUBLISHED.with_overrides(model=model, thresholds_thz=threshold or None)
-        folder = out or Path("runs") / f"validate-{model}"
-        described, spec, executor = _setup(protocol, device, checkpoint, None, "batched", in_process)
-        run_benchmark([f"validation={structures}"], folder, spec, described, executor,
-                      reporter=ProgressReporter(protocol.headline_threshold_thz),
-                      command=shlex.join(["phononbench", *sys.argv[1:]]))
-        rows = read_structures(folder)
-        report = validation.validate(rows, label_table, protocol.thresholds_thz)
-        report["model"] = model
-        (folder / "validation.json").write_text(json.dumps(report, indent=2))
-        plot = validation.scatter_plot(rows, label_table, protocol.thresholds_thz, folder / "validation_scatter.png")
-        table = Table(title=f"{model} against DFT labels ({report['n_scored']} of {report['n_labelled']} scored; "
-                            "positive = stable)")
-        for name in ("threshold", "accuracy", "precision", "recall", "F1", "TP", "FP", "FN", "TN"):
-            table.add_column(name, justify="right")
-        for key, label in [(f"{t:g}", f"{t:g} THz") for t in protocol.thresholds_thz] + \
-                          [(f"bz {t:g}", f"{t:g} THz, BZ") for t in protocol.thresholds_thz]:
-            r = report[key]
-            c = r["confusion"]
-            table.add_row(label, *(f"{r[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1")),
-                          *(str(c[k]) for k in ("tp", "fp", "fn", "tn")))
-        console.print(table)
-        console.print(f"validation.json{' and ' + plot.name if plot else ''} in {folder}/", markup=False)
+        folders = list(runs or [])
+        if structures is not None:
+            if not structures.is_dir():
+                raise SetupError(f"--structures {structures} is not a folder")
+            protocol = get_preset(preset).with_overrides(model=model, thresholds_thz=threshold or None) \
+                .with_supercell(supercell).check()
+            name = f"validate-{model}-{protocol.name}" + (f"-{supercell}" if supercell else "")
+            folder = out or Path("runs") / name
+            described, spec, executor = _setup(protocol, device, checkpoint, None, engine, in_process, workers=workers)
+            run_benchmark([f"validation={structures}"], folder, spec, described, executor,
+                          reporter=ProgressReporter(protocol.headline_threshold_thz),
+                          command=shlex.join(["phononbench", *sys.argv[1:]]))
+            rows = read_structures(folder)
+            report = validation.validate(rows, label_table, protocol.thresholds_thz)
+            report["model"] = model
+            (folder / "validation.json").write_text(json.dumps(report, indent=2))
+            validation.scatter_plot(rows, label_table, protocol.thresholds_thz, folder / "validation_scatter.png")
+            folders.insert(0, folder)
+        if not folders:
+            raise SetupError("give --structures to compute, or --runs with finished validation folders to score")
+        scored = {}
+        for folder in folders:
+            key = Path(folder).name if Path(folder).name not in scored else str(folder)
+            scored[key] = (read_run_info(folder), read_structures(folder))
+        board = validation.table(scored, label_table)
+        console.print(_validation_table(board, f"Against DFT labels ({len(label_table)} labelled)"))
+        if markdown:
+            markdown.write_text(validation.to_markdown(board))
+            console.print(f"table written to {markdown}", markup=False)
 
     _guarded(action)
+
+
+def _validation_table(board, title: str):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title))
+    for name in ("run", "potential", "supercell", "verdict", "THz", "n", "accuracy (95% CI)", "F1 stable",
+                 "F1 imaginary", "false unstable", "TP", "FP", "FN", "TN", "atoms", "CPU s"):
+        table.add_column(name, justify="left" if name in ("run", "potential", "supercell", "verdict") else "right")
+    for r in board.itertuples(index=False):
+        table.add_row(Text(r.run), r.potential, r.supercell, r.verdict, f"{r.threshold_thz:g}", str(r.n),
+                      f"{r.accuracy:.3f} ({r.accuracy_low:.2f}-{r.accuracy_high:.2f})", f"{r.f1_stable:.3f}",
+                      f"{r.f1_unstable:.3f}", f"{r.false_unstable_rate:.3f}", str(r.tp), str(r.fp), str(r.fn),
+                      str(r.tn), f"{r.mean_supercell_atoms:.0f}", f"{r.cpu_s_per_structure:.1f}")
+    return table
 
 
 @app.command()

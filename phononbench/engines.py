@@ -136,7 +136,7 @@ ENGINES = {"batched": BatchedEngine, "serial": SerialEngine, "torchsim": TorchSi
 
 
 # potentials with a TorchSim model (potentials.py: make_torchsim); plugins are checked when they load
-TORCHSIM_MODELS = ("mattersim-5m", "mattersim-1m", "mattersim", "sevennet")
+TORCHSIM_MODELS = ("mattersim-5m", "mattersim-1m", "mattersim", "sevennet", "sevennet-0", "sevennet-l3i5", "sevennet-mf-0")
 
 
 def check_engine(name: str, model: str | None = None) -> str:

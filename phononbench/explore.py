@@ -143,17 +143,21 @@ def run_potential(described: dict, device: str = "cpu"):
 def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callable[[dict], object]):
     """A phonopy object with the structure's force constants: from the run folder's cache, or computed
     with ``potential_for(run.json's potential)`` and the run's protocol, then cached."""
-    from phononbench.phonons import displace, displaced_supercells, produce_force_constants
+    from phononbench.phonons import displace, displaced_supercells, produce_force_constants, supercell_matrix
 
     protocol = Protocol.from_dict(info["protocol"])
-    phonon = displace(relaxed_unitcell(row), protocol.supercell, protocol.displacement_a)
+    unitcell = relaxed_unitcell(row)
+    recorded = row.get(Col.SUPERCELL_MATRIX)
+    matrix = (np.asarray(recorded, dtype=int).reshape(3, 3) if isinstance(recorded, (list, np.ndarray)) and len(recorded) == 9 else
+              supercell_matrix(unitcell, protocol.supercell, protocol.supercell_min_length_a))
+    phonon = displace(unitcell, matrix, protocol.displacement_a)
     cached = bands_folder(out, row, info) / FORCE_CONSTANTS_FILE
     if cached.exists():
         phonon.force_constants = np.load(cached)
         return phonon
     potential = potential_for(info["potential"])
     produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)), protocol.subtract_drift,
-                            protocol.symmetrize_force_constants)
+                            protocol.symmetrize_force_constants, protocol.force_constants_cutoff_at_half_width)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f".{cached.name}.partial")
     with open(partial, "wb") as handle:

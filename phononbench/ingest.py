@@ -149,7 +149,7 @@ def _describe(exc: Exception) -> str:
 # Validation
 
 
-def check_structure(structure: Structure, max_atoms: int, min_distance_a: float) -> str | None:
+def check_structure(structure: Structure, max_atoms: int | None, min_distance_a: float) -> str | None:
     """Why this structure cannot enter the benchmark, or None if it can."""
     n = len(structure)
     if n == 0:
@@ -167,7 +167,7 @@ def check_structure(structure: Structure, max_atoms: int, min_distance_a: float)
     for species in structure.composition.elements:
         if not isinstance(species, Element) or species.Z < 1 or species.Z > 103:
             return f"not a chemical element: {species}"
-    if n > max_atoms:
+    if max_atoms is not None and n > max_atoms:
         return f"{n} atoms in the cell, above the limit of {max_atoms} (the max_atoms setting)"
     centres, _, _, distances = structure.get_neighbor_list(min_distance_a)
     if len(distances):
@@ -179,7 +179,7 @@ def check_structure(structure: Structure, max_atoms: int, min_distance_a: float)
     return None
 
 
-def _finish(item: InputStructure, max_atoms: int, min_distance_a: float) -> InputStructure:
+def _finish(item: InputStructure, max_atoms: int | None, min_distance_a: float) -> InputStructure:
     if item.structure is not None and item.error is None:
         try:
             item.structure = item.structure.copy()

@@ -27,6 +27,7 @@ COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH,
            Col.STABILITY_RATE_BZ, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.STRICT_STABILITY_RATE, Col.N_INPUT,
            Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, Col.MODEL, Col.PROTOCOL, Col.RUN]
 PUBLISHED_RUN = "published"  # the Col.RUN of the paper's rows
+PUBLISHED_RATE = "published_rate"  # a published row's rate at its own threshold (Col.THRESHOLD_THZ)
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 
 
@@ -62,6 +63,9 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]
     thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
     if len({t[0] for t in thresholds}) > 1:
         raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
+    if len({headline_verdict(i) for i in infos.values()}) > 1:
+        raise SetupError("the runs rank by different verdicts (published path and Brillouin zone: presets "
+                         "published and accurate); a leaderboard needs one")
     structures = pd.concat(frames, ignore_index=True)
     entry = [Col.GENERATOR, Col.MODEL, Col.PROTOCOL]
     structures = structures.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH], keep="last")
@@ -86,10 +90,17 @@ def _protocol_label(protocol: dict) -> str:
     return f"{protocol['name']}#{digest}"
 
 
+def headline_verdict(info: dict) -> str:
+    """The verdict a run's preset ranks by: "path" (published q-points) or "brillouin_zone" (accurate)."""
+    return info["protocol"].get("headline_verdict", "path")
+
+
 def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per entry; finished entries ranked by headline rate, unfinished ones listed unranked with how
-    far they got (rows decided of the inputs their runs' manifests list)."""
+    """One row per entry; finished entries ranked by headline rate (on the headline verdict of the runs'
+    preset: the published path, or the Brillouin zone for ``accurate``), unfinished ones listed unranked
+    with how far they got (rows decided of the inputs their runs' manifests list)."""
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
+    bz = bool(infos) and headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
         pool = analysis.relaxed(frame)
@@ -101,11 +112,11 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
             named = frame[_AS_NAMED].iloc[0]
             n_input = max(n_input, sum(infos[r].get("inputs_per_generator", {}).get(named, 0)
                                        for r in frame[Col.RUN].unique()))
-        rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline),
+        rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline, bz),
                      Col.STABILITY_RATE_BZ: tally["n_stable_bz_at"][headline] / n_relaxed if n_relaxed else float("nan"),
                      Col.N_STABLE_BZ: tally["n_stable_bz_at"][headline],
                      Col.N_STABLE_NOT_3D: tally["n_stable_not_3d_at"][headline],
-                     Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict)[Col.STABILITY_RATE],
+                     Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict, bz)[Col.STABILITY_RATE],
                      Col.N_INPUT: n_input, Col.N_DECIDED: len(frame), Col.N_UNIQUE: tally[Col.N_UNIQUE],
                      Col.THRESHOLD_THZ: headline, Col.COMPLETE: complete,
                      Col.MODEL: frame[Col.MODEL].iloc[0], Col.PROTOCOL: frame[Col.PROTOCOL].iloc[0],
@@ -117,23 +128,43 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
     return board[COLUMNS]
 
 
-def published_rows() -> pd.DataFrame:
-    """The PhononBench README's table as leaderboard rows (``data/published_phononbench.csv``, see its
-    SOURCES.md): MatterSim v1.0.0 5M, unstable below -0.001 THz on the published path, rate = stable / relaxed."""
-    with resources.files("phononbench").joinpath("data/published_phononbench.csv").open() as handle:
-        table = pd.read_csv(handle)
+def published_rows(thresholds_thz=(-0.1, -0.001)) -> pd.DataFrame:
+    """The published figures as leaderboard rows, each labelled with its threshold: the PhononBench README's
+    table (``data/published_phononbench.csv``, -0.001 THz, counts) and the paper's v3 figures
+    (``data/published_phononbench_v3.csv``, -0.1 THz, rates only); see data/SOURCES.md. A figure goes in the
+    headline column only when its threshold is the board's headline, in the strict column only when it is the
+    strict one: never a -0.001 THz rate beside a -0.1 THz one as if they were the same measure."""
+    headline, strict = thresholds_thz[0], thresholds_thz[-1]
     rows = []
-    for _, r in table.iterrows():
-        n, k = int(r["relaxed"]), int(r["dynamically_stable"])
-        low, high = analysis.wilson_interval(k, n)
-        rows.append({Col.RANK: None, Col.GENERATOR: f"{r['model']} (published)", Col.STABILITY_RATE: k / n,
-                     Col.CI_LOW: low, Col.CI_HIGH: high, Col.N_STABLE: k, Col.N_RELAXED: n,
-                     Col.STABILITY_RATE_BZ: float("nan"), Col.N_STABLE_BZ: None, Col.N_STABLE_NOT_3D: None,
-                     Col.STRICT_STABILITY_RATE: k / n, Col.N_INPUT: r["total_generated"],
-                     Col.N_UNIQUE: r["unique_cifs"], Col.THRESHOLD_THZ: float(r["threshold_thz"]),
-                     Col.N_DECIDED: None, Col.COMPLETE: True,
-                     Col.MODEL: r["potential"], Col.PROTOCOL: "PhononBench README", Col.RUN: PUBLISHED_RUN})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    for r in _published_table("data/published_phononbench.csv").itertuples(index=False):
+        n, k = int(r.relaxed), int(r.dynamically_stable)
+        rows.append(_published_row(f"{r.model} (README)", float(r.threshold_thz), k / n, (k, n), r.total_generated,
+                                   r.unique_cifs, r.potential, "PhononBench README", headline, strict))
+    for r in _published_table("data/published_phononbench_v3.csv").itertuples(index=False):
+        rows.append(_published_row(f"{r.model} (paper v3)", float(r.threshold_thz), float(r.stability_rate), None,
+                                   r.structures, None, r.potential, "PhononBench paper v3", headline, strict))
+    return pd.DataFrame(rows, columns=COLUMNS + [PUBLISHED_RATE])
+
+
+def _published_table(name: str) -> pd.DataFrame:
+    with resources.files("phononbench").joinpath(name).open() as handle:
+        return pd.read_csv(handle)
+
+
+def _published_row(label, threshold, rate, counts_kn, n_input, n_unique, potential, source, headline, strict) -> dict:
+    low, high = analysis.wilson_interval(*counts_kn) if counts_kn else (float("nan"), float("nan"))
+    nan = float("nan")
+    at_headline, at_strict = threshold == headline, threshold == strict
+    return {Col.RANK: None, Col.GENERATOR: f"{label}, {threshold:g} THz",
+            Col.STABILITY_RATE: rate if at_headline else nan, Col.CI_LOW: low if at_headline else nan,
+            Col.CI_HIGH: high if at_headline else nan,
+            Col.N_STABLE: counts_kn[0] if counts_kn else None, Col.N_RELAXED: counts_kn[1] if counts_kn else None,
+            Col.STABILITY_RATE_BZ: nan, Col.N_STABLE_BZ: None, Col.N_STABLE_NOT_3D: None,
+            Col.STRICT_STABILITY_RATE: rate if at_strict else nan,
+            Col.N_INPUT: None if pd.isna(n_input) else int(n_input),
+            Col.N_UNIQUE: None if n_unique is None or pd.isna(n_unique) else int(n_unique),
+            Col.THRESHOLD_THZ: threshold, Col.N_DECIDED: None, Col.COMPLETE: True,
+            Col.MODEL: potential, Col.PROTOCOL: source, Col.RUN: PUBLISHED_RUN, PUBLISHED_RATE: rate}
 
 
 def entry_name(row) -> str:
@@ -163,14 +194,33 @@ def to_markdown(board: pd.DataFrame, headline: float) -> str:
                      f"{percent(r[Col.STRICT_STABILITY_RATE])} | {r[Col.N_INPUT]} | {r[Col.N_UNIQUE]} | {r[Col.MODEL]} |")
     published = board[board[Col.RUN] == PUBLISHED_RUN]
     if len(published):
-        lines += ["", "Published (PhononBench README; MatterSim v1.0.0 5M; stable at -0.001 THz on the published path):",
-                  "", "| generator | stable at -0.001 THz (95% CI) | stable / relaxed | unique | generated |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "Published (MatterSim v1.0.0 5M, published path; each at its own threshold: compare a row with "
+                  f"yours only where the thresholds match, {headline:g} THz for the headline):",
+                  "", "| published | threshold | stable rate (95% CI) | stable / relaxed | unique | generated | source |",
+                  "|---|---|---|---|---|---|---|"]
         for _, r in published.iterrows():
-            lines.append(f"| {r[Col.GENERATOR]} | {percent(r[Col.STABILITY_RATE])} ({percent(r[Col.CI_LOW])}-"
-                         f"{percent(r[Col.CI_HIGH])}) | {r[Col.N_STABLE]:,}/{r[Col.N_RELAXED]:,} | "
-                         f"{_count(r[Col.N_UNIQUE])} | {_count(r[Col.N_INPUT])} |")
+            low, high = _published_interval(r)
+            lines.append(f"| {r[Col.GENERATOR]} | {r[Col.THRESHOLD_THZ]:g} THz | {_published_percent(r)}"
+                         f"{f' ({low}-{high})' if low else ''} | {_ratio(r)} | {_count(r[Col.N_UNIQUE])} | "
+                         f"{_count(r[Col.N_INPUT])} | {r[Col.PROTOCOL]} |")
     return "\n".join(lines) + "\n"
+
+
+def _published_percent(row) -> str:
+    """A published rate as precise as its source: counts give one decimal, the paper's rates two."""
+    rate = row[PUBLISHED_RATE]
+    return percent(rate) if pd.notna(row[Col.N_RELAXED]) else f"{100 * rate:.2f}%"
+
+
+def _published_interval(row) -> tuple[str, str]:
+    if pd.isna(row[Col.N_RELAXED]):
+        return "", ""
+    low, high = analysis.wilson_interval(int(row[Col.N_STABLE]), int(row[Col.N_RELAXED]))
+    return percent(low), percent(high)
+
+
+def _ratio(row) -> str:
+    return "-" if pd.isna(row[Col.N_RELAXED]) else f"{int(row[Col.N_STABLE]):,}/{int(row[Col.N_RELAXED]):,}"
 
 
 def _png(path: Path) -> str:
@@ -236,10 +286,21 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
     header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in columns)
     reference = ""
     if len(published):
-        reference = (f"<h2>Published PhononBench rows</h2><p>From the PhononBench README: MatterSim v1.0.0 5M, "
-                     f"stable when no frequency is below -0.001 THz on the published path; rate = stable / relaxed."
-                     f"</p><table id='published'><thead><tr>{header}</tr></thead>"
-                     f"<tbody>{_html_rows(published, columns)}</tbody></table>")
+        published_columns = [
+            ("published", lambda r: str(r[Col.GENERATOR]), Col.GENERATOR),
+            ("threshold (THz)", lambda r: f"{r[Col.THRESHOLD_THZ]:g}", Col.THRESHOLD_THZ),
+            ("stable rate", _published_percent, PUBLISHED_RATE),
+            ("95% CI", lambda r: " - ".join(_published_interval(r)) if _published_interval(r)[0] else "-", None),
+            ("stable / relaxed", _ratio, Col.N_RELAXED),
+            ("generated", lambda r: _count(r[Col.N_INPUT]), Col.N_INPUT),
+            ("source", lambda r: str(r[Col.PROTOCOL]), Col.PROTOCOL),
+        ]
+        published_header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in published_columns)
+        reference = (f"<h2>Published PhononBench figures</h2><p>MatterSim v1.0.0 5M on the published path, each at "
+                     f"its own threshold (the README's table at -0.001 THz, the paper's v3 at -0.1 THz); rate = "
+                     f"stable / relaxed. Compare with the rows above only where the thresholds match.</p>"
+                     f"<table id='published'><thead><tr>{published_header}</tr></thead>"
+                     f"<tbody>{_html_rows(published, published_columns)}</tbody></table>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PhononBench leaderboard</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -276,7 +337,7 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -
     thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
     board = build(structures, thresholds, infos)
     if with_published:
-        board = pd.concat([board, published_rows()], ignore_index=True)
+        board = pd.concat([board, published_rows(thresholds)], ignore_index=True)
     if fmt == "md":
         return to_markdown(board, thresholds[0])
     if fmt == "csv":

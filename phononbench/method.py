@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 import warnings
 
+import numpy as np
+
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
@@ -25,6 +27,7 @@ from phononbench.errors import reason
 from phononbench.ingest import InputStructure
 from phononbench.phonons import (
     band_structure,
+    supercell_matrix,
     brillouin_zone_qpoints,
     force_constants_many,
     frequencies_at,
@@ -33,7 +36,13 @@ from phononbench.phonons import (
 from phononbench.records import Status, StructureResult
 from phononbench.relax import Relaxation
 from phononbench.settings import Protocol
-from phononbench.stability import StabilityVerdict, assess, assess_brillouin_zone, dimensionality
+from phononbench.stability import (
+    StabilityVerdict,
+    assess,
+    assess_brillouin_zone,
+    dimensionality,
+    separated_by_vacuum,
+)
 
 
 def compute(items: list[InputStructure], engine: Engine, protocol: Protocol) -> list[StructureResult]:
@@ -89,7 +98,7 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
     if not todo:
         return todo
     start = time.perf_counter()
-    screens = force_constants_many([relaxed[k].atoms for k in todo], engine.forces, supercell=(1, 1, 1),
+    screens = force_constants_many([relaxed[k].atoms for k in todo], engine.forces, lambda cell: (1, 1, 1),
                                    **_phonon_settings(protocol))
     cutoff = min(protocol.thresholds_thz) - protocol.gamma_screen_margin_thz
     undecided = []
@@ -116,23 +125,32 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
         return
     start = time.perf_counter()
     constants = force_constants_many([relaxed[k].atoms for k in todo], engine.forces,
-                                     supercell=protocol.supercell, **_phonon_settings(protocol))
+                                     lambda cell: supercell_matrix(cell, protocol.supercell,
+                                                                   protocol.supercell_min_length_a,
+                                                                   protocol.max_supercell_atoms),
+                                     **_phonon_settings(protocol))
     for k, phonon in zip(todo, constants):
         try:
             if isinstance(phonon, Exception):
                 raise phonon
+            # the published script writes the relaxed structure once the force constants exist: from here
+            # a failure still counts as relaxed (and unstable), before it the structure left its count
+            rows[k].has_force_constants = True
+            rows[k].supercell_matrix = [int(x) for x in np.asarray(phonon.supercell_matrix).ravel()]
+            rows[k].n_supercell_atoms = len(phonon.supercell)
             verdict = assess(band_structure(phonon, protocol.band_npoints), protocol.thresholds_thz)
             bz_start = time.perf_counter()
-            samples = brillouin_zone_qpoints(phonon, protocol.band_npoints, protocol.supercell,
-                                             protocol.bz_mesh_length_a)
-            bz = assess_brillouin_zone({source: frequencies_at(phonon, q) for source, q in samples.items()},
-                                       protocol.thresholds_thz)
+            samples = brillouin_zone_qpoints(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
+            frequencies = {source: frequencies_at(phonon, q) for source, q in samples.items()}
+            bz = assess_brillouin_zone(frequencies, protocol.thresholds_thz)
+            rows[k].min_frequency_commensurate_thz = assess(frequencies["commensurate"], ()).min_frequency_thz
             rows[k].phonon_bz_wall_s = time.perf_counter() - bz_start
             _record_verdict(rows[k], verdict, len(phonon.displacements), "supercell")
             rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = bz.min_frequency_thz, bz.qpoint
             rows[k].min_frequency_bz_source, rows[k].bz_verdicts = bz.source, bz.stable
         except Exception as exc:
             rows[k].status, rows[k].error = Status.PHONON_FAILED, reason(exc)
+            rows[k].has_force_constants = bool(rows[k].has_force_constants)
             # counts as unstable, as published, on both verdicts
             rows[k].verdicts = {t: False for t in protocol.thresholds_thz}
             rows[k].bz_verdicts = {t: False for t in protocol.thresholds_thz}
@@ -154,15 +172,16 @@ def _record_relaxation(row: StructureResult, relaxation: Relaxation, protocol: P
     row.relax_fmax_ev_per_a = relaxation.fmax_ev_per_a
     row.spacegroup_number, row.crystal_system = symmetry(relaxed)
     row.dimensionality = dimensionality(relaxation.atoms)
+    row.separated_by_vacuum = separated_by_vacuum(relaxation.atoms)
     if not relaxation.converged:
         row.status = Status.RELAX_NOT_CONVERGED
         row.error = (f"fmax {relaxation.fmax_ev_per_a:.4g} eV/A after {relaxation.n_steps} steps in "
                      f"{relaxation.n_cycles} cycles (acceptance {protocol.relax_fmax_ev_per_a} eV/A, at most "
                      f"{protocol.relax_cycles} cycles of {protocol.relax_steps_per_cycle} steps)")
         return False
-    if protocol.exclude_low_dimensional and row.dimensionality != "3D":
+    if protocol.exclude_low_dimensional and row.separated_by_vacuum:
         row.status = Status.LOW_DIMENSIONAL
-        row.error = f"the relaxed structure is bonded in {row.dimensionality}, not a 3D crystal"
+        row.error = f"the relaxed structure is {row.dimensionality} pieces with vacuum between them, not a crystal"
         return False
     return True
 
@@ -181,7 +200,8 @@ def _record_verdict(row: StructureResult, verdict: StabilityVerdict, n_displacem
 
 def _phonon_settings(protocol: Protocol) -> dict:
     return dict(displacement_a=protocol.displacement_a, subtract_drift=protocol.subtract_drift,
-                symmetrize=protocol.symmetrize_force_constants)
+                symmetrize=protocol.symmetrize_force_constants,
+                cutoff_at_half_width=protocol.force_constants_cutoff_at_half_width)
 
 
 def _share(total_s: float, work: dict[int, float]) -> dict[int, float]:

@@ -46,11 +46,31 @@ def to_ase_atoms(cell: PhonopyAtoms) -> Atoms:
     return Atoms(symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, pbc=True)
 
 
-def displace(unitcell: Atoms, supercell: tuple[int, int, int], displacement_a: float) -> Phonopy:
-    """A phonopy object on the given cell (it is its own primitive, as published) with displacements."""
+def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (2, 2, 2),
+                     min_length_a: float | None = None, max_atoms: int | None = None) -> np.ndarray:
+    """The supercell matrix (phonopy's convention) for this cell: the fixed diagonal one, or the smallest
+    at least ``min_length_a`` wide (supercells.py). Raises ValueError above ``max_atoms`` atoms."""
+    from phononbench.supercells import supercell_for_length, supercell_size
+
+    if supercell is not None:
+        matrix = np.diag(supercell).astype(int)
+    else:
+        matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a)
+    n_atoms = supercell_size(matrix) * len(unitcell)
+    if max_atoms is not None and n_atoms > max_atoms:
+        wanted = "x".join(map(str, supercell)) if supercell is not None else f"at least {min_length_a:g} A wide"
+        raise ValueError(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
+                         "(max_supercell_atoms)")
+    return matrix
+
+
+def displace(unitcell: Atoms, supercell: tuple[int, int, int] | np.ndarray, displacement_a: float) -> Phonopy:
+    """A phonopy object on the given cell (it is its own primitive, as published) with displacements;
+    ``supercell`` is a diagonal (three integers) or a 3x3 supercell matrix (phonopy's convention)."""
+    matrix = np.diag(supercell) if np.ndim(supercell) == 1 else np.asarray(supercell)
     # primitive_matrix="P": the input cell is the primitive, as in the published runs (phonopy < 4 default);
     # phonopy 4 would otherwise search for a smaller primitive cell.
-    phonon = Phonopy(to_phonopy_atoms(unitcell), supercell_matrix=np.diag(supercell), primitive_matrix="P")
+    phonon = Phonopy(to_phonopy_atoms(unitcell), supercell_matrix=matrix, primitive_matrix="P")
     phonon.generate_displacements(distance=displacement_a, is_diagonal=False)
     return phonon
 
@@ -60,7 +80,8 @@ def displaced_supercells(phonon: Phonopy) -> list[Atoms]:
 
 
 def produce_force_constants(
-    phonon: Phonopy, forces: list[np.ndarray], subtract_drift: bool = True, symmetrize: bool = True
+    phonon: Phonopy, forces: list[np.ndarray], subtract_drift: bool = True, symmetrize: bool = True,
+    cutoff_at_half_width: bool = False,
 ) -> None:
     forces = [np.asarray(f, dtype=float) for f in forces]
     if not all(np.all(np.isfinite(f)) for f in forces):
@@ -71,6 +92,15 @@ def produce_force_constants(
     phonon.forces = np.array(forces)
     phonon.produce_force_constants()
     if symmetrize:
+        phonon.symmetrize_force_constants()
+    if cutoff_at_half_width:
+        # Pairs farther apart than half the supercell's narrowest width sit where a displaced atom's periodic
+        # images meet: their force constants are the potential's numerical noise, which interpolation turns
+        # into soft modes between the commensurate q-points (docs/VALIDATION.md). Zero them, then restore the
+        # acoustic sum rule.
+        from phononbench.supercells import widths
+
+        phonon.set_force_constants_zero_with_radius(float(widths(np.asarray(phonon.supercell.cell)).min()) / 2)
         phonon.symmetrize_force_constants()
 
 
@@ -136,8 +166,7 @@ def high_symmetry_band_path(phonon: Phonopy, npoints: int = 101) -> dict:
     return result
 
 
-def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, supercell: tuple[int, int, int] = (2, 2, 2),
-                           mesh_length_a: float = 20.0) -> dict[str, np.ndarray]:
+def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, mesh_length_a: float = 20.0) -> dict[str, np.ndarray]:
     """q-points (fractional, the input cell's reciprocal basis) by where they come from:
     ``path`` (high-symmetry path), ``commensurate`` (exact for these force constants), ``mesh``."""
     from phonopy.harmonic.dynmat_to_fc import get_commensurate_points
@@ -148,7 +177,7 @@ def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, supercell: tuple
     grid = np.stack(np.meshgrid(*[np.arange(n) / n for n in mesh], indexing="ij"), axis=-1).reshape(-1, 3)
     return {
         "path": np.concatenate(segments),
-        "commensurate": np.asarray(get_commensurate_points(np.diag(supercell)), dtype=float),
+        "commensurate": np.asarray(get_commensurate_points(phonon.supercell_matrix), dtype=float),
         "mesh": grid,
     }
 
@@ -177,18 +206,20 @@ def band_structure(phonon: Phonopy, npoints: int = 101) -> BandStructure:
 def force_constants_many(
     unitcells: list[Atoms],
     forces_of: Callable[[list[Atoms]], list[np.ndarray]],
-    supercell: tuple[int, int, int] = (2, 2, 2),
+    supercell_of: Callable[[Atoms], np.ndarray | tuple[int, int, int]] = lambda cell: (2, 2, 2),
     displacement_a: float = 0.01,
     subtract_drift: bool = True,
     symmetrize: bool = True,
+    cutoff_at_half_width: bool = False,
 ) -> list[Phonopy | Exception]:
-    """Force constants for each cell; a structure that fails gets its exception, the others go on."""
+    """Force constants for each cell on the supercell ``supercell_of(cell)`` gives; a structure that fails
+    gets its exception, the others go on."""
     outcome: list[Phonopy | Exception | None] = [None] * len(unitcells)
     phonons: dict[int, Phonopy] = {}
     cells: dict[int, list[Atoms]] = {}
     for k, unitcell in enumerate(unitcells):
         try:
-            phonons[k] = displace(unitcell, supercell, displacement_a)
+            phonons[k] = displace(unitcell, supercell_of(unitcell), displacement_a)
             cells[k] = displaced_supercells(phonons[k])
         except Exception as exc:
             outcome[k] = exc
@@ -197,7 +228,7 @@ def force_constants_many(
         try:
             if isinstance(forces[k], Exception):
                 raise forces[k]
-            produce_force_constants(phonon, forces[k], subtract_drift, symmetrize)
+            produce_force_constants(phonon, forces[k], subtract_drift, symmetrize, cutoff_at_half_width)
             outcome[k] = phonon
         except Exception as exc:
             outcome[k] = exc

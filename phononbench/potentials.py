@@ -55,6 +55,7 @@ class Potential:
     checkpoint_sha256: str | None = None
     max_atoms_per_batch: int = 2048
     make_torchsim: Callable[["Potential"], object] | None = None
+    modal: str | None = None  # the head of a multi-fidelity model (SevenNet-MF-0: PBE)
     _torchsim: object = None
 
     def predict(self, structures: list[Atoms], stress: bool = True) -> list[Prediction]:
@@ -100,6 +101,7 @@ class Potential:
             "device": self.device,
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "modal": self.modal,
             "max_atoms_per_batch": self.max_atoms_per_batch,
         }
 
@@ -306,21 +308,31 @@ def _load_chgnet(name: str, device: str, checkpoint: str | None) -> Potential:
     return CHGNetPotential(name, calculator, device, str(path), sha256_of(path))
 
 
+# SevenNet checkpoints that ship in the sevenn wheel, by registry name: (sevenn's name, modal). SevenNet-MF-0
+# is multi-fidelity; its "PBE" head is trained on MPtrj's PBE/PBE+U, the level MatterSim was trained at and
+# the closest to the DFT phonons we validate against (its other head, R2SCAN, is a different functional).
+SEVENNET_CHECKPOINTS = {"sevennet": ("7net-0", None), "sevennet-0": ("7net-0", None),
+                        "sevennet-l3i5": ("7net-l3i5", None), "sevennet-mf-0": ("7net-mf-0", "PBE")}
+
+
 def _load_sevennet(name: str, device: str, checkpoint: str | None) -> Potential:
     from sevenn.calculator import SevenNetCalculator
     from sevenn.util import pretrained_name_to_path
 
-    model = checkpoint or "7net-0"
-    path = Path(checkpoint) if checkpoint else Path(pretrained_name_to_path(model))
-    calculator = SevenNetCalculator(model, device=device)
-    return Potential(name, calculator, device, str(path), sha256_of(path) if path.is_file() else None,
-                     make_torchsim=_sevennet_torchsim)
+    shipped, modal = SEVENNET_CHECKPOINTS.get(name, ("7net-0", None))
+    path = Path(checkpoint) if checkpoint else Path(pretrained_name_to_path(shipped))
+    if not path.is_file():
+        raise SetupError(f"SevenNet checkpoint not found: {path}", setting="checkpoint")
+    calculator = SevenNetCalculator(str(path), device=device, modal=modal)
+    potential = Potential(name, calculator, device, str(path), sha256_of(path), make_torchsim=_sevennet_torchsim)
+    potential.modal = modal
+    return potential
 
 
 def _sevennet_torchsim(potential: Potential):
     from sevenn.torchsim import SevenNetModel
 
-    return as_float64(SevenNetModel(potential.checkpoint, device=potential.device))
+    return as_float64(SevenNetModel(potential.checkpoint, device=potential.device, modal=potential.modal))
 
 
 def as_float64(model):
@@ -358,7 +370,10 @@ POTENTIALS: dict[str, Callable[[str, str, str | None], Potential]] = {
     "mattersim-1m": _load_mattersim,
     "mattersim": _load_mattersim,  # any M3GNet checkpoint given with --checkpoint
     "chgnet": _load_chgnet,  # CHGNet 0.3.0, weights in the wheel
-    "sevennet": _load_sevennet,  # SevenNet-0, weights in the wheel
+    "sevennet-l3i5": _load_sevennet,  # SevenNet-l3i5, weights in the wheel (2.9% false imaginary modes)
+    "sevennet-0": _load_sevennet,  # SevenNet-0, weights in the wheel
+    "sevennet-mf-0": _load_sevennet,  # SevenNet-MF-0, its PBE head, weights in the wheel
+    "sevennet": _load_sevennet,  # SevenNet-0 (the name earlier runs recorded), or any SevenNet --checkpoint
     "emt": _load_emt,  # ASE's EMT: Al Cu Ag Au Ni Pd Pt (and H C N O, roughly); tests and demos
 }
 

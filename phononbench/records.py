@@ -32,7 +32,8 @@ class Status(StrEnum):
     WORKER_CRASHED = "worker_crashed"  # its worker died on every retry, with the structure alone
 
 
-# Statuses whose relaxation converged: the published denominator ("successfully relaxed").
+# Statuses whose relaxation converged. The published denominator ("successfully relaxed") is narrower: the
+# published script writes a relaxed structure only once its force constants exist (is_relaxed).
 RELAXED_STATUSES = frozenset({Status.OK, Status.PHONON_FAILED})
 
 
@@ -54,10 +55,15 @@ class Col(StrEnum):
     SPACEGROUP_NUMBER = "spacegroup_number"
     CRYSTAL_SYSTEM = "crystal_system"
     DIMENSIONALITY = "dimensionality"
+    SEPARATED_BY_VACUUM = "separated_by_vacuum"
     RELAX_STEPS = "relax_steps"
     RELAX_CYCLES = "relax_cycles"
     RELAX_FMAX_EV_PER_A = "relax_fmax_ev_per_a"
     N_DISPLACEMENTS = "n_displacements"
+    SUPERCELL_MATRIX = "supercell_matrix"
+    N_SUPERCELL_ATOMS = "n_supercell_atoms"
+    HAS_FORCE_CONSTANTS = "has_force_constants"
+    MIN_FREQUENCY_COMMENSURATE_THZ = "min_frequency_commensurate_thz"
     PHONON_METHOD = "phonon_method"
     MIN_FREQUENCY_THZ = "min_frequency_thz"
     MIN_FREQUENCY_QPOINT = "min_frequency_qpoint"
@@ -79,6 +85,7 @@ class Col(StrEnum):
     N_UNIQUE = "n_unique"
     N_RELAXED = "n_relaxed"
     N_PHONON = "n_phonon"
+    N_PHONON_FAILED = "n_phonon_failed"
     N_STABLE = "n_stable"
     STABILITY_RATE = "stability_rate"
     STABILITY_RATE_UNIQUE = "stability_rate_unique"
@@ -134,10 +141,15 @@ class StructureResult:
     spacegroup_number: int | None = _column(pa.int16())
     crystal_system: str | None = _column(pa.string())
     dimensionality: str | None = _column(pa.string())  # of the relaxed bonded network: "3D", "2D", "0D", "2D+0D", ...
+    separated_by_vacuum: bool | None = _column(pa.bool_())  # pieces not even in van der Waals contact
     relax_steps: int | None = _column(pa.int32())  # FIRE steps over all cycles
     relax_cycles: int | None = _column(pa.int16())
     relax_fmax_ev_per_a: float | None = _column(pa.float64())
     n_displacements: int | None = _column(pa.int32())
+    supercell_matrix: list[int] | None = _column(pa.list_(pa.int32(), 9))  # phonopy's convention, row by row
+    n_supercell_atoms: int | None = _column(pa.int32())
+    # phonopy produced force constants: the published script's "relaxed" (it writes the relaxed CIF then)
+    has_force_constants: bool | None = _column(pa.bool_())
     phonon_method: str | None = _column(pa.string())  # "supercell" (full protocol) or "gamma_screen" (tiered)
     min_frequency_thz: float | None = _column(pa.float64())
     min_frequency_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
@@ -148,6 +160,8 @@ class StructureResult:
     min_frequency_bz_thz: float | None = _column(pa.float64())
     min_frequency_bz_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
     min_frequency_bz_source: str | None = _column(pa.string())  # path, commensurate, mesh or gamma_screen
+    # the lowest frequency at the supercell's commensurate q-points alone (exact: no interpolation)
+    min_frequency_commensurate_thz: float | None = _column(pa.float64())
     relax_wall_s: float | None = _column(pa.float64())
     phonon_wall_s: float | None = _column(pa.float64())
     phonon_bz_wall_s: float | None = _column(pa.float64())  # the part of phonon_wall_s the BZ verdict took
@@ -206,6 +220,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field(Col.N_UNIQUE, pa.int64()),
         pa.field(Col.N_RELAXED, pa.int64()),
         pa.field(Col.N_PHONON, pa.int64()),
+        pa.field(Col.N_PHONON_FAILED, pa.int64()),
         pa.field(Col.N_STABLE, pa.int64()),
         pa.field(Col.STABILITY_RATE, pa.float64()),
         pa.field(Col.STABILITY_RATE_UNIQUE, pa.float64()),
@@ -232,8 +247,14 @@ COMPUTED_STATUSES = frozenset({Status.OK, Status.RELAX_FAILED, Status.RELAX_NOT_
 
 
 def is_relaxed(rows: pd.DataFrame) -> pd.Series:
-    """The published denominator: the relaxation converged (a later phonon failure still counts)."""
-    return rows[Col.STATUS].isin([str(s) for s in RELAXED_STATUSES])
+    """The published denominator, as phonon_multi_gpu_run.py counts it: it writes the relaxed CIF (what
+    "Relaxed" counts) after the relaxation and the force constants, before the band structure. So a structure
+    counts once its force constants exist: a failure after them (the band path) counts as relaxed and
+    unstable; a failure of the displaced supercells' forces or of phonopy before them leaves the count
+    (``n_phonon_failed`` shows every phonon failure)."""
+    status = rows[Col.STATUS]
+    with_constants = rows[Col.HAS_FORCE_CONSTANTS] if Col.HAS_FORCE_CONSTANTS in rows else False
+    return (status == Status.OK) | ((status == Status.PHONON_FAILED) & (with_constants == True))  # noqa: E712
 
 
 def is_stable(rows: pd.DataFrame, threshold_thz: float) -> pd.Series:
@@ -263,6 +284,7 @@ def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
         Col.N_UNIQUE: n_valid - int((status == Status.DUPLICATE).sum()),
         Col.N_RELAXED: int(is_relaxed(rows).sum()),
         Col.N_PHONON: int((status == Status.OK).sum()),
+        Col.N_PHONON_FAILED: int((status == Status.PHONON_FAILED).sum()),
         "n_stable_at": {t: int(is_stable(rows, t).sum()) for t in thresholds_thz},
         "n_stable_bz_at": {t: int(is_stable_bz(rows, t).sum()) for t in thresholds_thz},
         "n_stable_not_3d_at": {t: int((is_stable(rows, t) & is_not_3d(rows)).sum()) for t in thresholds_thz},

@@ -22,7 +22,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
     thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
     table = Table(title=Text(title))  # names shown as they are, never as markup
     table.add_column("generator", style="bold", no_wrap=True)
-    for name in ("input", "valid", "unique", "relaxed", "phonons"):
+    for name in ("input", "valid", "unique", "relaxed", "phonons", "phonon failed"):
         table.add_column(name, justify="right", no_wrap=True)
     for t in thresholds:
         table.add_column(f"stable@{t:g}THz", justify="right", no_wrap=True)
@@ -38,6 +38,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
             continue
         first = rows.iloc[0]
         cells = [str(int(first[c])) for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)]
+        cells.append(str(int(first[Col.N_PHONON_FAILED])) if Col.N_PHONON_FAILED in first and pd.notna(first[Col.N_PHONON_FAILED]) else "-")
         for t in thresholds:
             r = rows.loc[t]
             cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")

@@ -368,7 +368,8 @@ def read_structures(out: Path, latest: pa.Table | None = None, skip: tuple[str, 
 def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
     """One row per (generator, threshold), plus the pooled ``(all)`` rows.
 
-    stability_rate = stable / successfully relaxed on the published path (the published rate);
+    stability_rate = stable / relaxed on the published path (the published rate; relaxed as the published
+    script counts it, records.is_relaxed; n_phonon_failed counts every phonon failure);
     stability_rate_bz the same over the Brillouin zone; phonon failures count as unstable;
     n_stable_not_3d: how many of the (published-path) stable structures are not 3D-bonded.
     """
@@ -385,7 +386,8 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
                     Col.GENERATOR: generator,
                     Col.POOLED: pooled,
                     Col.THRESHOLD_THZ: float(threshold),
-                    **{c: tally[c] for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)},
+                    **{c: tally[c] for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON,
+                                               Col.N_PHONON_FAILED)},
                     Col.N_STABLE: n_stable,
                     Col.STABILITY_RATE: n_stable / n_relaxed if n_relaxed else float("nan"),
                     Col.STABILITY_RATE_UNIQUE: n_stable / n_unique if n_unique else float("nan"),

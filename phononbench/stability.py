@@ -58,14 +58,45 @@ def assess_brillouin_zone(samples: dict[str, BandStructure], thresholds_thz: tup
     return BrillouinZoneVerdict(minimum, lowest[source].qpoint, source, {t: minimum >= t for t in thresholds_thz})
 
 
-def dimensionality(atoms) -> str:
-    """Dimensionality of the bonded network (ASE's topology-scaling analysis, its best-scored bond scale):
-    "3D" for a crystal; "0D" (molecules, lone atoms), "1D" (chains), "2D" (layers) or mixtures like
-    "2D+0D" for a structure that relaxed into pieces in vacuum."""
-    from ase.geometry.dimensionality import analyze_dimensionality
+# Bonded when closer than BOND_SCALE x the sum of covalent radii: covalent, ionic and metallic nearest neighbours
+# (fcc Al at 1.18, fcc Pb at 1.20, bcc Li at 1.19, NaCl at 1.05), not van der Waals contacts (graphite's layers
+# at 2.2, bulk MoS2's at 1.66, solid I2's molecules at 1.26).
+BOND_SCALE = 1.25
+# In contact when closer than the sum of van der Waals radii plus this margin: van der Waals-stacked layers and
+# molecular crystals are in contact; a molecule, chain or layer with vacuum around it is not.
+CONTACT_MARGIN_A = 1.0
+_VDW_FALLBACK_A = 2.0  # elements without a tabulated van der Waals radius
 
-    try:
-        return str(analyze_dimensionality(atoms, method="RDA")[0].dimtype)
-    except TypeError:
-        # ASE finds no bond at any scale it tries (its interval list is empty): isolated atoms
-        return "0D"
+
+def dimensionality(atoms) -> str:
+    """Dimensionality of the bonded network (ASE's rank determination over bonds of BOND_SCALE): "3D" for a
+    crystal bonded in three dimensions; "2D" for van der Waals layers (graphite, bulk MoS2) as for a layer in
+    vacuum, "0D" for molecules (a molecular crystal, a molecule or a lone atom in a box), "1D" for chains,
+    mixtures like "2D+0D". Whether the pieces touch is ``separated_by_vacuum``."""
+    from ase.data import covalent_radii
+
+    return _network(atoms, BOND_SCALE * covalent_radii[atoms.numbers] / 1.0)
+
+
+def separated_by_vacuum(atoms) -> bool:
+    """True when the structure is not one 3D network even counting van der Waals contacts: molecules, chains
+    or layers with vacuum between them (not a van der Waals-stacked crystal)."""
+    from ase.data import vdw_radii
+
+    radii = np.nan_to_num(vdw_radii[atoms.numbers], nan=_VDW_FALLBACK_A) + CONTACT_MARGIN_A / 2
+    return _network(atoms, radii) != "3D"
+
+
+def _network(atoms, radii: np.ndarray) -> str:
+    """ASE's dimensionality type ("3D", "2D+0D", ...) of the network joining atoms closer than r_i + r_j."""
+    from ase.geometry.dimensionality.interval_analysis import build_dimtype
+    from ase.geometry.dimensionality.rank_determination import RDA
+    from ase.neighborlist import neighbor_list
+
+    atoms = atoms.copy()
+    atoms.pbc = True
+    first, second, shifts = neighbor_list("ijS", atoms, radii, self_interaction=False)
+    network = RDA(len(atoms))
+    for i, j, shift in zip(first, second, shifts):
+        network.insert_bond(int(i), int(j), tuple(int(x) for x in shift))
+    return str(build_dimtype(network.check()))

@@ -51,17 +51,30 @@ def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
 
 
 def scores(predicted_stable: pd.Series, dft_stable: pd.Series) -> dict:
+    """Agreement of predicted with DFT verdicts. F1 both ways: with stable as the positive class (``f1``) and
+    with "has imaginary modes" as the positive class (``f1_unstable``, as ffonons reports it); the
+    false-unstable rate is matbench-discovery's phonon metric: DFT-stable materials called unstable."""
+    from phononbench.analysis import wilson_interval
+
     predicted_stable, dft_stable = predicted_stable.astype(bool), dft_stable.astype(bool)
     tp = int((predicted_stable & dft_stable).sum())
     tn = int((~predicted_stable & ~dft_stable).sum())
     fp = int((predicted_stable & ~dft_stable).sum())
     fn = int((~predicted_stable & dft_stable).sum())
     n = tp + tn + fp + fn
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    recall = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if (tp + fp) and (tp + fn) and precision + recall else float("nan")
-    return {"n": n, "accuracy": (tp + tn) / n if n else float("nan"), "precision": precision, "recall": recall,
-            "f1": f1, "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+    low, high = wilson_interval(tp + tn, n)
+    return {"n": n, "accuracy": (tp + tn) / n if n else float("nan"), "accuracy_ci": [low, high],
+            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn), "f1": _f1(tp, fp, fn),
+            "f1_unstable": _f1(tn, fn, fp), "false_unstable_rate": _ratio(fn, tp + fn),
+            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+
+
+def _ratio(k: int, n: int) -> float:
+    return k / n if n else float("nan")
+
+
+def _f1(true_positive: int, false_positive: int, false_negative: int) -> float:
+    return _ratio(2 * true_positive, 2 * true_positive + false_positive + false_negative)
 
 
 def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
@@ -70,17 +83,81 @@ def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) 
     return labels.merge(rows, on="label_id", how="inner")
 
 
+# The verdicts scored: the published q-points; the Brillouin zone (high-symmetry path, commensurate points,
+# mesh); the supercell's commensurate q-points alone (exact for the force constants: no interpolation).
+VERDICTS = ("path", "brillouin_zone", "commensurate")
+
+
+def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -> pd.Series:
+    """Stable as the benchmark counts it (a failure is unstable), on one verdict at one threshold."""
+    if verdict == "path":
+        return is_stable(merged, threshold_thz)
+    if verdict == "brillouin_zone":
+        return is_stable_bz(merged, threshold_thz)
+    frequency = merged[Col.MIN_FREQUENCY_COMMENSURATE_THZ] if Col.MIN_FREQUENCY_COMMENSURATE_THZ in merged else None
+    if frequency is None:
+        return pd.Series(False, index=merged.index)
+    return (merged[Col.STATUS] == Status.OK) & (frequency.astype(float) >= threshold_thz)
+
+
 def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
-    """Scores per threshold. A structure that failed to relax or to give phonons is predicted unstable,
-    as the benchmark counts it."""
+    """Scores per threshold and verdict. A structure that failed to relax or to give phonons is predicted
+    unstable, as the benchmark counts it."""
     merged = merge_with_labels(rows, labels, thresholds_thz)
     dft_stable = merged["label"] == "stable"
+    computed = merged[merged[Col.STATUS] == Status.OK]
     report = {"n_labelled": len(labels), "n_scored": len(merged),
-              "status_counts": {str(k): int(v) for k, v in merged[Col.STATUS].value_counts().items()}}
+              "status_counts": {str(k): int(v) for k, v in merged[Col.STATUS].value_counts().items()},
+              "cost": {"mean_supercell_atoms": _mean(computed, Col.N_SUPERCELL_ATOMS),
+                       "max_supercell_atoms": float(computed[Col.N_SUPERCELL_ATOMS].max())
+                       if Col.N_SUPERCELL_ATOMS in computed and len(computed) else float("nan"),
+                       "mean_relax_s": _mean(computed, Col.RELAX_WALL_S),
+                       "mean_phonon_s": _mean(computed, Col.PHONON_WALL_S)}}
     for t in thresholds_thz:
         report[f"{t:g}"] = scores(is_stable(merged, t), dft_stable)  # the published path
         report[f"bz {t:g}"] = scores(is_stable_bz(merged, t), dft_stable)  # the Brillouin zone
+        report[f"commensurate {t:g}"] = scores(predicted_stable(merged, "commensurate", t), dft_stable)
     return report
+
+
+def _mean(frame: pd.DataFrame, column: str) -> float:
+    return float(frame[column].astype(float).mean()) if column in frame and len(frame) else float("nan")
+
+
+def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, verdict, threshold) from finished validation runs: ``runs`` maps a run's name to its
+    run.json and its rows. The columns of docs/VALIDATION.md."""
+    out = []
+    for name, (info, rows) in runs.items():
+        protocol = info["protocol"]
+        thresholds = tuple(protocol["thresholds_thz"])
+        report = validate(rows, labels, thresholds)
+        supercell = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
+                     else f">={protocol.get('supercell_min_length_a'):g} A")
+        for verdict, prefix in (("path", ""), ("brillouin_zone", "bz "), ("commensurate", "commensurate ")):
+            for t in thresholds:
+                r = report[f"{prefix}{t:g}"]
+                out.append({"run": name, "potential": info["potential"]["model"], "supercell": supercell,
+                            "verdict": verdict, "threshold_thz": t, "n": r["n"], "accuracy": r["accuracy"],
+                            "accuracy_low": r["accuracy_ci"][0], "accuracy_high": r["accuracy_ci"][1],
+                            "f1_stable": r["f1"], "f1_unstable": r["f1_unstable"],
+                            "false_unstable_rate": r["false_unstable_rate"], **r["confusion"],
+                            "mean_supercell_atoms": report["cost"]["mean_supercell_atoms"],
+                            "cpu_s_per_structure": report["cost"]["mean_relax_s"] + report["cost"]["mean_phonon_s"]})
+    return pd.DataFrame(out)
+
+
+def to_markdown(board: pd.DataFrame) -> str:
+    """The validation table (``table``) as Markdown, as docs/VALIDATION.md shows it."""
+    lines = ["| run | potential | supercell | verdict | threshold (THz) | n | accuracy (95% Wilson) | F1 stable | "
+             "F1 imaginary | false unstable | TP | FP | FN | TN | supercell atoms | CPU s / structure |",
+             "|" + "---|" * 16]
+    for r in board.itertuples(index=False):
+        lines.append(f"| {r.run} | {r.potential} | {r.supercell} | {r.verdict} | {r.threshold_thz:g} | {r.n} | "
+                     f"{r.accuracy:.3f} ({r.accuracy_low:.3f}-{r.accuracy_high:.3f}) | {r.f1_stable:.3f} | "
+                     f"{r.f1_unstable:.3f} | {r.false_unstable_rate:.3f} | {r.tp} | {r.fp} | {r.fn} | {r.tn} | "
+                     f"{r.mean_supercell_atoms:.0f} | {r.cpu_s_per_structure:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def scatter_plot(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz, path: str | Path) -> Path | None:

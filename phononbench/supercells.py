@@ -1,0 +1,163 @@
+"""Supercells sized by length: the smallest supercell whose perpendicular widths are all at least L.
+
+A width of a cell is the distance between two opposite faces (V / |b x c|, ...): a finite-displacement
+supercell at least L wide holds every pair of atoms within L/2 of each other without periodic images
+of the displaced atom overlapping them. atomate2's PhononMaker (and its TorchSim variant) asks pymatgen's
+``CubicSupercellTransformation`` for a nearly cubic supercell of a minimum length; we keep that rule
+(integer matrices, non-diagonal allowed) but measure it by the widths and return the smallest such
+supercell, not the first that rounding a cube finds:
+
+1. an upper bound: the best of the diagonal supercells (of the cell and of its Minkowski-reduced basis)
+   and of the integer matrices within one of the ideal cube in every entry;
+2. then every supercell lattice with fewer cells, each once (Hermite normal form), from the volume bound
+   ``L^3 / V`` (a cube is the widest cell of its volume) up, checked exactly: a lattice has a basis with all
+   widths >= L when its reciprocal lattice has three independent vectors no longer than 1/L;
+3. the first size with a wide enough lattice wins; ties go to the widest, then the most diagonal matrix.
+
+Step 2 visits at most ``EXHAUSTIVE_BUDGET`` matrices; past that (one- or two-atom cells at 20 A and more,
+where the cube is close to the bound anyway) the upper bound of step 1 is returned as it is.
+
+Matrices are in phonopy's convention: supercell lattice vectors as columns are the unit cell's columns
+times the matrix (in rows, ``supercell = matrix.T @ cell``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+_PERTURBATIONS = np.array(list(itertools.product((-1, 0, 1), repeat=9)), dtype=np.int64).reshape(-1, 3, 3)
+_COMBINATIONS = np.array([c for c in itertools.product(range(-2, 3), repeat=3) if any(c)], dtype=float)
+_TOLERANCE_A = 1e-6
+EXHAUSTIVE_BUDGET = 100_000  # Hermite normal forms checked exactly below the upper bound
+
+
+def widths(cell_rows: np.ndarray) -> np.ndarray:
+    """Perpendicular widths (A) of cells given as rows of lattice vectors, shape (..., 3, 3) -> (..., 3)."""
+    cell_rows = np.asarray(cell_rows, dtype=float)
+    a, b, c = cell_rows[..., 0, :], cell_rows[..., 1, :], cell_rows[..., 2, :]
+    volume = np.abs(np.einsum("...i,...i", a, np.cross(b, c)))
+    areas = np.stack([np.linalg.norm(np.cross(b, c), axis=-1), np.linalg.norm(np.cross(c, a), axis=-1),
+                      np.linalg.norm(np.cross(a, b), axis=-1)], axis=-1)
+    return volume[..., None] / areas
+
+
+def supercell_for_length(cell_rows: np.ndarray, min_length_a: float) -> np.ndarray:
+    """The smallest supercell matrix (phonopy's convention, 3x3 integers) whose supercell has a basis with
+    every perpendicular width >= ``min_length_a``."""
+    from ase.geometry.minkowski_reduction import minkowski_reduce
+
+    cell = np.asarray(cell_rows, dtype=float)
+    if not (math.isfinite(min_length_a) and min_length_a > 0):
+        raise ValueError(f"supercell length must be positive (got {min_length_a})")
+    reduced, to_reduced = minkowski_reduce(cell)  # reduced = to_reduced @ cell
+    to_reduced = np.asarray(to_reduced, dtype=np.int64)
+    candidates = []
+    for basis, to_cell in ((cell, np.eye(3, dtype=np.int64)), (reduced, to_reduced)):
+        diagonal = np.diag(np.maximum(1, np.ceil(min_length_a / widths(basis) - 1e-9)).astype(np.int64))
+        candidates.append((diagonal @ to_cell).T)
+    n_low = min_length_a ** 3 / abs(np.linalg.det(cell))
+    n_high = min(supercell_size(m) for m in candidates)
+    scale = 1.0
+    while scale ** 3 * n_low <= n_high:
+        ideal = np.rint(scale * min_length_a * np.linalg.inv(cell)).astype(np.int64)  # rows: the cube's edges
+        found = _smallest_wide(ideal[None] + _PERTURBATIONS, cell, min_length_a)
+        if found is not None:
+            candidates.append(found)
+        scale *= 1.05
+    bound = _choose(np.stack(candidates), cell)
+    smaller = _smallest_below(cell, reduced, to_reduced, min_length_a, math.ceil(n_low - 1e-9), supercell_size(bound))
+    return bound if smaller is None else smaller
+
+
+def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarray, min_length_a: float, n_from: int,
+                    n_bound: int) -> np.ndarray | None:
+    """Every supercell lattice of n_from..n_bound-1 cells (Hermite normal forms over the reduced basis),
+    smallest first; None when none is wide enough or there are more than the budget to check."""
+    from ase.geometry.minkowski_reduction import minkowski_reduce
+
+    sizes = range(max(1, n_from), n_bound)
+    if sum(_count_hermite(n) for n in sizes) > EXHAUSTIVE_BUDGET:
+        return None
+    for n in sizes:
+        forms = _hermite_forms(n)  # rows in the reduced basis
+        ok = _wide_lattices(forms @ reduced, min_length_a)
+        if ok.any():
+            # each wide lattice's widest basis: the dual of its reduced reciprocal basis
+            matrices = []
+            for form in forms[ok]:
+                dual_rows = np.linalg.inv(form @ reduced).T
+                dual_reduced, _ = minkowski_reduce(dual_rows)
+                rows = np.linalg.inv(dual_reduced).T @ np.linalg.inv(reduced)  # supercell rows in reduced coords
+                matrices.append((np.rint(rows).astype(np.int64) @ to_reduced).T)
+            return _choose(np.stack(matrices), cell)
+    return None
+
+
+def _count_hermite(n: int) -> int:
+    return sum(a * a * c for a in range(1, n + 1) if n % a == 0 for c in range(1, n // a + 1) if (n // a) % c == 0)
+
+
+def _hermite_forms(n: int) -> np.ndarray:
+    """All lower-triangular Hermite normal forms of determinant n: each sublattice of index n once."""
+    out = []
+    for a in range(1, n + 1):
+        if n % a:
+            continue
+        for c in range(1, n // a + 1):
+            if (n // a) % c:
+                continue
+            f = n // (a * c)
+            b, d, e = np.meshgrid(np.arange(a), np.arange(a), np.arange(c), indexing="ij")
+            forms = np.zeros((b.size, 3, 3), dtype=np.int64)
+            forms[:, 0, 0], forms[:, 1, 1], forms[:, 2, 2] = a, c, f
+            forms[:, 1, 0], forms[:, 2, 0], forms[:, 2, 1] = b.ravel(), d.ravel(), e.ravel()
+            out.append(forms)
+    return np.concatenate(out)
+
+
+def _wide_lattices(lattices: np.ndarray, min_length_a: float) -> np.ndarray:
+    """Which lattices (rows, shape (m, 3, 3)) have a basis with every width >= L: their reciprocal lattice
+    (rows of inv(S).T) has three independent vectors of length <= 1/L. Each reciprocal basis is first
+    reduced pair by pair, then its short combinations (coefficients -2..2) are collected."""
+    dual = np.linalg.inv(lattices).transpose(0, 2, 1)
+    for _ in range(12):  # pairwise (Gauss) reduction sweeps
+        for i, j in ((0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)):
+            bi, bj = dual[:, i], dual[:, j]
+            k = np.rint(np.einsum("mi,mi->m", bi, bj) / np.einsum("mi,mi->m", bj, bj))
+            dual[:, i] = bi - k[:, None] * bj
+    vectors = np.einsum("ck,mkj->mcj", _COMBINATIONS, dual)
+    short = np.linalg.norm(vectors, axis=-1) <= 1.0 / (min_length_a - _TOLERANCE_A)
+    gram = np.einsum("mc,mci,mcj->mij", short.astype(float), vectors, vectors)
+    scale = np.einsum("mii->m", gram) + 1e-300
+    return np.linalg.det(gram / scale[:, None, None]) > 1e-9
+
+
+def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: float) -> np.ndarray | None:
+    """Among integer row matrices P (supercell rows = P @ cell), the smallest wide enough one."""
+    sizes = np.abs(np.rint(np.linalg.det(rows_in_cell.astype(float)))).astype(np.int64)
+    ok = sizes > 0
+    ok[ok] = widths(rows_in_cell[ok] @ cell).min(axis=-1) >= min_length_a - _TOLERANCE_A
+    if not ok.any():
+        return None
+    wide = rows_in_cell[ok]
+    return _choose(np.transpose(wide, (0, 2, 1)), cell)
+
+
+def _choose(matrices: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Fewest cells, then widest, then fewest off-diagonal entries (phonopy convention matrices)."""
+    sizes = np.abs(np.rint(np.linalg.det(matrices.astype(float)))).astype(np.int64)
+    narrowest = widths(np.transpose(matrices, (0, 2, 1)) @ cell).min(axis=-1)
+    off_diagonal = np.count_nonzero(matrices * (1 - np.eye(3, dtype=np.int64)), axis=(1, 2))
+    order = np.lexsort((off_diagonal, -np.round(narrowest, 6), sizes))
+    chosen = matrices[order[0]]
+    if np.linalg.det(chosen.astype(float)) < 0:
+        chosen = -chosen  # the same lattice, right-handed (phonopy wants a positive determinant)
+    return chosen
+
+
+def supercell_size(matrix: np.ndarray) -> int:
+    """Unit cells in the supercell."""
+    return int(round(abs(np.linalg.det(np.asarray(matrix, dtype=float)))))

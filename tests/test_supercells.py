@@ -1,0 +1,194 @@
+"""Supercells sized by length, the accurate preset, dimensionality of bonded crystals, published fidelity
+(no atom limit, phonon failures counted as the published script counts them), potentials by name."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase import Atoms
+from ase.build import bulk, mx2
+from ase.geometry import cellpar_to_cell
+from ase.geometry.minkowski_reduction import minkowski_reduce
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from phononbench.ingest import InputStructure
+from phononbench.potentials import load_potential
+from phononbench.records import Col, Status, counts, is_relaxed
+from phononbench.settings import ACCURATE, PUBLISHED, preset
+from phononbench.stability import dimensionality, separated_by_vacuum
+from phononbench.supercells import supercell_for_length, supercell_size, widths
+from tests.helpers import batched
+
+
+def _smallest_by_brute_force(cell: np.ndarray, length: float, up_to: int) -> int | None:
+    """Every sublattice (Hermite normal form) of 1..up_to cells; wide enough when its reciprocal lattice,
+    Minkowski-reduced, has all three vectors no longer than 1/L (its widest basis then has every width >= L)."""
+    for n in range(1, up_to + 1):
+        for a in (a for a in range(1, n + 1) if n % a == 0):
+            for c in (c for c in range(1, n // a + 1) if (n // a) % c == 0):
+                f = n // (a * c)
+                for b, d, e in itertools.product(range(a), range(a), range(c)):
+                    rows = np.array([[a, 0, 0], [b, c, 0], [d, e, f]]) @ cell
+                    reduced, _ = minkowski_reduce(np.linalg.inv(rows).T)
+                    if np.linalg.norm(reduced, axis=1).max() <= 1 / length + 1e-9:
+                        return n
+    return None
+
+
+# cells and lengths (A) whose smallest supercells have 7-30 cells: the brute force stays quick
+CELLS = {
+    "hexagonal (hcp Mg)": (bulk("Mg", "hcp", a=3.21, c=5.21).cell[:], (8.0, 9.0)),
+    "fcc primitive (skewed, 60 degrees)": (bulk("Al", "fcc", a=4.05).cell[:], (6.0, 7.0)),
+    "triclinic": (cellpar_to_cell([4.1, 5.3, 6.2, 71.0, 103.0, 118.0]), (8.0, 10.0)),
+    "monoclinic, long c": (cellpar_to_cell([3.3, 3.9, 9.5, 90.0, 97.0, 90.0]), (8.0, 10.0)),
+}
+
+
+@pytest.mark.parametrize("name,length", [(name, length) for name, (_, lengths) in CELLS.items() for length in lengths])
+def test_supercell_by_length_is_wide_enough_and_the_smallest_such(name, length):
+    cell = CELLS[name][0]
+    matrix = supercell_for_length(cell, length)
+    assert np.allclose(matrix, np.rint(matrix)) and np.linalg.det(matrix) > 0
+    supercell = matrix.T @ cell  # phonopy's convention: columns of the unit cell times the matrix
+    assert widths(supercell).min() >= length - 1e-6
+    assert supercell_size(matrix) == _smallest_by_brute_force(cell, length, supercell_size(matrix))
+
+
+def test_the_hexagonal_supercell_is_smaller_than_any_diagonal_one():
+    cell = CELLS["hexagonal (hcp Mg)"][0]
+    matrix = supercell_for_length(cell, 8.0)
+    diagonal = np.prod(np.ceil(8.0 / widths(cell)))
+    assert supercell_size(matrix) == 12 < diagonal  # a sqrt(3) x sqrt(3) in-plane cell, not 3x3
+    assert np.count_nonzero(matrix - np.diag(np.diag(matrix))) > 0
+
+
+def test_supercell_setting_is_checked_before_any_work():
+    from phononbench.errors import SetupError
+
+    assert PUBLISHED.with_supercell("3x3x2").supercell == (3, 3, 2)
+    assert PUBLISHED.with_supercell("15A").supercell_min_length_a == 15.0
+    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9"):
+        with pytest.raises(SetupError, match="supercell"):
+            PUBLISHED.with_supercell(bad)
+    assert preset("accurate") is ACCURATE and ACCURATE.check() and ACCURATE.headline_verdict == "brillouin_zone"
+
+
+def _item(name, atoms):
+    return InputStructure(f"t/{name}", "t", name, AseAtomsAdaptor.get_structure(atoms))
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    return load_potential("chgnet")
+
+
+def test_a_verdict_flips_from_the_2x2x2_to_a_supercell_by_length(data_dir, chgnet):
+    """RbH (rock salt, stable in DFT): CHGNet on the published 2x2x2 (6.9 A wide) finds a soft mode below
+    -0.1 THz; on the smallest supercell 12 A wide, with the long-range noise cut off, it is stable."""
+    structure = Structure.from_file(data_dir / "phonondb_subset" / "poscar_unitcell" / "mp-24721.POSCAR-unitcell")
+    item = InputStructure("t/RbH", "t", "RbH", structure)
+    small = batched([item], chgnet, PUBLISHED)[0]
+    large = batched([item], chgnet, ACCURATE.with_supercell("12"))[0]
+    assert small.status == large.status == Status.OK
+    assert small.verdicts[-0.1] is False and small.bz_verdicts[-0.1] is False
+    assert large.bz_verdicts[-0.1] is True and large.verdicts[-0.1] is True
+    assert small.supercell_matrix == [2, 0, 0, 0, 2, 0, 0, 0, 2] and small.n_supercell_atoms == 8 * len(structure)
+    matrix = np.reshape(large.supercell_matrix, (3, 3))
+    assert large.n_supercell_atoms == supercell_size(matrix) * len(structure) > small.n_supercell_atoms
+    cell = AseAtomsAdaptor.get_atoms(Structure.from_str(large.relaxed_cif, fmt="cif")).cell[:]
+    assert widths(matrix.T @ cell).min() >= 12.0 - 0.05  # the relaxed cell (its CIF rounds the lattice)
+
+
+# Dimensionality: experimental lattice constants (A)
+def _graphite():
+    a, c = 2.464, 6.711
+    return Atoms("C4", cell=[[a, 0, 0], [-a / 2, a * 3 ** 0.5 / 2, 0], [0, 0, c]], pbc=True,
+                 scaled_positions=[[0, 0, 0.25], [0, 0, 0.75], [1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+
+
+def _bulk_mos2():
+    a, c, z = 3.16, 12.29, 0.621  # 2H-MoS2, P6_3/mmc
+    return Atoms("Mo2S4", cell=[[a, 0, 0], [-a / 2, a * 3 ** 0.5 / 2, 0], [0, 0, c]], pbc=True,
+                 scaled_positions=[[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75], [1 / 3, 2 / 3, z],
+                                   [1 / 3, 2 / 3, 0.5 - z], [2 / 3, 1 / 3, z - 0.5], [2 / 3, 1 / 3, 1 - z]])
+
+
+def _solid_co2():
+    """Dry ice, Pa-3, a = 5.62 A, O at (x, x, x) with x = 0.1185: CO2 molecules 3.1 A apart."""
+    from pymatgen.core import Lattice
+
+    return AseAtomsAdaptor.get_atoms(Structure.from_spacegroup("Pa-3", Lattice.cubic(5.624), ["C", "O"],
+                                                               [[0, 0, 0], [0.1185, 0.1185, 0.1185]]))
+
+
+CRYSTALS = {
+    "fcc Al": (bulk("Al", "fcc", a=4.05), "3D", False), "bcc Li": (bulk("Li", "bcc", a=3.51), "3D", False),
+    "fcc Pb": (bulk("Pb", "fcc", a=4.95), "3D", False), "bcc Na": (bulk("Na", "bcc", a=4.23), "3D", False),
+    "fcc Cu": (bulk("Cu", "fcc", a=3.61), "3D", False), "hcp Mg": (bulk("Mg", "hcp", a=3.21, c=5.21), "3D", False),
+    "rock salt NaCl": (bulk("NaCl", "rocksalt", a=5.64), "3D", False),
+    "perovskite SrTiO3": (Atoms("SrTiO3", cell=[3.905] * 3, pbc=True, scaled_positions=[
+        [0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]), "3D", False),
+    # van der Waals layers: bonded in 2D, but the layers touch: a crystal, not layers in vacuum
+    "graphite": (_graphite(), "2D", False), "bulk MoS2": (_bulk_mos2(), "2D", False),
+    "MoS2 monolayer in vacuum": (mx2("MoS2", a=3.16, vacuum=8.0), "2D", True),
+    "molecular crystal (dry ice)": (_solid_co2(), "0D", False),
+    "carbon chain": (Atoms("C2", positions=[[0, 0, 0], [0, 0, 1.28]], cell=[10, 10, 2.56], pbc=True), "1D", True),
+    "atom in a box": (Atoms("Ar", cell=[9, 9, 9], pbc=True), "0D", True),
+}
+
+
+@pytest.mark.parametrize("name", CRYSTALS)
+def test_dimensionality_of_bonded_crystals(name):
+    atoms, bonded, vacuum = CRYSTALS[name]
+    atoms = atoms.copy()
+    atoms.pbc = True
+    assert dimensionality(atoms) == bonded
+    assert separated_by_vacuum(atoms) is vacuum
+
+
+def test_a_64_atom_cell_is_computed_under_the_published_preset():
+    emt = load_potential("emt")
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 4))
+    assert len(cell) == 64
+    row = batched([_item("Cu64", cell)], emt, PUBLISHED)[0]
+    assert row.status == Status.OK and row.n_supercell_atoms == 512 and row.verdicts[-0.1] is True
+    assert PUBLISHED.max_atoms is None
+
+
+def test_phonon_failures_counted_as_the_published_script_counts_them():
+    """A structure whose force constants never exist (here: its supercell is over the cap) is not 'relaxed' in
+    the published count; one that failed after them is relaxed and unstable; both are in n_phonon_failed."""
+    emt = load_potential("emt")
+    capped = PUBLISHED.with_overrides(max_supercell_atoms=16)
+    rows = batched([_item("Cu1", bulk("Cu", "fcc", a=3.61)), _item("Cu4", bulk("Cu", "fcc", a=3.61, cubic=True))],
+                   emt, capped)
+    assert rows[0].status == Status.OK and rows[0].has_force_constants is True  # 8 atoms: under the cap
+    assert rows[1].status == Status.PHONON_FAILED and rows[1].has_force_constants is False
+    assert "32 atoms, above the cap of 16" in rows[1].error
+    frame = pd.DataFrame([r.to_row(capped.thresholds_thz) for r in rows])
+    late = frame.iloc[[0]].assign(**{Col.STATUS: "phonon_failed"})  # failed after its force constants
+    frame = pd.concat([frame, late], ignore_index=True)
+    assert is_relaxed(frame).tolist() == [True, False, True]
+    tally = counts(frame, capped.thresholds_thz)
+    assert (tally[Col.N_RELAXED], tally[Col.N_PHONON], tally[Col.N_PHONON_FAILED]) == (2, 1, 2)
+    assert tally["n_stable_at"][-0.1] == 1
+
+
+@pytest.mark.parametrize("name,file", [("sevennet-l3i5", "checkpoint_l3i5.pth"), ("sevennet-0", "checkpoint_sevennet_0.pth"),
+                                       ("sevennet-mf-0", "checkpoint_sevennet_mf_0.pth")])
+def test_sevennet_potentials_by_name_record_their_weights(name, file):
+    potential = load_potential(name)
+    described = potential.describe()
+    assert described["model"] == name and described["checkpoint"].endswith(file)
+    assert len(described["checkpoint_sha256"]) == 64
+    assert described["modal"] == ("PBE" if name == "sevennet-mf-0" else None)
+    silicon = bulk("Si", "diamond", a=5.43)
+    silicon.rattle(0.02, seed=3)
+    from phononbench.potentials import predict_with_torchsim
+
+    through_torchsim = predict_with_torchsim(potential.torchsim_model(), [silicon], stress=False)[0].forces
+    assert np.allclose(through_torchsim, potential.forces([silicon])[0], atol=1e-4)
