@@ -28,6 +28,9 @@ COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH,
            Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, Col.MODEL, Col.PROTOCOL, Col.RUN]
 PUBLISHED_RUN = "published"  # the Col.RUN of the paper's rows
 PUBLISHED_RATE = "published_rate"  # a published row's rate at its own threshold (Col.THRESHOLD_THZ)
+PUBLISHED_STABLE, PUBLISHED_RELAXED = "published_n_stable", "published_n_relaxed"  # its counts, where given
+COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.N_INPUT, Col.N_UNIQUE,
+          Col.N_DECIDED, PUBLISHED_STABLE, PUBLISHED_RELAXED]
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 
 
@@ -128,13 +131,17 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
     return board[COLUMNS]
 
 
-def published_rows(thresholds_thz=(-0.1, -0.001)) -> pd.DataFrame:
+def published_rows(thresholds_thz=(-0.1, -0.001), brillouin_zone: bool = False) -> pd.DataFrame:
     """The published figures as leaderboard rows, each labelled with its threshold: the PhononBench README's
     table (``data/published_phononbench.csv``, -0.001 THz, counts) and the paper's v3 figures
     (``data/published_phononbench_v3.csv``, -0.1 THz, rates only); see data/SOURCES.md. A figure goes in the
     headline column only when its threshold is the board's headline, in the strict column only when it is the
-    strict one: never a -0.001 THz rate beside a -0.1 THz one as if they were the same measure."""
+    strict one: never a -0.001 THz rate beside a -0.1 THz one as if they were the same measure. On a board
+    ranked by the Brillouin-zone verdict (``brillouin_zone``) no published figure (published path) is in
+    those columns at all."""
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
+    if brillouin_zone:
+        headline = strict = float("nan")  # never equal to a published threshold
     rows = []
     for r in _published_table("data/published_phononbench.csv").itertuples(index=False):
         n, k = int(r.relaxed), int(r.dynamically_stable)
@@ -143,7 +150,7 @@ def published_rows(thresholds_thz=(-0.1, -0.001)) -> pd.DataFrame:
     for r in _published_table("data/published_phononbench_v3.csv").itertuples(index=False):
         rows.append(_published_row(f"{r.model} (paper v3)", float(r.threshold_thz), float(r.stability_rate), None,
                                    r.structures, None, r.potential, "PhononBench paper v3", headline, strict))
-    return pd.DataFrame(rows, columns=COLUMNS + [PUBLISHED_RATE])
+    return pd.DataFrame(rows, columns=COLUMNS + [PUBLISHED_RATE, PUBLISHED_STABLE, PUBLISHED_RELAXED])
 
 
 def _published_table(name: str) -> pd.DataFrame:
@@ -155,10 +162,12 @@ def _published_row(label, threshold, rate, counts_kn, n_input, n_unique, potenti
     low, high = analysis.wilson_interval(*counts_kn) if counts_kn else (float("nan"), float("nan"))
     nan = float("nan")
     at_headline, at_strict = threshold == headline, threshold == strict
+    stable, relaxed = counts_kn if counts_kn else (None, None)
     return {Col.RANK: None, Col.GENERATOR: f"{label}, {threshold:g} THz",
             Col.STABILITY_RATE: rate if at_headline else nan, Col.CI_LOW: low if at_headline else nan,
             Col.CI_HIGH: high if at_headline else nan,
-            Col.N_STABLE: counts_kn[0] if counts_kn else None, Col.N_RELAXED: counts_kn[1] if counts_kn else None,
+            Col.N_STABLE: stable if at_headline else None, Col.N_RELAXED: relaxed if at_headline else None,
+            PUBLISHED_STABLE: stable, PUBLISHED_RELAXED: relaxed,
             Col.STABILITY_RATE_BZ: nan, Col.N_STABLE_BZ: None, Col.N_STABLE_NOT_3D: None,
             Col.STRICT_STABILITY_RATE: rate if at_strict else nan,
             Col.N_INPUT: None if pd.isna(n_input) else int(n_input),
@@ -175,15 +184,16 @@ def entry_name(row) -> str:
 
 
 def _cell(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+    return "-" if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
 def _count(value) -> str:
     return "-" if value is None or pd.isna(value) else str(int(value))
 
 
-def to_markdown(board: pd.DataFrame, headline: float) -> str:
-    lines = [f"| rank | generator | stable at {headline:g} THz (95% CI) | stable / relaxed | Brillouin zone | "
+def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = False) -> str:
+    verdict = ", Brillouin zone" if brillouin_zone else ""
+    lines = [f"| rank | generator | stable at {headline:g} THz{verdict} (95% CI) | stable / relaxed | Brillouin zone | "
              "stable, not 3D | strict | input | unique | model |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ours = board[board[Col.RUN] != PUBLISHED_RUN]
@@ -209,18 +219,20 @@ def to_markdown(board: pd.DataFrame, headline: float) -> str:
 def _published_percent(row) -> str:
     """A published rate as precise as its source: counts give one decimal, the paper's rates two."""
     rate = row[PUBLISHED_RATE]
-    return percent(rate) if pd.notna(row[Col.N_RELAXED]) else f"{100 * rate:.2f}%"
+    return percent(rate) if pd.notna(row[PUBLISHED_RELAXED]) else f"{100 * rate:.2f}%"
 
 
 def _published_interval(row) -> tuple[str, str]:
-    if pd.isna(row[Col.N_RELAXED]):
+    if pd.isna(row[PUBLISHED_RELAXED]):
         return "", ""
-    low, high = analysis.wilson_interval(int(row[Col.N_STABLE]), int(row[Col.N_RELAXED]))
+    low, high = analysis.wilson_interval(int(row[PUBLISHED_STABLE]), int(row[PUBLISHED_RELAXED]))
     return percent(low), percent(high)
 
 
 def _ratio(row) -> str:
-    return "-" if pd.isna(row[Col.N_RELAXED]) else f"{int(row[Col.N_STABLE]):,}/{int(row[Col.N_RELAXED]):,}"
+    if pd.isna(row[PUBLISHED_RELAXED]):
+        return "-"
+    return f"{int(row[PUBLISHED_STABLE]):,}/{int(row[PUBLISHED_RELAXED]):,}"
 
 
 def _png(path: Path) -> str:
@@ -254,7 +266,7 @@ def _html_rows(board: pd.DataFrame, columns) -> str:
     return "".join(body)
 
 
-def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> str:
+def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brillouin_zone: bool = False) -> str:
     """One self-contained page: a sortable table (and the published rows, if any) and the plots inlined."""
     headline = thresholds_thz[0]
     ours, published = board[board[Col.RUN] != PUBLISHED_RUN], board[board[Col.RUN] == PUBLISHED_RUN]
@@ -272,7 +284,8 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
     columns = [
         ("rank", lambda r: _count(r[Col.RANK]), Col.RANK),
         ("generator", entry_name, Col.GENERATOR),
-        (f"stable at {headline:g} THz", lambda r: percent(r[Col.STABILITY_RATE]), Col.STABILITY_RATE),
+        (f"stable at {headline:g} THz" + (", Brillouin zone" if brillouin_zone else ""),
+         lambda r: percent(r[Col.STABILITY_RATE]), Col.STABILITY_RATE),
         ("95% CI", lambda r: f"{percent(r[Col.CI_LOW])} - {percent(r[Col.CI_HIGH])}", Col.CI_LOW),
         ("stable", lambda r: _count(r[Col.N_STABLE]), Col.N_STABLE),
         ("relaxed", lambda r: _count(r[Col.N_RELAXED]), Col.N_RELAXED),
@@ -290,8 +303,8 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
             ("published", lambda r: str(r[Col.GENERATOR]), Col.GENERATOR),
             ("threshold (THz)", lambda r: f"{r[Col.THRESHOLD_THZ]:g}", Col.THRESHOLD_THZ),
             ("stable rate", _published_percent, PUBLISHED_RATE),
-            ("95% CI", lambda r: " - ".join(_published_interval(r)) if _published_interval(r)[0] else "-", None),
-            ("stable / relaxed", _ratio, Col.N_RELAXED),
+            ("95% CI", lambda r: " - ".join(_published_interval(r)) if _published_interval(r)[0] else "-", PUBLISHED_RATE),
+            ("stable / relaxed", _ratio, PUBLISHED_RELAXED),
             ("generated", lambda r: _count(r[Col.N_INPUT]), Col.N_INPUT),
             ("source", lambda r: str(r[Col.PROTOCOL]), Col.PROTOCOL),
         ]
@@ -307,8 +320,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz) -> st
 th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}th{{cursor:pointer;background:#f4f4f4}}
 td:nth-child(2),th:nth-child(2){{text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>PhononBench leaderboard</h1>
-<p>Dynamically stable (lowest phonon frequency &ge; {headline:g} THz on the published q-points) over successfully
-relaxed structures, per generator; "Brillouin zone" is the same over the true high-symmetry path, the commensurate
+<p>Dynamically stable (lowest phonon frequency &ge; {headline:g} THz {"over the Brillouin zone: the high-symmetry path, the commensurate q-points and a mesh" if brillouin_zone else "on the published q-points"}) over relaxed structures, per generator; "Brillouin zone" is the same over the true high-symmetry path, the commensurate
 q-points and a mesh; click a column to sort.</p>
 <table id="leaderboard"><thead><tr>{header}</tr></thead>
 <tbody>{_html_rows(ours, columns)}</tbody></table>
@@ -336,15 +348,18 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -
     structures, infos = load_runs(run_dirs)
     thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
     board = build(structures, thresholds, infos)
+    bz = headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
     if with_published:
-        board = pd.concat([board, published_rows(thresholds)], ignore_index=True)
+        board = pd.concat([board, published_rows(thresholds, bz)], ignore_index=True)
+        board[[c for c in COUNTS if c in board]] = board[[c for c in COUNTS if c in board]].astype("Int64")
     if fmt == "md":
-        return to_markdown(board, thresholds[0])
+        return to_markdown(board, thresholds[0], bz)
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":
         plain = board.astype(object).where(board.notna(), None)  # JSON has null, not NaN
         records = [{str(k): v for k, v in row.items()} for row in plain.to_dict(orient="records")]
-        return json.dumps({"headline_threshold_thz": thresholds[0], "rows": records},
+        return json.dumps({"headline_threshold_thz": thresholds[0],
+                           "headline_verdict": "brillouin_zone" if bz else "path", "rows": records},
                           indent=2, default=float)
-    return to_html(board, structures, thresholds)
+    return to_html(board, structures, thresholds, bz)

@@ -27,6 +27,7 @@ from phononbench.errors import reason
 from phononbench.ingest import InputStructure
 from phononbench.phonons import (
     band_structure,
+    SupercellTooLarge,
     supercell_matrix,
     brillouin_zone_qpoints,
     force_constants_many,
@@ -150,7 +151,9 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
             rows[k].min_frequency_bz_source, rows[k].bz_verdicts = bz.source, bz.stable
         except Exception as exc:
             rows[k].status, rows[k].error = Status.PHONON_FAILED, reason(exc)
-            rows[k].has_force_constants = bool(rows[k].has_force_constants)
+            # a supercell over the cap was our choice not to compute: it stays in the count, as unstable
+            if not isinstance(exc, SupercellTooLarge):
+                rows[k].has_force_constants = bool(rows[k].has_force_constants)
             # counts as unstable, as published, on both verdicts
             rows[k].verdicts = {t: False for t in protocol.thresholds_thz}
             rows[k].bz_verdicts = {t: False for t in protocol.thresholds_thz}

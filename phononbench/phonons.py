@@ -46,6 +46,10 @@ def to_ase_atoms(cell: PhonopyAtoms) -> Atoms:
     return Atoms(symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, pbc=True)
 
 
+class SupercellTooLarge(ValueError):
+    """The supercell has more atoms than the protocol's cap (max_supercell_atoms)."""
+
+
 def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (2, 2, 2),
                      min_length_a: float | None = None, max_atoms: int | None = None) -> np.ndarray:
     """The supercell matrix (phonopy's convention) for this cell: the fixed diagonal one, or the smallest
@@ -59,7 +63,7 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
     n_atoms = supercell_size(matrix) * len(unitcell)
     if max_atoms is not None and n_atoms > max_atoms:
         wanted = "x".join(map(str, supercell)) if supercell is not None else f"at least {min_length_a:g} A wide"
-        raise ValueError(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
+        raise SupercellTooLarge(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
                          "(max_supercell_atoms)")
     return matrix
 

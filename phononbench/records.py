@@ -140,7 +140,7 @@ class StructureResult:
     energy_per_atom_ev: float | None = _column(pa.float64())
     spacegroup_number: int | None = _column(pa.int16())
     crystal_system: str | None = _column(pa.string())
-    dimensionality: str | None = _column(pa.string())  # of the relaxed bonded network: "3D", "2D", "0D", "2D+0D", ...
+    dimensionality: str | None = _column(pa.string())  # of the relaxed bonded network: "3D", "2D", "0D", "02D", ...
     separated_by_vacuum: bool | None = _column(pa.bool_())  # pieces not even in van der Waals contact
     relax_steps: int | None = _column(pa.int32())  # FIRE steps over all cycles
     relax_cycles: int | None = _column(pa.int16())
@@ -148,7 +148,8 @@ class StructureResult:
     n_displacements: int | None = _column(pa.int32())
     supercell_matrix: list[int] | None = _column(pa.list_(pa.int32(), 9))  # phonopy's convention, row by row
     n_supercell_atoms: int | None = _column(pa.int32())
-    # phonopy produced force constants: the published script's "relaxed" (it writes the relaxed CIF then)
+    # phonopy produced force constants: the published script's "relaxed" (it writes the relaxed CIF then);
+    # False only where the forces or phonopy failed before them (None: not attempted, e.g. over the atom cap)
     has_force_constants: bool | None = _column(pa.bool_())
     phonon_method: str | None = _column(pa.string())  # "supercell" (full protocol) or "gamma_screen" (tiered)
     min_frequency_thz: float | None = _column(pa.float64())
@@ -253,8 +254,10 @@ def is_relaxed(rows: pd.DataFrame) -> pd.Series:
     unstable; a failure of the displaced supercells' forces or of phonopy before them leaves the count
     (``n_phonon_failed`` shows every phonon failure)."""
     status = rows[Col.STATUS]
-    with_constants = rows[Col.HAS_FORCE_CONSTANTS] if Col.HAS_FORCE_CONSTANTS in rows else False
-    return (status == Status.OK) | ((status == Status.PHONON_FAILED) & (with_constants == True))  # noqa: E712
+    if Col.HAS_FORCE_CONSTANTS not in rows:  # a run from before the column: every phonon failure counted
+        return status.isin([str(s) for s in RELAXED_STATUSES])
+    never_made = rows[Col.HAS_FORCE_CONSTANTS].astype(object) == False  # noqa: E712 (None: not known, counted)
+    return (status == Status.OK) | ((status == Status.PHONON_FAILED) & ~never_made)
 
 
 def is_stable(rows: pd.DataFrame, threshold_thz: float) -> pd.Series:

@@ -92,8 +92,21 @@ class Protocol:
                                  f"positive threshold calls stable crystals unstable (did you mean {-t:g}?)",
                                  setting="thresholds_thz")
         if (self.supercell is None) == (self.supercell_min_length_a is None):
-            raise SetupError("give either a supercell (2x2x2) or a minimum supercell length in A, not both",
+            raise SetupError("give exactly one of a supercell (2x2x2) and a minimum supercell length in A",
                              setting="supercell")
+        if self.supercell is not None and not (len(self.supercell) == 3 and all(
+                isinstance(n, int) and 1 <= n <= MAX_SUPERCELL_REPEATS for n in self.supercell)):
+            raise SetupError(f"supercell {self.supercell}: three whole numbers from 1 to {MAX_SUPERCELL_REPEATS}",
+                             setting="supercell")
+        length = self.supercell_min_length_a
+        if length is not None and not (isinstance(length, (int, float)) and
+                                       MIN_SUPERCELL_LENGTH_A <= length <= MAX_SUPERCELL_LENGTH_A):
+            raise SetupError(f"supercell length {length} A: give {MIN_SUPERCELL_LENGTH_A:g} to "
+                             f"{MAX_SUPERCELL_LENGTH_A:g} A", setting="supercell")
+        if self.force_constants_cutoff_at_half_width and (length or 0) < MIN_LENGTH_FOR_CUTOFF_A:
+            raise SetupError(f"the force-constant cutoff at half the supercell's width needs supercells at least "
+                             f"{MIN_LENGTH_FOR_CUTOFF_A:g} A wide (a smaller one would cut real neighbours off); "
+                             "give --supercell with a larger length", setting="supercell")
         if self.headline_verdict not in HEADLINE_VERDICTS:
             raise SetupError(f"headline_verdict must be one of {', '.join(HEADLINE_VERDICTS)} "
                              f"(got {self.headline_verdict!r})", setting="headline_verdict")
@@ -130,16 +143,17 @@ class Protocol:
         try:
             if "x" in spec:
                 sizes = tuple(int(n) for n in spec.split("x"))
-                if len(sizes) != 3 or min(sizes) < 1:
+                if len(sizes) != 3 or min(sizes) < 1 or max(sizes) > MAX_SUPERCELL_REPEATS:
                     raise ValueError
                 return dataclasses.replace(self, supercell=sizes, supercell_min_length_a=None)
             length = float(spec.removesuffix("a"))
-            if not (math.isfinite(length) and 0 < length <= 100):
+            if not (math.isfinite(length) and MIN_SUPERCELL_LENGTH_A <= length <= MAX_SUPERCELL_LENGTH_A):
                 raise ValueError
             return dataclasses.replace(self, supercell=None, supercell_min_length_a=length)
         except ValueError:
-            raise SetupError(f"supercell {text!r}: give NxNxN (e.g. 2x2x2) or a minimum width in A between 0 "
-                             "and 100 (e.g. 15)", setting="supercell") from None
+            raise SetupError(f"supercell {text!r}: give NxNxN (e.g. 2x2x2) or a minimum width in A from "
+                             f"{MIN_SUPERCELL_LENGTH_A:g} to {MAX_SUPERCELL_LENGTH_A:g} (e.g. 15)",
+                             setting="supercell") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,6 +168,9 @@ class Protocol:
 
 
 HEADLINE_VERDICTS = ("path", "brillouin_zone")
+MIN_SUPERCELL_LENGTH_A, MAX_SUPERCELL_LENGTH_A = 3.0, 50.0  # a supercell by length (A)
+MAX_SUPERCELL_REPEATS = 20  # per axis, for NxNxN
+MIN_LENGTH_FOR_CUTOFF_A = 10.0  # half of it (5 A) keeps every first and second neighbour
 
 PUBLISHED = Protocol()
 

@@ -59,9 +59,10 @@ def assess_brillouin_zone(samples: dict[str, BandStructure], thresholds_thz: tup
 
 
 # Bonded when closer than BOND_SCALE x the sum of covalent radii: covalent, ionic and metallic nearest neighbours
-# (fcc Al at 1.18, fcc Pb at 1.20, bcc Li at 1.19, NaCl at 1.05), not van der Waals contacts (graphite's layers
-# at 2.2, bulk MoS2's at 1.66, solid I2's molecules at 1.26).
-BOND_SCALE = 1.25
+# (fcc Al at 1.18, fcc Pb at 1.20, bcc Li at 1.19, rock-salt LiH at 1.28, NaCl at 1.05), not van der Waals
+# contacts (graphite's layers at 2.2, bulk MoS2's at 1.66, dry ice's molecules at 2.2; solid I2's, at 1.26, are
+# counted bonded).
+BOND_SCALE = 1.3
 # In contact when closer than the sum of van der Waals radii plus this margin: van der Waals-stacked layers and
 # molecular crystals are in contact; a molecule, chain or layer with vacuum around it is not.
 CONTACT_MARGIN_A = 1.0
@@ -72,7 +73,8 @@ def dimensionality(atoms) -> str:
     """Dimensionality of the bonded network (ASE's rank determination over bonds of BOND_SCALE): "3D" for a
     crystal bonded in three dimensions; "2D" for van der Waals layers (graphite, bulk MoS2) as for a layer in
     vacuum, "0D" for molecules (a molecular crystal, a molecule or a lone atom in a box), "1D" for chains,
-    mixtures like "2D+0D". Whether the pieces touch is ``separated_by_vacuum``."""
+    and ASE's codes for mixtures, e.g. "03D" (molecules beside a 3D network). Whether the pieces touch is
+    ``separated_by_vacuum``."""
     from ase.data import covalent_radii
 
     return _network(atoms, BOND_SCALE * covalent_radii[atoms.numbers] / 1.0)
@@ -88,7 +90,7 @@ def separated_by_vacuum(atoms) -> bool:
 
 
 def _network(atoms, radii: np.ndarray) -> str:
-    """ASE's dimensionality type ("3D", "2D+0D", ...) of the network joining atoms closer than r_i + r_j."""
+    """ASE's dimensionality type ("3D", "02D", ...) of the network joining atoms closer than r_i + r_j."""
     from ase.geometry.dimensionality.interval_analysis import build_dimtype
     from ase.geometry.dimensionality.rank_determination import RDA
     from ase.neighborlist import neighbor_list

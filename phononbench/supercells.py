@@ -52,6 +52,8 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float) -> np.ndarr
     cell = np.asarray(cell_rows, dtype=float)
     if not (math.isfinite(min_length_a) and min_length_a > 0):
         raise ValueError(f"supercell length must be positive (got {min_length_a})")
+    if not (np.all(np.isfinite(cell)) and abs(np.linalg.det(cell)) > 1e-3 and widths(cell).min() > 1e-2):
+        raise ValueError("a supercell by length needs a cell with a volume and widths (a flat or singular cell)")
     reduced, to_reduced = minkowski_reduce(cell)  # reduced = to_reduced @ cell
     to_reduced = np.asarray(to_reduced, dtype=np.int64)
     candidates = []
@@ -79,8 +81,11 @@ def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarra
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
     sizes = range(max(1, n_from), n_bound)
-    if sum(_count_hermite(n) for n in sizes) > EXHAUSTIVE_BUDGET:
-        return None
+    total = 0
+    for n in sizes:
+        total += _count_hermite(n)
+        if total > EXHAUSTIVE_BUDGET:
+            return None
     for n in sizes:
         forms = _hermite_forms(n)  # rows in the reduced basis
         ok = _wide_lattices(forms @ reduced, min_length_a)

@@ -38,6 +38,7 @@ def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     """A labelled duplicate (two ids of one crystal) takes the verdict of the structure it duplicates."""
     rows = rows.copy()
     columns = [Col.STATUS, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ]
+    columns += [c for c in (Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.HAS_FORCE_CONSTANTS) if c in rows]
     columns += [verdict_column(t) for t in thresholds_thz] + [bz_verdict_column(t) for t in thresholds_thz]
     by_id = rows.set_index(Col.STRUCTURE_ID)
     keep = []
@@ -116,7 +117,8 @@ def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
     for t in thresholds_thz:
         report[f"{t:g}"] = scores(is_stable(merged, t), dft_stable)  # the published path
         report[f"bz {t:g}"] = scores(is_stable_bz(merged, t), dft_stable)  # the Brillouin zone
-        report[f"commensurate {t:g}"] = scores(predicted_stable(merged, "commensurate", t), dft_stable)
+        if Col.MIN_FREQUENCY_COMMENSURATE_THZ in merged:  # runs from before the column have no such verdict
+            report[f"commensurate {t:g}"] = scores(predicted_stable(merged, "commensurate", t), dft_stable)
     return report
 
 
@@ -136,6 +138,8 @@ def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> p
                      else f">={protocol.get('supercell_min_length_a'):g} A")
         for verdict, prefix in (("path", ""), ("brillouin_zone", "bz "), ("commensurate", "commensurate ")):
             for t in thresholds:
+                if f"{prefix}{t:g}" not in report:
+                    continue
                 r = report[f"{prefix}{t:g}"]
                 out.append({"run": name, "potential": info["potential"]["model"], "supercell": supercell,
                             "verdict": verdict, "threshold_thz": t, "n": r["n"], "accuracy": r["accuracy"],
@@ -143,20 +147,20 @@ def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> p
                             "f1_stable": r["f1"], "f1_unstable": r["f1_unstable"],
                             "false_unstable_rate": r["false_unstable_rate"], **r["confusion"],
                             "mean_supercell_atoms": report["cost"]["mean_supercell_atoms"],
-                            "cpu_s_per_structure": report["cost"]["mean_relax_s"] + report["cost"]["mean_phonon_s"]})
+                            "wall_s_per_structure": report["cost"]["mean_relax_s"] + report["cost"]["mean_phonon_s"]})
     return pd.DataFrame(out)
 
 
 def to_markdown(board: pd.DataFrame) -> str:
     """The validation table (``table``) as Markdown, as docs/VALIDATION.md shows it."""
     lines = ["| run | potential | supercell | verdict | threshold (THz) | n | accuracy (95% Wilson) | F1 stable | "
-             "F1 imaginary | false unstable | TP | FP | FN | TN | supercell atoms | CPU s / structure |",
+             "F1 imaginary | false unstable | TP | FP | FN | TN | supercell atoms | wall s / structure |",
              "|" + "---|" * 16]
     for r in board.itertuples(index=False):
         lines.append(f"| {r.run} | {r.potential} | {r.supercell} | {r.verdict} | {r.threshold_thz:g} | {r.n} | "
                      f"{r.accuracy:.3f} ({r.accuracy_low:.3f}-{r.accuracy_high:.3f}) | {r.f1_stable:.3f} | "
                      f"{r.f1_unstable:.3f} | {r.false_unstable_rate:.3f} | {r.tp} | {r.fp} | {r.fn} | {r.tn} | "
-                     f"{r.mean_supercell_atoms:.0f} | {r.cpu_s_per_structure:.1f} |")
+                     f"{r.mean_supercell_atoms:.0f} | {r.wall_s_per_structure:.1f} |")
     return "\n".join(lines) + "\n"
 
 

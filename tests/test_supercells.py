@@ -71,10 +71,12 @@ def test_supercell_setting_is_checked_before_any_work():
 
     assert PUBLISHED.with_supercell("3x3x2").supercell == (3, 3, 2)
     assert PUBLISHED.with_supercell("15A").supercell_min_length_a == 15.0
-    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9"):
+    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9", "1e-300", "100x100x100"):
         with pytest.raises(SetupError, match="supercell"):
             PUBLISHED.with_supercell(bad)
     assert preset("accurate") is ACCURATE and ACCURATE.check() and ACCURATE.headline_verdict == "brillouin_zone"
+    with pytest.raises(SetupError, match="cutoff"):  # half of a 2x2x2's width would cut real neighbours off
+        ACCURATE.with_supercell("2x2x2").check()
 
 
 def _item(name, atoms):
@@ -160,22 +162,39 @@ def test_a_64_atom_cell_is_computed_under_the_published_preset():
 
 
 def test_phonon_failures_counted_as_the_published_script_counts_them():
-    """A structure whose force constants never exist (here: its supercell is over the cap) is not 'relaxed' in
-    the published count; one that failed after them is relaxed and unstable; both are in n_phonon_failed."""
+    """The published script counts a structure as relaxed once its force constants exist: a failure of the
+    forces (here NaN forces from the potential) leaves the count, a failure after them does not; a supercell
+    over our own atom cap is our choice, so it stays in the count as unstable. All are in n_phonon_failed."""
     emt = load_potential("emt")
     capped = PUBLISHED.with_overrides(max_supercell_atoms=16)
     rows = batched([_item("Cu1", bulk("Cu", "fcc", a=3.61)), _item("Cu4", bulk("Cu", "fcc", a=3.61, cubic=True))],
                    emt, capped)
     assert rows[0].status == Status.OK and rows[0].has_force_constants is True  # 8 atoms: under the cap
-    assert rows[1].status == Status.PHONON_FAILED and rows[1].has_force_constants is False
+    assert rows[1].status == Status.PHONON_FAILED and rows[1].has_force_constants is None
     assert "32 atoms, above the cap of 16" in rows[1].error
-    frame = pd.DataFrame([r.to_row(capped.thresholds_thz) for r in rows])
+
+    class NaNForces:  # a potential whose supercell forces are not numbers: phonopy never gets force constants
+        def relax(self, structures, protocol):
+            return batched_engine.relax(structures, protocol)
+
+        def forces(self, supercells):
+            return [np.full((len(s), 3), np.nan) for s in supercells]
+
+    from phononbench import method
+    from phononbench.engines import make_engine
+
+    batched_engine = make_engine("batched", emt)
+    failed = method.compute([_item("Cu1b", bulk("Cu", "fcc", a=3.61))], NaNForces(), PUBLISHED)[0]
+    assert failed.status == Status.PHONON_FAILED and failed.has_force_constants is False
+    frame = pd.DataFrame([r.to_row(capped.thresholds_thz) for r in [*rows, failed]])
     late = frame.iloc[[0]].assign(**{Col.STATUS: "phonon_failed"})  # failed after its force constants
     frame = pd.concat([frame, late], ignore_index=True)
-    assert is_relaxed(frame).tolist() == [True, False, True]
+    assert is_relaxed(frame).tolist() == [True, True, False, True]
     tally = counts(frame, capped.thresholds_thz)
-    assert (tally[Col.N_RELAXED], tally[Col.N_PHONON], tally[Col.N_PHONON_FAILED]) == (2, 1, 2)
+    assert (tally[Col.N_RELAXED], tally[Col.N_PHONON], tally[Col.N_PHONON_FAILED]) == (3, 1, 3)
     assert tally["n_stable_at"][-0.1] == 1
+    # a run from before the column: every phonon failure counted, as then
+    assert is_relaxed(frame.drop(columns=[Col.HAS_FORCE_CONSTANTS])).tolist() == [True, True, True, True]
 
 
 @pytest.mark.parametrize("name,file", [("sevennet-l3i5", "checkpoint_l3i5.pth"), ("sevennet-0", "checkpoint_sevennet_0.pth"),
