@@ -40,7 +40,7 @@ class UploadRefused(ValueError):
 @dataclass(frozen=True)
 class Limits:
     max_upload_bytes: int = 512 * 1024
-    max_atoms: int = 40  # in the uploaded cell: the published protocol's limit (a 2x2x2 supercell of 320)
+    max_atoms: int = 40  # in the uploaded cell, to keep one check quick (a 2x2x2 supercell of 320)
 
 
 def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: float = 0.5):

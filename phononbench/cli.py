@@ -394,7 +394,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     checks: Annotated[Path, typer.Option(help="Folder of the structure checks (each a run folder of its own).")] = Path("runs/checks"),
     max_upload_kb: Annotated[int, typer.Option(help="Largest structure file a check accepts (KiB).")] = 512,
-    max_atoms: Annotated[int, typer.Option(help="Most atoms in a checked cell (the published protocol's limit).")] = 40,
+    max_atoms: Annotated[int, typer.Option(help="Most atoms in an uploaded cell (keeps one check quick; the published protocol has no limit).")] = 40,
     device: Annotated[str, typer.Option(help="cpu or cuda, for checks and band structures.")] = "cpu",
 ) -> None:
     """A local web app: the leaderboard, a structure browser per run, band structures, checks of one structure."""

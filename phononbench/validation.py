@@ -126,6 +126,16 @@ def _mean(frame: pd.DataFrame, column: str) -> float:
     return float(frame[column].astype(float).mean()) if column in frame and len(frame) else float("nan")
 
 
+def potential_label(potential: dict) -> str:
+    """The potential's name, with its checkpoint file where the name alone does not say which weights."""
+    from pathlib import Path
+
+    name, checkpoint = potential["model"], potential.get("checkpoint")
+    if name in ("sevennet", "mattersim") and checkpoint:
+        return f"{name} ({Path(checkpoint).stem})"
+    return name
+
+
 def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, verdict, threshold) from finished validation runs: ``runs`` maps a run's name to its
     run.json and its rows. The columns of docs/VALIDATION.md."""
@@ -141,7 +151,7 @@ def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> p
                 if f"{prefix}{t:g}" not in report:
                     continue
                 r = report[f"{prefix}{t:g}"]
-                out.append({"run": name, "potential": info["potential"]["model"], "supercell": supercell,
+                out.append({"run": name, "potential": potential_label(info["potential"]), "supercell": supercell,
                             "verdict": verdict, "threshold_thz": t, "n": r["n"], "accuracy": r["accuracy"],
                             "accuracy_low": r["accuracy_ci"][0], "accuracy_high": r["accuracy_ci"][1],
                             "f1_stable": r["f1"], "f1_unstable": r["f1_unstable"],
