@@ -41,12 +41,18 @@ class UploadRefused(ValueError):
 class Limits:
     max_upload_bytes: int = 512 * 1024
     max_atoms: int = 40  # in the uploaded cell, to keep one check quick (a 2x2x2 supercell of 320)
+    max_queued: int = 20  # checks waiting for the worker; beyond it an upload is told to come back (429)
+    read_budget_s: float = 10.0  # reading and checking one upload, off the request loop
+
+
+class QueueFull(UploadRefused):
+    """Too many checks are waiting: the upload is not taken (HTTP 429)."""
 
 
 def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: float = 0.5):
     """The uploaded structure and the suffix its file is kept under (.cif or .vasp); UploadRefused if it
     is too large, not a CIF or POSCAR, not a valid crystal or has too many atoms."""
-    from phononbench.ingest import _looks_like_cif, check_structure, parse_structure_text
+    from phononbench.ingest import _looks_like_cif, check_structure, parse_structure_text, precheck_cif
 
     if len(data) > limits.max_upload_bytes:
         raise UploadRefused(f"the file is {len(data) / 1024:.0f} KiB; the limit is {limits.max_upload_bytes // 1024} KiB")
@@ -56,6 +62,9 @@ def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: floa
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UploadRefused(f"{filename or 'the file'} is not a text file: upload a CIF or POSCAR") from None
+    problem = precheck_cif(text, limits.max_atoms) if _looks_like_cif(text) else None
+    if problem:  # before pymatgen expands it: a small file can hold thousands of atoms
+        raise UploadRefused(f"{filename or 'the structure'}: {problem}")
     try:
         structure = parse_structure_text(text)
     except Exception as exc:
@@ -103,7 +112,16 @@ class Checks:
         return self.root / check_id
 
     def meta(self, check_id: str) -> dict:
-        return json.loads((self.folder(check_id) / CHECK_FILE).read_text())
+        """check.json; one that cannot be read makes the check failed, saying so (the app still starts)."""
+        path = self.folder(check_id) / CHECK_FILE
+        try:
+            meta = json.loads(path.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+            return meta
+        except (OSError, ValueError) as exc:
+            return {"state": "failed", "error": f"{path} cannot be read ({reason(exc, 120)})", "filename": "?",
+                    "model": "?", "formula": "?", "n_atoms": 0, "submitted": "?"}
 
     def _write_meta(self, check_id: str, **changes) -> None:
         path = self.root / check_id / CHECK_FILE
@@ -114,11 +132,16 @@ class Checks:
 
     # -- submitting
 
-    def submit(self, filename: str, data: bytes, model: str) -> str:
-        """Queue a check of an uploaded file; UploadRefused (nothing written, nothing run) if it cannot be."""
+    def submit(self, filename: str, data: bytes, model: str, deadline: float | None = None) -> str:
+        """Queue a check of an uploaded file; UploadRefused (nothing written, nothing run) if it cannot be,
+        or if reading it ends after ``deadline`` (time.monotonic: the one who uploaded it was told so)."""
         if model not in WEB_POTENTIALS:
             raise UploadRefused(f"unknown potential {model!r}; choose one of {', '.join(WEB_POTENTIALS)}")
+        self._refuse_if_full()
         structure, suffix = read_upload(filename, data, self.limits)
+        self._refuse_if_full()  # others may have been queued while this one was read
+        if deadline is not None and time.monotonic() > deadline:
+            raise UploadRefused("reading the file took too long")
         now, now_ns = dt.datetime.now(dt.timezone.utc), time.time_ns()
         check_id = f"{now:%Y%m%d-%H%M%S}-{hashlib.sha256(data + model.encode() + str(now_ns).encode()).hexdigest()[:8]}"
         stem = safe_file_name(Path(filename or "structure").stem, limit=60)
@@ -130,6 +153,13 @@ class Checks:
                          submitted=now.isoformat(timespec="seconds"), submitted_ns=now_ns)
         self._enqueue(check_id)
         return check_id
+
+    def _refuse_if_full(self) -> None:
+        with self.lock:
+            waiting = len(self.waiting)
+        if waiting >= self.limits.max_queued:
+            raise QueueFull(f"{waiting} checks are waiting already (the limit is {self.limits.max_queued}); "
+                            "try again when some have finished")
 
     def _enqueue(self, check_id: str) -> None:
         with self.lock:

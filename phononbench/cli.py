@@ -396,6 +396,7 @@ def serve(
     max_upload_kb: Annotated[int, typer.Option(help="Largest structure file a check accepts (KiB).")] = 512,
     max_atoms: Annotated[int, typer.Option(help="Most atoms in an uploaded cell (keeps one check quick; the published protocol has no limit).")] = 40,
     device: Annotated[str, typer.Option(help="cpu or cuda, for checks and band structures.")] = "cpu",
+    allow_plugins: Annotated[bool, typer.Option("--allow-plugins", help="Let a served run whose potential is a python: plugin run that code to draw band structures (off: a run folder someone sent you runs nothing of theirs).")] = False,
 ) -> None:
     """A local web app: the leaderboard, a structure browser per run, band structures, checks of one structure."""
     _quiet_libraries()
@@ -406,7 +407,7 @@ def serve(
 
         if max_upload_kb < 1 or max_atoms < 1:
             raise SetupError("--max-upload-kb and --max-atoms must be at least 1")
-        web = create_app(list(run_dirs or []), checks, Limits(max_upload_kb * 1024, max_atoms), device)  # checks the runs
+        web = create_app(list(run_dirs or []), checks, Limits(max_upload_kb * 1024, max_atoms), device, allow_plugins)  # checks the runs
         if host not in ("127.0.0.1", "localhost", "::1"):
             err_console.print(f"warning: listening on {host}: anyone who reaches this address can browse these runs "
                               "and start checks", markup=False)

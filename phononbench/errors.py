@@ -26,6 +26,11 @@ class RunAborted(SetupError):
         super().__init__(f"{message}; rows written so far are kept and the same command resumes the run")
 
 
+class IncompleteRun(SetupError):
+    """A run folder whose rows cannot all be read (a part file missing or damaged): every reader says so,
+    naming the file, instead of counting what is left."""
+
+
 def reason(exc: BaseException, limit: int = 500) -> str:
     """A structure's failure as one line: the exception's type and message, white space folded."""
     message = " ".join(str(exc).split())

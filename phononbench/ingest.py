@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ CIF_SUFFIXES = {".cif"}
 EXTXYZ_SUFFIXES = {".extxyz", ".xyz"}
 TABLE_SUFFIXES = {".csv", ".json", ".jsonl", ".parquet"}
 POSCAR_SUFFIXES = {".vasp", ".poscar"}
-READER_VERSION = 1  # bumped when reading or checking changes what a file gives: older ingest caches are not used
+READER_VERSION = 2  # bumped when reading or checking changes what a file gives: older ingest caches are not used
 TABLE_ROWS_PER_JOB = 256  # table rows parsed by one job
 JOBS_PER_TASK = 128  # files (or table slices) per ingest task
 # Columns that may hold the structure text, in order of preference (matched case-insensitively).
@@ -102,15 +103,100 @@ def _looks_like_cif(text: str) -> bool:
 
 
 def parse_cif(text: str) -> list[Structure]:
+    """The CIF's structures; ValueError with pymatgen's own reason when none can be read (it says only
+    "no structures" and puts the reason in a warning)."""
     from pymatgen.io.cif import CifParser
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         parser = CifParser(io.StringIO(text), occupancy_tolerance=1.0)
-        structures = parser.parse_structures(primitive=False)
+        try:
+            structures = parser.parse_structures(primitive=False)
+        except ValueError as exc:
+            reasons = [" ".join(str(w.message).split("\n")[1:]).strip() for w in caught
+                       if str(w.message).startswith("No structure parsed")]
+            raise ValueError(next((r for r in reasons if r), str(exc))) from None
     if not structures:
         raise ValueError("CIF holds no structure")
     return structures
+
+
+# what a cell may be before anything is computed on it
+MAX_CELL_LENGTH_A = 500.0  # longer is no crystal a generator meant (and overflows the physics)
+CIF_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz",
+                  "_space_group_symop.operation_xyz", "_symmetry_equiv_pos_as_xyz_", "_space_group_symop_operation_xyz_")
+CIF_SPACE_GROUP_KEYS = ("_symmetry_space_group_name_h-m", "_space_group_name_h-m_alt", "_symmetry_space_group_name_h-m_",
+                        "_space_group_it_number", "_symmetry_int_tables_number")
+
+
+def precheck_cif(text: str, max_atoms: int | None) -> str | None:
+    """Why a CIF cannot be a structure, found before pymatgen expands it (which takes time quadratic in its
+    atoms: a 3 KB file can expand to 15,360): a cell length or angle out of range, or more atoms than
+    ``max_atoms``, counted from each site's distinct images under the symmetry operations. None when it
+    may be read (pymatgen then decides)."""
+    from pymatgen.core.operations import SymmOp
+    from pymatgen.io.cif import CifFile
+
+    try:
+        blocks = list(CifFile.from_str(text).data.values())
+    except Exception:
+        return None  # pymatgen's own reading gives the reason
+    total = 0
+    for block in blocks:
+        data = {key.lower(): value for key, value in block.data.items()}
+        for axis in "abc":
+            length = _cif_number(data.get(f"_cell_length_{axis}"))
+            if length is not None and not 0 < length <= MAX_CELL_LENGTH_A:
+                return f"cell length {axis} = {length:g} A (a cell length must be above 0 and at most {MAX_CELL_LENGTH_A:g} A)"
+        for angle_name in ("alpha", "beta", "gamma"):
+            angle = _cif_number(data.get(f"_cell_angle_{angle_name}"))
+            if angle is not None and not 0 < angle < 180:
+                return f"cell angle {angle_name} = {angle:g} degrees (an angle must be between 0 and 180)"
+        if max_atoms is None:
+            continue
+        try:
+            operations = _cif_operations(data, SymmOp)
+            sites = np.array([[_cif_number(v) for v in data[f"_atom_site_fract_{axis}"]] for axis in "xyz"],
+                             dtype=float).T
+        except Exception:
+            continue  # no count: pymatgen decides
+        if not np.all(np.isfinite(sites)):
+            continue
+        for site in sites:
+            images = np.array([op.operate(site) for op in operations]) % 1.0
+            difference = images[:, None, :] - images[None, :, :]
+            same = np.all(np.abs(difference - np.round(difference)) < 1e-3, axis=2)
+            total += int(np.sum(np.argmax(same, axis=1) == np.arange(len(images))))  # first of each group
+            if total > max_atoms:
+                return f"over {max_atoms} atoms in the cell once its symmetry is applied (the limit, max_atoms)"
+    return None
+
+
+def _cif_number(value) -> float | None:
+    """A CIF number (uncertainty in brackets dropped); None for none."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    try:
+        return float(re.sub(r"\(\d*\)$", "", str(value).strip()))
+    except ValueError:
+        return float("nan") if str(value).strip() not in ("?", ".") else None
+
+
+def _cif_operations(data: dict, symm_op) -> list:
+    for key in CIF_SYMOP_KEYS:
+        if key in data:
+            values = data[key] if isinstance(data[key], list) else [data[key]]
+            return [symm_op.from_xyz_str(v.replace("'", "").replace('"', "")) for v in values]
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    for key in CIF_SPACE_GROUP_KEYS:
+        if key in data:
+            value = data[key][0] if isinstance(data[key], list) else data[key]
+            group = SpaceGroup.from_int_number(int(value)) if value.strip().isdigit() else SpaceGroup(value.strip().replace(" ", ""))
+            return list(group.symmetry_ops)
+    return [symm_op.from_xyz_str("x, y, z")]
 
 
 def parse_poscar(text: str) -> Structure:
@@ -159,6 +245,9 @@ def check_structure(structure: Structure, max_atoms: int | None, min_distance_a:
         return "NaN or infinite lattice vectors"
     if not np.all(np.isfinite(structure.frac_coords)):
         return "NaN or infinite atomic coordinates"
+    lengths = np.linalg.norm(lattice, axis=1)
+    if not np.all(np.isfinite(lengths)) or lengths.max() > MAX_CELL_LENGTH_A:
+        return f"cell length {lengths.max():.4g} A, over {MAX_CELL_LENGTH_A:g} A: not a crystal's cell"
     volume = abs(float(np.linalg.det(lattice)))
     if volume < 1e-3:
         return f"zero-volume cell ({volume:.3g} A^3)"
@@ -245,8 +334,13 @@ def read_jobs(jobs: list[tuple[int, InputStructure | ReadJob]], max_atoms: int, 
 
 
 def _read_cif_file(data: bytes, sid: str, generator: str, source: str) -> Iterator[InputStructure]:
+    text = data.decode("utf-8", errors="replace")
+    problem = precheck_cif(text, None)
+    if problem:
+        yield InputStructure(sid, generator, source, error=problem)
+        return
     try:
-        structures = parse_cif(data.decode("utf-8", errors="replace"))
+        structures = parse_cif(text)
     except Exception as exc:
         yield InputStructure(sid, generator, source, error=_describe(exc))
         return
@@ -410,21 +504,56 @@ class Walk:
 
 
 def _stamp(path: Path) -> str | None:
+    """A file's identity for the ingest cache: a hash of its bytes (an edit that keeps size and modification
+    time, as ``cp -p`` makes, is an edit; reading bytes is cheap, parsing them is not)."""
+    digest = hashlib.blake2b(digest_size=16)
     try:
-        stat = path.stat()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
     except OSError:
         return None
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return digest.hexdigest()
+
+
+MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024  # one file out of a .gz or a zip (a 110k-structure table fits)
+
+
+class TooLarge(ValueError):
+    """A compressed file that expands past MAX_DECOMPRESSED_BYTES."""
+
+
+def _gunzip(data: bytes, limit: int | None = None) -> bytes:
+    """A .gz file's contents, never more than ``limit`` bytes into memory (TooLarge past it)."""
+    limit = MAX_DECOMPRESSED_BYTES if limit is None else limit
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+        out = handle.read(limit + 1)
+    if len(out) > limit:
+        raise TooLarge(f"decompresses to over {limit // 2**20} MiB (the limit per file)")
+    return out
+
+
+def _unzip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int | None = None) -> bytes:
+    """A zip entry's bytes, never more than ``limit`` into memory whatever its header says."""
+    limit = MAX_DECOMPRESSED_BYTES if limit is None else limit
+    if info.file_size > limit:
+        raise TooLarge(f"decompresses to {info.file_size / 2**20:.0f} MiB, over the limit of {limit // 2**20} MiB per file")
+    with archive.open(info) as handle:
+        out = handle.read(limit + 1)
+    if len(out) > limit:
+        raise TooLarge(f"decompresses to over {limit // 2**20} MiB (the limit per file)")
+    return out
 
 
 def _from_files(
     files: list[tuple[PurePosixPath, Callable[[], bytes], str | None]], root_name: str, forced: str | None,
-    label: str, walk: Walk,
+    label: str, walk: Walk, prefix: str | None = None,
 ) -> Iterator[InputStructure | ReadJob | list[InputStructure]]:
     """files: (path relative to the root, function returning the bytes, the file's identity). A zip among
     them keeps its own layout of generators (MatterGen ships its baselines in one); ``X.gz`` is read as X.
     A file whose key is in the walk's cache is not read: its inputs come as they were (a list)."""
     for relative, read_bytes, identity in sorted(files, key=lambda f: str(f[0])):
+        identity = identity() if callable(identity) else identity  # a file's hash, taken as it is reached
         source = f"{label}/{relative}" if label else str(relative)
         if _hidden(relative):
             walk.skipped.add("hidden", source)
@@ -433,13 +562,18 @@ def _from_files(
         if compressed:
             name = name[:-3]
         if PurePosixPath(name).suffix.lower() == ".zip":
+            # a zip inside a generator's folder is that generator's, its entries named under the zip's path;
+            # one at the top of the input keeps its own layout of generators (MatterGen ships its baselines so)
+            inner = (forced, prefix and f"{prefix}/{relative.with_name(name)}") if (forced or len(relative.parts) == 1) \
+                else (_generator_for(relative, root_name, None), f"{prefix + '/' if prefix else ''}{relative.with_name(name)}")
             try:
                 data = read_bytes()
-                data = gzip.decompress(data) if compressed else data
+                data = _gunzip(data) if compressed else data
             except Exception as exc:
-                yield InputStructure(f"{relative}", forced or root_name, source, error=f"unreadable file: {exc}")
+                yield InputStructure(f"{prefix + '/' if prefix else ''}{relative}", inner[0] or root_name, source,
+                                     error=f"unreadable file: {type(exc).__name__}: {exc}"[:400])
                 continue
-            yield from _iter_zip(io.BytesIO(data), PurePosixPath(name).stem, forced, source, walk, identity)
+            yield from _iter_zip(io.BytesIO(data), PurePosixPath(name).stem, inner[0], source, walk, identity, inner[1])
             continue
         reader = _reader_for(name)
         if reader is None:
@@ -451,24 +585,26 @@ def _from_files(
             continue
         relative_name = relative.with_name(name)
         generator = _generator_for(relative_name, root_name, forced)
-        # the first folder already names the generator; otherwise prefix it
-        sid = str(relative_name) if (not forced and len(relative.parts) > 1) else f"{generator}/{relative_name}"
+        # the first folder already names the generator; otherwise prefix it (inside a zip: the zip's path)
+        sid = (f"{prefix}/{relative_name}" if prefix else
+               str(relative_name) if (not forced and len(relative.parts) > 1) else f"{generator}/{relative_name}")
         try:
             data = read_bytes()
-            data = gzip.decompress(data) if compressed else data
+            data = _gunzip(data) if compressed else data
         except Exception as exc:
             yield InputStructure(sid, generator, source, error=f"unreadable file: {type(exc).__name__}: {exc}"[:400])
             continue
         yield from _jobs(reader, data, sid, generator, source, key)
 
 
-def _iter_zip(handle, stem: str, forced: str | None, label: str, walk: Walk,
-              identity: str | None) -> Iterator[InputStructure | ReadJob | list[InputStructure]]:
-    """A zip (path or file object). One that cannot be opened is one invalid_input row."""
+def _iter_zip(handle, stem: str, forced: str | None, label: str, walk: Walk, identity: str | None,
+              prefix: str | None = None) -> Iterator[InputStructure | ReadJob | list[InputStructure]]:
+    """A zip (path or file object). One that cannot be opened is one invalid_input row. ``prefix``: the ids
+    of its entries start with it (a zip inside a generator's folder: its path there)."""
     try:
         archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        yield InputStructure(f"{forced or stem}/{PurePosixPath(label).name}", forced or stem, label,
+        yield InputStructure(prefix or f"{forced or stem}/{PurePosixPath(label).name}", forced or stem, label,
                              error=f"unreadable zip archive: {type(exc).__name__}: {exc}"[:400])
         return
     with archive:
@@ -486,8 +622,8 @@ def _iter_zip(handle, stem: str, forced: str | None, label: str, walk: Walk,
                 relative = relative.with_name(f"{relative.stem}~{seen[relative]}{relative.suffix}")
             # an entry's ids depend on the whole archive's layout: its identity is the archive's and its own
             entry = None if identity is None else f"{identity}/{info.filename}:{info.CRC}:{info.file_size}"
-            files.append((relative, lambda info=info: archive.read(info), entry))
-        yield from _from_files(files, root_name, forced, label, walk)
+            files.append((relative, lambda info=info: _unzip_entry(archive, info), entry))
+        yield from _from_files(files, root_name, forced, label, walk, prefix)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -514,7 +650,8 @@ def _iter_folder(path: Path, forced: str | None, walk: Walk) -> Iterator[InputSt
                 subfolders.remove(sub)
         for name in names:
             full = folder / name  # a linked file is read through its link; a dangling one is unreadable
-            files.append((PurePosixPath(full.relative_to(path).as_posix()), full.read_bytes, _stamp(full)))
+            files.append((PurePosixPath(full.relative_to(path).as_posix()), full.read_bytes,
+                          lambda full=full: _stamp(full)))
     yield from _from_files(files, root.name, forced, str(root), walk)
 
 
@@ -552,9 +689,14 @@ def iter_input(spec: str, walk: Walk | None = None) -> Iterator[InputStructure |
             yield walk.cache[key]
             return
         generator = forced or PurePosixPath(name).stem
-        data = path.read_bytes()
-        yield from _jobs(reader, gzip.decompress(data) if name != path.name else data, f"{generator}/{name}",
-                         generator, str(path.resolve()), key)
+        try:
+            data = path.read_bytes()
+            data = _gunzip(data) if name != path.name else data
+        except Exception as exc:
+            yield InputStructure(f"{generator}/{name}", generator, str(path.resolve()),
+                                 error=f"unreadable file: {type(exc).__name__}: {exc}"[:400])
+            return
+        yield from _jobs(reader, data, f"{generator}/{name}", generator, str(path.resolve()), key)
 
 
 class LocalTasks:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from phononbench import analysis, plots
-from phononbench.errors import SetupError
+from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
 from phononbench.report import percent
 from phononbench.results import read_manifest, read_structures, read_verdict_run_info
@@ -34,14 +34,15 @@ COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_N
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 
 
-def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]]:
+def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """All structures of the runs, one leaderboard entry per (generator, potential, protocol).
 
     A run given twice (the same folder, or a copy with the same run_id) counts once. Runs that share an
     entry pool their structures (a structure computed in both counts once). Each row carries its entry's
     label (the generator, qualified by potential and protocol where a generator has several entries), the
     run it came from and whether that run finished; ``infos`` maps run names to their run.json, with the
-    inputs each run's manifest lists per generator under ``inputs_per_generator``."""
+    inputs each run's manifest lists per generator under ``inputs_per_generator``. An incomplete run (a
+    part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there."""
     frames, infos, seen = [], {}, set()
     for directory in run_dirs:
         info = read_verdict_run_info(directory)
@@ -59,10 +60,19 @@ def load_runs(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, dict[str, dict]
         manifest = read_manifest(directory)
         info["inputs_per_generator"] = ({} if manifest is None else
                                         manifest[Col.GENERATOR].value_counts().to_dict())
-        frames.append(read_structures(directory, skip=(Col.RELAXED_CIF,)).assign(**{  # counts need no cells
+        try:
+            rows = read_structures(directory, skip=(Col.RELAXED_CIF,))  # counts need no cells
+        except IncompleteRun as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))  # left off the board, said beside it
+            continue
+        frames.append(rows.assign(**{
             Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
             Col.COMPLETE: info.get("status") == "complete"}))
         infos[name] = info
+    if not frames:
+        raise SetupError("no run can be read" + (f": {problems[0]}" if problems else ""))
     thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
     if len({t[0] for t in thresholds}) > 1:
         raise SetupError("the runs use different headline thresholds; a leaderboard needs one")

@@ -180,7 +180,7 @@ def deduplicate_inputs(
         with results_io.ResultWriter(out, protocol.thresholds_thz, every_rows=ROWS_PER_PART) as writer:
             for row in _rows(write):
                 writer.add(row)
-        results_io.compact(out)
+        results_io.finalize_rows(out)
         counts = unique_counts(items, duplicate_of)
         _finish_run(out, info, items, n_computed=0, n_kept=0, dedup=counts.to_dict(orient="records"))
         return counts
@@ -274,7 +274,7 @@ def _prepare(out: Path, info: dict, protocol: Protocol, executor, limit_per_gene
     with threadpool_limits(limits=1, user_api="blas"):
         duplicate_of = deduplicate(items, out, executor, reporter)
     deduplicated = time.perf_counter()
-    rows = results_io.recorded_rows(out)
+    rows = results_io.recorded_rows(out, repair=True)  # a lost or damaged part: its structures computed again
     info["stage_s"] = {"read_inputs": round(read - started, 2), "dedup": round(deduplicated - read, 2),
                        "read_rows": round(time.perf_counter() - deduplicated, 2)}
     return items, duplicate_of, rows
@@ -356,8 +356,8 @@ def _run(out, spec, info, previous, executor, limit_per_generator, reporter, chu
             if reporter:
                 reporter.stop()
 
-    latest = results_io.compact(out)  # the rows as they now stand, read once for compaction and summary
-    summary = results_io.summarize(results_io.read_structures(out, latest), protocol.thresholds_thz)
+    current = results_io.finalize_rows(out)  # one row per input on disk, read once for it and the summary
+    summary = results_io.summarize(results_io.read_structures(out, current), protocol.thresholds_thz)
     results_io.write_summary(out, summary)
     _finish_run(out, info, items, n_computed=len(todo), n_kept=n_kept)
     return summary

@@ -106,12 +106,18 @@ class Potential:
         }
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A device out of memory (torch.cuda.OutOfMemoryError is a RuntimeError that says so): not the
+    fault of the structures in flight."""
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 def split_on_oom(predict_batch: Callable[[list[Atoms]], list[Prediction]], batch: list[Atoms]) -> list[Prediction]:
     """``predict_batch(batch)``; on a GPU out-of-memory error, the two halves one after the other."""
     try:
         return predict_batch(batch)
-    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        if "out of memory" not in str(exc).lower() or len(batch) == 1:
+    except RuntimeError as exc:
+        if not out_of_memory(exc) or len(batch) == 1:
             raise
         _empty_cuda_cache()
         half = len(batch) // 2

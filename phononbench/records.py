@@ -86,6 +86,12 @@ class Col(StrEnum):
     N_RELAXED = "n_relaxed"
     N_PHONON = "n_phonon"
     N_PHONON_FAILED = "n_phonon_failed"
+    # the statuses that leave the denominator, each counted (a batch's losses in plain sight)
+    N_RELAX_FAILED = "n_relax_failed"
+    N_RELAX_NOT_CONVERGED = "n_relax_not_converged"
+    N_TIMEOUT = "n_timeout"
+    N_WORKER_CRASHED = "n_worker_crashed"
+    N_LOW_DIMENSIONAL = "n_low_dimensional"
     N_STABLE = "n_stable"
     STABILITY_RATE = "stability_rate"
     STABILITY_RATE_UNIQUE = "stability_rate_unique"
@@ -222,6 +228,11 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field(Col.N_RELAXED, pa.int64()),
         pa.field(Col.N_PHONON, pa.int64()),
         pa.field(Col.N_PHONON_FAILED, pa.int64()),
+        pa.field(Col.N_RELAX_FAILED, pa.int64()),
+        pa.field(Col.N_RELAX_NOT_CONVERGED, pa.int64()),
+        pa.field(Col.N_TIMEOUT, pa.int64()),
+        pa.field(Col.N_WORKER_CRASHED, pa.int64()),
+        pa.field(Col.N_LOW_DIMENSIONAL, pa.int64()),
         pa.field(Col.N_STABLE, pa.int64()),
         pa.field(Col.STABILITY_RATE, pa.float64()),
         pa.field(Col.STABILITY_RATE_UNIQUE, pa.float64()),
@@ -230,6 +241,11 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field(Col.N_STABLE_NOT_3D, pa.int64()),
     ]
 )
+
+# the statuses that leave the denominator (besides invalid and duplicate inputs), by their summary column
+LEFT_OUT = {Col.N_RELAX_FAILED: Status.RELAX_FAILED, Col.N_RELAX_NOT_CONVERGED: Status.RELAX_NOT_CONVERGED,
+            Col.N_TIMEOUT: Status.TIMEOUT, Col.N_WORKER_CRASHED: Status.WORKER_CRASHED,
+            Col.N_LOW_DIMENSIONAL: Status.LOW_DIMENSIONAL}
 
 # Label of the summary row that pools every generator (the published "average over all"). Only a label:
 # the row is known by its ``pooled`` column, so a generator may be called anything, this included.
@@ -288,6 +304,7 @@ def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
         Col.N_RELAXED: int(is_relaxed(rows).sum()),
         Col.N_PHONON: int((status == Status.OK).sum()),
         Col.N_PHONON_FAILED: int((status == Status.PHONON_FAILED).sum()),
+        **{column: int((status == each).sum()) for column, each in LEFT_OUT.items()},
         "n_stable_at": {t: int(is_stable(rows, t).sum()) for t in thresholds_thz},
         "n_stable_bz_at": {t: int(is_stable_bz(rows, t).sum()) for t in thresholds_thz},
         "n_stable_not_3d_at": {t: int((is_stable(rows, t) & is_not_3d(rows)).sum()) for t in thresholds_thz},

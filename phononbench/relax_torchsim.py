@@ -25,6 +25,7 @@ trajectory, it only spares the device many tiny calls.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -32,8 +33,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from phononbench.potentials import _unconstrained, to_state
+from phononbench.errors import reason
+from phononbench.potentials import _empty_cuda_cache, _unconstrained, out_of_memory, to_state
 from phononbench.relax import ForcesDiverged, NonFiniteForces, Recipe, Relaxation
+
+log = logging.getLogger(__name__)
 
 # ASE's FIRE defaults, which the published scripts use
 DT_START = 0.1
@@ -97,7 +101,8 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
         newcomers = []
         # the ones between cycles go back when enough wait or nothing else steps; fresh ones while there is room
         if between and (not slots or len(between) >= max(1, len(slots) // 8)):
-            newcomers, between = between, []
+            newcomers, between = _within(between, max_atoms_in_flight - (int(state.n_atoms) if state is not None else 0),
+                                         most - len(slots))
         n_atoms = (int(state.n_atoms) if state is not None else 0) + sum(
             int(single.n_atoms) for _, single in newcomers + between)
         while waiting and len(slots) + len(newcomers) + len(between) < most:
@@ -151,6 +156,18 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
         try:
             state = fire_step(state, model, fire_flavor="ase_fire")
         except Exception as exc:  # the step itself (e.g. FixSymmetry on a cell gone singular)
+            if out_of_memory(exc) and len(slots) > 1:
+                # not a structure's fault: half as much in flight from now on, and every structure in flight
+                # restarts its cycle where the step left it (the step moved it, the model could not answer
+                # there): a fresh FIRE and FixSymmetry, its cycle and step counts kept
+                max_atoms_in_flight = max(1, int(state.n_atoms) // 2)
+                most = max(1, len(slots) // 2)
+                log.warning("out of memory with %d structures (%d atoms) in flight: %d at most from now on (%s)",
+                            len(slots), int(state.n_atoms), most, reason(exc, 120))
+                _empty_cuda_cache()
+                between = [(slot, _geometry(state, k)) for k, slot in enumerate(slots)] + between
+                slots, state = [], None
+                continue
             culprits = _culprits(state)
             if not any(culprits):  # no culprit to single out: all of them
                 culprits = [True] * len(slots)
@@ -164,6 +181,18 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
         for slot in slots:
             slot.steps += 1
     return outcome
+
+
+def _within(between: list, atoms_left: int, structures_left: int) -> tuple[list, list]:
+    """The structures between cycles that go back into the state (in order, within what is left of the
+    atoms and structures in flight; at least one), and those that wait."""
+    taken, atoms = 0, 0
+    for _, single in between:
+        size = int(single.n_atoms)
+        if taken and (atoms + size > atoms_left or taken >= structures_left):
+            break
+        taken, atoms = taken + 1, atoms + size
+    return between[:taken], between[taken:]
 
 
 def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):

@@ -22,7 +22,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
     thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
     table = Table(title=Text(title))  # names shown as they are, never as markup
     table.add_column("generator", style="bold", no_wrap=True)
-    for name in ("input", "valid", "unique", "relaxed", "phonons", "phonon failed"):
+    for name in ("input", "valid", "unique", "relaxed", "phonons", "phonon failed", "not relaxed"):
         table.add_column(name, justify="right", no_wrap=True)
     for t in thresholds:
         table.add_column(f"stable@{t:g}THz", justify="right", no_wrap=True)
@@ -39,6 +39,7 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         first = rows.iloc[0]
         cells = [str(int(first[c])) for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON)]
         cells.append(str(int(first[Col.N_PHONON_FAILED])) if Col.N_PHONON_FAILED in first and pd.notna(first[Col.N_PHONON_FAILED]) else "-")
+        cells.append(_not_relaxed(first))
         for t in thresholds:
             r = rows.loc[t]
             cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
@@ -46,6 +47,17 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         cells.append(str(int(first[Col.N_STABLE_NOT_3D])))
         table.add_row(_generator_cell(generator, k == len(sections) - 1), *cells, end_section=k == len(sections) - 2)
     return table
+
+
+def _not_relaxed(row: pd.Series) -> str:
+    """The structures that left the denominator before their force constants, by why ("-": an older run)."""
+    named = {"relax failed": Col.N_RELAX_FAILED, "not converged": Col.N_RELAX_NOT_CONVERGED,
+             "timeout": Col.N_TIMEOUT, "crashed": Col.N_WORKER_CRASHED, "not 3D": Col.N_LOW_DIMENSIONAL}
+    if any(column not in row or pd.isna(row[column]) for column in named.values()):
+        return "-"
+    total = sum(int(row[column]) for column in named.values())
+    detail = ", ".join(f"{int(row[c])} {name}" for name, c in named.items() if row[c])
+    return f"{total}" + (f" ({detail})" if detail else "")
 
 
 def unique_table(counts: pd.DataFrame, title: str = "PhononBench inputs") -> Table:

@@ -2,12 +2,18 @@
 per-generator summary, and run.json (settings, inputs, versions: what a resume must match).
 
 Rows are flushed in small part files while the run goes, each written under a temporary name and
-renamed, so a crash loses only the rows not yet flushed and never leaves a half-written file.
+renamed, so a crash loses only the rows not yet flushed and never leaves a half-written file. The run
+keeps a ledger of its part files and their row counts (``parts.json``): a part that goes missing or
+cannot be read makes the run incomplete for every reader, with the file named. While a run goes,
+``structures/`` may hold earlier rows of an input (an edited input's old verdict, a retried failure);
+when it finishes, ``structures/`` holds exactly one row per current input, and the rows it replaced
+move to ``superseded/`` (kept for the record, outside the dataset).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -20,10 +26,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from phononbench.errors import SetupError
-from phononbench.records import ALL_GENERATORS, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
+from phononbench.errors import IncompleteRun, SetupError
+from phononbench.records import ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
 
 STRUCTURES_DIR = "structures"
+SUPERSEDED_DIR = "superseded"  # rows no longer current (edited or removed inputs, retried failures)
+DAMAGED_DIR = "damaged"  # part files a resume could not read, set aside (their structures are computed again)
+PARTS_FILE = "parts.json"  # the ledger: part file name -> rows
 SUMMARY_FILE = "summary.parquet"
 RUN_FILE = "run.json"
 LOG_FILE = "run.log"
@@ -32,6 +41,7 @@ LOCK_FILE = ".lock"
 INGEST_CACHE_FILE = "inputs.parquet"  # the inputs as read, by file: a resume reads only changed files
 DEDUP_FILE = "dedup.parquet"  # every valid input's dedup decision, reused by a resume for unchanged buckets
 # what decided it: a dedup file from another matcher (or pymatgen) is not reused
+log = logging.getLogger(__name__)
 DEDUP_MATCHER = f"StructureMatcher() defaults, pymatgen {metadata.version('pymatgen')}"
 
 PACKAGES = ("phononbench", "mattersim", "torch", "torch-sim-atomistic", "ase", "phonopy", "spglib", "seekpath", "pymatgen",
@@ -92,48 +102,177 @@ def prepare_output(out: Path) -> Path:
 
 
 def has_rows(out: Path) -> bool:
-    return any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))
+    """Rows were written here (part files, or a ledger that lists some even if they are gone)."""
+    return any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet")) or (Path(out) / PARTS_FILE).exists()
 
 
-def _latest_rows(out: Path, skip: tuple[str, ...] = ()) -> tuple[pa.Table | None, list[Path]]:
-    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash), as
-    one Arrow table (types as written; the columns in ``skip`` left unread), and the part files it came from."""
-    parts = sorted((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"))  # names sort in writing order
-    if not parts:
-        return None, parts
-    def read(part: Path) -> pa.Table:
-        return pq.read_table(part, columns=[c for c in pq.read_schema(part).names if c not in skip] if skip else None)
+def read_ledger(out: Path) -> dict[str, int] | None:
+    """Part file name -> rows, as the run wrote them; None for a folder written before the ledger."""
+    path = Path(out) / PARTS_FILE
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text())["parts"].items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IncompleteRun(f"{path} cannot be read ({type(exc).__name__}); `phononbench run` with the same "
+                            f"settings into {out} rebuilds it") from exc
 
-    table = pa.concat_tables([read(p) for p in parts], promote_options="default")
+
+def write_ledger(out: Path, parts: dict[str, int]) -> None:
+    path = Path(out) / PARTS_FILE
+    partial = path.with_name(f".{PARTS_FILE}.partial")
+    partial.write_text(json.dumps({"parts": parts}, indent=0))
+    os.replace(partial, path)
+
+
+def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa.Table], list[Path]]:
+    """Every part file's rows, checked against the ledger. A listed part that is missing, a part that
+    cannot be read or whose row count differs from the ledger: IncompleteRun naming it; with ``repair``
+    (a resume, which computes those structures again) it is set aside in DAMAGED_DIR with a line in
+    run.log instead."""
+    directory = Path(out) / STRUCTURES_DIR
+    ledger = read_ledger(out) if not repair else _ledger_or_rebuild(out)
+    on_disk = {p.name for p in directory.glob("part-*.parquet")}
+    names = sorted(on_disk | set(ledger or {}))  # names sort in writing order
+    tables, parts, problems = [], [], []
+    for name in names:
+        part = directory / name
+        try:
+            if name not in on_disk:
+                raise FileNotFoundError("listed in parts.json, missing")
+            columns = None if not skip else [c for c in pq.read_schema(part).names if c not in skip]
+            table = pq.read_table(part, columns=columns)
+            if ledger is not None and name in ledger and table.num_rows != ledger[name]:
+                raise ValueError(f"{table.num_rows} rows, parts.json says {ledger[name]}")
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            problem = f"{STRUCTURES_DIR}/{name}: {' '.join(str(exc).split())[:200] or type(exc).__name__}"
+            if not repair:
+                raise _incomplete(out, problem) from exc
+            problems.append(problem)
+            if part.exists():
+                (Path(out) / DAMAGED_DIR).mkdir(exist_ok=True)
+                os.replace(part, Path(out) / DAMAGED_DIR / name)
+            continue
+        tables.append(table)
+        parts.append(part)
+    if repair and (problems or ledger is None or set(ledger) != {p.name for p in parts}):
+        for problem in problems:
+            log.warning("part file set aside (its structures are computed again): %s", problem)
+        write_ledger(out, {p.name: t.num_rows for p, t in zip(parts, tables)})
+    return tables, parts
+
+
+def _incomplete(out: Path, problem: str) -> IncompleteRun:
+    return IncompleteRun(f"run {out} is incomplete: {problem}; `phononbench run` with the same settings into "
+                         f"{out} computes its structures again")
+
+
+def check_parts(out: Path) -> None:
+    """Every part file of the ledger is there with its rows (Parquet footers only, no rows read);
+    IncompleteRun naming the first that is not. A folder from before the ledger passes."""
+    for name, n_rows in (read_ledger(out) or {}).items():
+        try:
+            found = pq.read_metadata(Path(out) / STRUCTURES_DIR / name).num_rows
+        except FileNotFoundError:
+            raise _incomplete(out, f"{STRUCTURES_DIR}/{name}: listed in parts.json, missing") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise _incomplete(out, f"{STRUCTURES_DIR}/{name}: {' '.join(str(exc).split())[:200]}") from None
+        if found != n_rows:
+            raise _incomplete(out, f"{STRUCTURES_DIR}/{name}: {found} rows, parts.json says {n_rows}")
+
+
+def _ledger_stamp(out: Path) -> int | None:
+    try:
+        return (Path(out) / PARTS_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _ledger_or_rebuild(out: Path) -> dict[str, int] | None:
+    try:
+        return read_ledger(out)
+    except IncompleteRun as exc:
+        log.warning("%s; rebuilt from the part files", exc)
+        return None
+
+
+def _latest_rows(out: Path, skip: tuple[str, ...] = (), repair: bool = False
+                 ) -> tuple[pa.Table | None, pa.Table | None, list[Path]]:
+    """Every row written under OUT/structures: the latest one per (structure_id, structure_hash), as one
+    Arrow table (types as written; the columns in ``skip`` left unread), every row as written, and the
+    part files they came from."""
+    for attempt in range(3):  # a run finishing meanwhile replaces its parts: read them again as they now are
+        stamp = _ledger_stamp(out)
+        try:
+            tables, parts = _read_parts(out, skip, repair)
+            break
+        except IncompleteRun:
+            if attempt == 2 or _ledger_stamp(out) == stamp:
+                raise
+    if not tables:
+        return None, None, parts
+    table = pa.concat_tables(tables, promote_options="default")
     if Col.STRUCTURE_HASH not in table.column_names:
         table = table.append_column(str(Col.STRUCTURE_HASH), pa.nulls(table.num_rows, pa.string()))
     keys = table.select([str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]).to_pandas()
     latest = keys.drop_duplicates(keep="last").index.to_numpy()
-    return (table if len(latest) == table.num_rows else table.take(latest)), parts
+    return (table if len(latest) == table.num_rows else table.take(latest)), table, parts
 
 
-def recorded_rows(out: Path, skip: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash)."""
-    table, _ = _latest_rows(out, skip)
+def recorded_rows(out: Path, skip: tuple[str, ...] = (), repair: bool = False) -> pd.DataFrame:
+    """Every row ever written under OUT/structures, the latest one per (structure_id, structure_hash);
+    ``repair``: a damaged or missing part is set aside (a resume computes its structures again)."""
+    table, _, _ = _latest_rows(out, skip, repair)
     if table is None:
         return pd.DataFrame(columns=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH), str(Col.STATUS)])
     return table.to_pandas()
 
 
-def compact(out: Path, rows_per_part: int = 50_000, most_parts: int = 16) -> pa.Table | None:
-    """Rewrite OUT/structures as few large parts (the latest row per key, types kept) once a run has left
-    more than ``most_parts``: a 110k-structure run writes thousands of small ones. The new parts are written
-    (atomically) before the old ones go, so a crash in between leaves rows twice, never none; a later
-    reader keeps one of each. Returns the latest rows (for ``read_structures``, so they are read once)."""
-    table, parts = _latest_rows(out)
-    if table is None or len(parts) <= most_parts:
-        return table
-    tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}-compact"
-    for n, start in enumerate(range(0, table.num_rows, rows_per_part)):
-        _write_atomically(table.slice(start, rows_per_part), Path(out) / STRUCTURES_DIR / f"part-{tag}-{n:05d}.parquet")
+def _current_index(rows: pa.Table, manifest: pd.DataFrame | None) -> "np.ndarray":
+    """Positions in ``rows`` of the current row of each input: the latest for its id and content, inputs
+    of the manifest only (all ids when there is none)."""
+    import numpy as np
+
+    keys = rows.select([str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]).to_pandas()
+    keys["position"] = np.arange(len(keys))
+    if manifest is not None:
+        keys = manifest[[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]].merge(
+            keys, on=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)], how="inner")
+    keys = keys.drop_duplicates(subset=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)], keep="last")
+    keys = keys.drop_duplicates(subset=[str(Col.STRUCTURE_ID)], keep="last")
+    return np.sort(keys["position"].to_numpy())
+
+
+def finalize_rows(out: Path, rows_per_part: int = 50_000) -> pa.Table | None:
+    """At the end of a run: OUT/structures holds exactly one row per input of the manifest (any Parquet
+    reader gets what ``read_structures`` gives), in few large parts; every other row written moves to
+    OUT/superseded. New parts are written (atomically) and the ledger switched before old parts go, so a
+    crash in between leaves rows twice, never none. Returns the current rows."""
+    import numpy as np
+
+    _, every, parts = _latest_rows(out)
+    if every is None:
+        return None
+    keep = _current_index(every, read_manifest(out))
+    current = every.take(keep)
+    if len(keep) == every.num_rows and len(parts) <= 1:
+        return current  # already one row per input, in one part
+    tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
+    superseded = np.setdiff1d(np.arange(every.num_rows), keep)
+    if len(superseded):
+        (Path(out) / SUPERSEDED_DIR).mkdir(exist_ok=True)
+        _write_atomically(every.take(superseded), Path(out) / SUPERSEDED_DIR / f"part-{tag}.parquet")
+    ledger = {}
+    for n, start in enumerate(range(0, max(current.num_rows, 1), rows_per_part)):
+        name = f"part-{tag}-final-{n:05d}.parquet"
+        piece = current.slice(start, rows_per_part)
+        _write_atomically(piece, Path(out) / STRUCTURES_DIR / name)
+        ledger[name] = piece.num_rows
+    write_ledger(out, ledger)
     for part in parts:
-        part.unlink()
-    return table
+        if part.name not in ledger:
+            part.unlink(missing_ok=True)
+    return current
 
 
 def write_manifest(out: Path, items) -> None:
@@ -156,7 +295,11 @@ def _read_stamped(path: Path, made_by: str) -> pa.Table | None:
     """A cache table, if it exists and the same thing made it; else None (it is made again)."""
     if not path.exists():
         return None
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:  # a cache: made again, never a reason to stop
+        log.warning("%s cannot be read (%s); it is made again", path.name, " ".join(str(exc).split())[:200])
+        return None
     return table if (table.schema.metadata or {}).get(b"made_by", b"").decode() == made_by else None
 
 
@@ -244,7 +387,12 @@ def read_dedup(out: Path) -> dict[tuple[str, str], tuple[tuple, dict[str, str]]]
 
 def read_manifest(out: Path) -> pd.DataFrame | None:
     path = Path(out) / MANIFEST_FILE
-    return pq.read_table(path).to_pandas() if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise _incomplete(out, f"{MANIFEST_FILE}: {' '.join(str(exc).split())[:200]}") from None
 
 
 class RunLock:
@@ -325,6 +473,8 @@ class ResultWriter:
         # overwrites an earlier one's parts
         self.run_tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
         self.n_parts = 0
+        self.out = Path(out)
+        self.ledger = read_ledger(out) or {}  # a resume has set aside what it could not read
 
     def add(self, result: StructureResult | dict) -> None:
         """A row: a StructureResult, or a row already written once (copied under another id)."""
@@ -337,7 +487,10 @@ class ResultWriter:
     def flush(self) -> None:
         if self.pending:
             table = pa.Table.from_pylist(self.pending, schema=self.schema)
-            _write_atomically(table, self.directory / f"part-{self.run_tag}-{self.n_parts:05d}.parquet")
+            name = f"part-{self.run_tag}-{self.n_parts:05d}.parquet"
+            _write_atomically(table, self.directory / name)
+            self.ledger[name] = table.num_rows
+            write_ledger(self.out, self.ledger)  # after the part: a crash between leaves an unlisted part, read all the same
             self.n_parts += 1
             self.pending = []
         self.last_flush = time.monotonic()
@@ -349,20 +502,32 @@ class ResultWriter:
         self.flush()  # also on an exception: what was computed is kept
 
 
-def read_structures(out: Path, latest: pa.Table | None = None, skip: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str, ...] = ()) -> pd.DataFrame:
     """The run's rows: one per input of its manifest, the latest computed for that input's content. Rows of
-    inputs since removed, or of an earlier content of an edited input, are left out. ``latest``: the rows
-    as ``compact`` just read them (else they are read here); ``skip``: columns not needed (not read)."""
+    inputs since removed, or of an earlier content of an edited input, are left out. ``current``: the rows
+    as ``finalize_rows`` just left them (else they are read here); ``skip``: columns not needed (not read).
+    A finished run with an input that has no row (a part file lost) is IncompleteRun, naming what is missing."""
     directory = Path(out) / STRUCTURES_DIR
     if not has_rows(out):
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
-    rows = latest.to_pandas() if latest is not None else recorded_rows(out, skip)
+    if current is None:
+        _, every, _ = _latest_rows(out, skip)
+        current = every.take(_current_index(every, read_manifest(out)))
+    rows = current.to_pandas()
     manifest = read_manifest(out)
-    if manifest is not None:
-        keys = manifest[[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)]]
-        rows = keys.merge(rows, on=[str(Col.STRUCTURE_ID), str(Col.STRUCTURE_HASH)], how="inner")
-    rows = rows.drop_duplicates(subset=[str(Col.STRUCTURE_ID)], keep="last")
+    if manifest is not None and len(rows) < len(manifest) and _finished(out):
+        missing = manifest.loc[~manifest[Col.STRUCTURE_ID].isin(rows[Col.STRUCTURE_ID]), Col.STRUCTURE_ID]
+        raise IncompleteRun(f"run {out} is incomplete: {len(missing)} of its {len(manifest)} inputs have no row "
+                            f"(first: {missing.iloc[0]}); `phononbench run` with the same settings into {out} "
+                            "computes them")
     return rows.reset_index(drop=True)
+
+
+def _finished(out: Path) -> bool:
+    try:
+        return json.loads((Path(out) / RUN_FILE).read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
@@ -387,7 +552,7 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
                     Col.POOLED: pooled,
                     Col.THRESHOLD_THZ: float(threshold),
                     **{c: tally[c] for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON,
-                                               Col.N_PHONON_FAILED)},
+                                               Col.N_PHONON_FAILED, *LEFT_OUT)},
                     Col.N_STABLE: n_stable,
                     Col.STABILITY_RATE: n_stable / n_relaxed if n_relaxed else float("nan"),
                     Col.STABILITY_RATE_UNIQUE: n_stable / n_unique if n_unique else float("nan"),
@@ -409,6 +574,7 @@ def read_summary(out: Path) -> pd.DataFrame:
     path = Path(out) / SUMMARY_FILE
     if not path.exists():
         raise SetupError(f"{path} not found; is {out} a finished PhononBench run?")
+    check_parts(out)  # the summary holds only if the rows it was made from are all still there
     return pd.read_parquet(path)
 
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from phononbench.errors import SetupError
+from phononbench.records import verdict_column
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,19 @@ class Protocol:
         thresholds = self.thresholds_thz
         if not thresholds:
             raise SetupError("at least one stability threshold is needed", setting="thresholds_thz")
-        if len(set(thresholds)) != len(thresholds):
-            raise SetupError(f"a threshold is given twice: {', '.join(f'{t:g}' for t in thresholds)}",
-                             setting="thresholds_thz")
         for t in thresholds:
             if not math.isfinite(t):
                 raise SetupError(f"threshold {t} THz is not a finite number", setting="thresholds_thz")
+        # told apart by the verdict columns they name (6 significant digits): two thresholds that name
+        # one column would write two columns of one name
+        named: dict[str, float] = {}
+        for t in thresholds:
+            column = verdict_column(t)
+            if column in named:
+                same = "given twice" if named[column] == t else f"the same as {named[column]!r} to 6 significant digits"
+                raise SetupError(f"threshold {t!r} THz is {same} (both would be the column {column})",
+                                 setting="thresholds_thz")
+            named[column] = t
             if t > 0 and not self.allow_positive_thresholds:
                 raise SetupError(f"threshold {t:g} THz is positive: imaginary modes are negative frequencies, so a "
                                  f"positive threshold calls stable crystals unstable (did you mean {-t:g}?)",

@@ -15,14 +15,18 @@ through these lookups, never as a path. Nothing is written outside the run folde
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
+import anyio
 import pandas as pd
 import pyarrow as pa
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -30,14 +34,16 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 
 from phononbench import explore, export, leaderboard
-from phononbench.checks import WEB_POTENTIALS, Checks, Limits, UploadRefused
+from phononbench.checks import WEB_POTENTIALS, Checks, Limits, QueueFull, UploadRefused
 from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
                                  structures_schema, verdict_column)
 from phononbench.report import percent
-from phononbench.results import STRUCTURES_DIR, read_structures, read_verdict_run_info, safe_file_name
+from phononbench.results import PARTS_FILE, STRUCTURES_DIR, read_structures, read_verdict_run_info, safe_file_name
 
 log = logging.getLogger(__name__)
+RUN_KEY = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # ASCII digits, no leading zero: a run has one key
+MAX_QUEUED_FIGURES = 16  # band figures waiting to be drawn; beyond it a request is told to come back
 FORM_OVERHEAD_BYTES = 16 * 1024  # a multipart body's headers and the potential's field, beside the file
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
@@ -60,24 +66,25 @@ class RunView:
 
 
 def _signature(out: Path) -> tuple:
-    files = [out / "run.json", out / "manifest.parquet", *sorted((out / STRUCTURES_DIR).glob("part-*.parquet"))]
+    files = [out / "run.json", out / "manifest.parquet", out / PARTS_FILE,
+             *sorted((out / STRUCTURES_DIR).glob("part-*.parquet"))]
     return tuple((f.name, f.stat().st_mtime_ns) for f in files if f.exists())
 
 
 class Runs:
     """The runs the app was started on (keys "0", "1", ...) and the checks (keys: check ids)."""
 
-    def __init__(self, run_dirs: list[Path], checks: Checks, device: str = "cpu"):
+    def __init__(self, run_dirs: list[Path], checks: Checks, device: str = "cpu", allow_plugins: bool = False):
         self.run_dirs = [Path(d) for d in run_dirs]
-        self.checks, self.device = checks, device
+        self.checks, self.device, self.allow_plugins = checks, device, allow_plugins
         self.views: dict[str, RunView] = {}
         self.lock = threading.Lock()
         self.potentials: dict[tuple, object] = {}
-        self.bands_lock = threading.Lock()  # one band calculation at a time: they are CPU-bound
+        self.figures = FigureQueue(self)
         self.board_cache: tuple | None = None
 
     def folder(self, key: str) -> Path:
-        if key.isdigit() and int(key) < len(self.run_dirs):
+        if RUN_KEY.fullmatch(key) and int(key) < len(self.run_dirs):  # one spelling per run: "0", "1", ...
             return self.run_dirs[int(key)]
         try:
             return self.checks.folder(key)
@@ -109,27 +116,79 @@ class Runs:
         signature = tuple(_signature(d) for d in self.run_dirs)
         if self.board_cache and self.board_cache[0] == signature:
             return self.board_cache[1]
-        try:
-            structures, infos = leaderboard.load_runs(self.run_dirs)
+        problems: list[str] = []
+        try:  # an incomplete run is left off the board and said above it; the others are ranked
+            structures, infos = leaderboard.load_runs(self.run_dirs, problems)
             thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
-            result = (leaderboard.build(structures, thresholds, infos), thresholds[0], None)
+            result = (leaderboard.build(structures, thresholds, infos), thresholds[0], " ".join(problems) or None)
         except SetupError as exc:
-            result = (None, None, str(exc))
+            result = (None, None, " ".join(dict.fromkeys([*problems, str(exc)])))
         self.board_cache = (signature, result)
         return result
 
     def potential_for(self, described: dict):
         """The run's potential, loaded once (on the app's device) for band structures."""
         key = (described["model"], described.get("checkpoint"), described.get("checkpoint_sha256"))
+        if str(described["model"]).startswith("python:") and not self.allow_plugins:
+            # a run folder someone sent names the code that draws its bands: run only when asked to
+            raise SetupError(f"this run's potential is a plugin ({described['model']}), whose code is not run "
+                             "unless the app is started with --allow-plugins")
         if key not in self.potentials:
             self.potentials[key] = explore.run_potential(described, self.device)
         return self.potentials[key]
 
-    def band_figure(self, key: str, structure_id: str, kind: str) -> Path:
+    def band_figure(self, key: str, structure_id: str, kind: str) -> Path | str:
+        """The figure's file if it is drawn; else it is queued and this says where it stands (a page
+        request never waits on a drawing)."""
         view = self.view(key)
         row = _row(view, structure_id)
-        with self.bands_lock:
-            return explore.band_figures(view.out, row, view.info, self.potential_for)[kind]
+        path = explore.bands_folder(view.out, row, view.info) / explore.FIGURES[kind]
+        return path if path.exists() else self.figures.request(view, row)
+
+
+class FigureQueue:
+    """Band figures are drawn one at a time by one thread of their own (CPU-bound: force constants, then
+    two figures); requests join a bounded queue and are answered at once: "drawing", "queued", a failure
+    in words, or "full" (a client asks again later). A page's worker thread never waits on a drawing."""
+
+    def __init__(self, runs: "Runs", size: int = MAX_QUEUED_FIGURES):
+        self.runs = runs
+        self.jobs: queue.Queue = queue.Queue(maxsize=size)
+        self.lock = threading.Lock()
+        self.pending: set[tuple] = set()
+        self.failed: dict[tuple, str] = {}
+        threading.Thread(target=self._draw, name="phononbench-bands", daemon=True).start()
+
+    def request(self, view: RunView, row: pd.Series) -> str:
+        key = (str(view.out), row[Col.STRUCTURE_ID], row[Col.STRUCTURE_HASH])
+        with self.lock:
+            if key in self.failed:
+                raise BandsFailed(self.failed[key])
+            if key in self.pending:
+                return "being drawn"
+            try:
+                self.jobs.put_nowait((key, view, row))
+            except queue.Full:
+                return "full"
+            self.pending.add(key)
+        return "being drawn"
+
+    def _draw(self) -> None:
+        while True:
+            key, view, row = self.jobs.get()
+            try:
+                explore.band_figures(view.out, row, view.info, self.runs.potential_for)
+            except Exception as exc:
+                log.exception("bands of %s", key[1])
+                with self.lock:
+                    self.failed[key] = reason(exc)
+            finally:
+                with self.lock:
+                    self.pending.discard(key)
+
+
+class BandsFailed(RuntimeError):
+    """A band structure that cannot be drawn (the reason in words)."""
 
 
 def _row(view: RunView, structure_id: str | None) -> pd.Series:
@@ -217,12 +276,14 @@ def _attachment(name: str) -> str:
     return f'attachment; filename="{safe_file_name(name)}"'
 
 
-def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits(), device: str = "cpu") -> FastAPI:
-    """The app over these run folders, with checks kept under ``checks_dir``."""
+def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits(), device: str = "cpu",
+               allow_plugins: bool = False) -> FastAPI:
+    """The app over these run folders, with checks kept under ``checks_dir``; ``allow_plugins``: a run
+    whose potential is a ``python:`` plugin may run it to draw band structures."""
     for directory in run_dirs:
         read_verdict_run_info(directory)  # a folder that is not a run is refused before anything starts
     checks = Checks(checks_dir, limits, device)
-    runs = Runs(run_dirs, checks, device)
+    runs = Runs(run_dirs, checks, device, allow_plugins)
     app = FastAPI(title="PhononBench", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs, app.state.checks = runs, checks
 
@@ -250,9 +311,13 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
         board, headline, problem = runs.board()
         listed = []
         for k, directory in enumerate(runs.run_dirs):
-            info = read_verdict_run_info(directory)
-            listed.append({"key": str(k), "name": directory.resolve().name, "status": info.get("status"),
-                           "model": info["potential"]["model"], "protocol": info["protocol"]["name"]})
+            try:
+                info = read_verdict_run_info(directory)
+                listed.append({"key": str(k), "name": directory.resolve().name, "status": info.get("status"),
+                               "model": info["potential"]["model"], "protocol": info["protocol"]["name"]})
+            except (SetupError, ValueError, KeyError, TypeError) as exc:  # a damaged run.json: said, the others shown
+                listed.append({"key": str(k), "name": directory.resolve().name, "status": f"unreadable: {reason(exc, 120)}",
+                               "model": "-", "protocol": "-"})
         board_rows = [] if board is None else [
             {**{str(c): _value(v) for c, v in r.items()}, "entry": leaderboard.entry_name(r)} for _, r in board.iterrows()]
         return page(request, "index.html", runs=listed, board=board_rows, headline=headline, problem=problem,
@@ -293,12 +358,14 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
             raise HTTPException(404, f"no band structure {kind!r}")
         try:
             path = runs.band_figure(key, id, kind)
-        except HTTPException:
-            raise
-        except Exception as exc:
-            log.exception("bands of %s", id)
-            raise HTTPException(500, f"cannot compute the bands: {reason(exc)}") from None
-        return FileResponse(path, media_type="image/png")
+        except BandsFailed as exc:
+            raise HTTPException(500, f"cannot compute the bands: {exc}") from None
+        if isinstance(path, Path):
+            return FileResponse(path, media_type="image/png")
+        if path == "full":
+            return JSONResponse({"detail": "too many band structures are being drawn; trying again shortly"},
+                                status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": "being drawn"}, status_code=202, headers={"Retry-After": "2"})
 
     @app.get("/runs/{key}/relaxed.cif")
     def relaxed_cif(key: str, id: str = ""):
@@ -328,10 +395,17 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
     @app.post("/check")
     async def check_submit(request: Request, structure: UploadFile = File(...), potential: str = Form(...)):
         data = await structure.read(limits.max_upload_bytes + 1)  # never more than the limit into memory
-        try:
-            check_id = checks.submit(structure.filename or "", data, potential)
+        try:  # parsed and checked on a thread, within a time budget: the request loop serves others meanwhile
+            check_id = await asyncio.wait_for(anyio.to_thread.run_sync(
+                checks.submit, structure.filename or "", data, potential, time.monotonic() + limits.read_budget_s,
+                abandon_on_cancel=True), limits.read_budget_s)
+        except QueueFull as exc:
+            return check_form_page(request, str(exc), potential, status_code=429)
         except UploadRefused as exc:
             return check_form_page(request, str(exc), potential, status_code=400)
+        except TimeoutError:
+            return check_form_page(request, f"reading {structure.filename or 'the file'} took over "
+                                   f"{limits.read_budget_s:g} s; upload a smaller structure", potential, status_code=400)
         return RedirectResponse(f"/checks/{check_id}", status_code=303)
 
     def check_state(check_id: str) -> dict:

@@ -107,6 +107,14 @@ def test_resume_recomputes_edited_drops_removed_reuses_moved_and_refuses_foreign
     assert rows.loc["metals/Cu_fcc_renamed.cif", Col.STATUS] == Status.OK
     summary = pd.read_parquet(out / "summary.parquet")
     assert summary[summary[Col.GENERATOR] == "metals"][Col.N_INPUT].tolist() == [2, 2]
+    # issue 19.1: any Parquet reader of the folder gets the current rows, one per input; the rows they
+    # replaced (bcc Cu's verdict, Al, the name before the rename) are kept outside the dataset
+    on_disk = pd.read_parquet(out / "structures")
+    assert sorted(on_disk[Col.STRUCTURE_ID]) == ["metals/Cu_bcc.cif", "metals/Cu_fcc_renamed.cif"]
+    assert on_disk.set_index(Col.STRUCTURE_ID).loc["metals/Cu_bcc.cif", Col.FORMULA] == "Ni"
+    superseded = pd.read_parquet(out / "superseded")
+    assert {"metals/Al_fcc.cif", "metals/Cu_fcc.cif"} <= set(superseded[Col.STRUCTURE_ID])
+    assert "Cu" in set(superseded.loc[superseded[Col.STRUCTURE_ID] == "metals/Cu_bcc.cif", Col.FORMULA])
 
     # "in/" and "in" are one input; the same relative path from another directory is another input
     again = _run(f"{tmp_path / 'in'}/", "--out", out, *EMT_RUN)
@@ -203,11 +211,13 @@ def test_every_file_is_read_made_a_row_or_counted(tmp_path):
     skipped = SkippedFiles()
     items = {i.structure_id: i for i in read_inputs([str(tmp_path / "in")], 64, 0.5, skipped=skipped)}
     formulas = {sid: i.structure.composition.reduced_formula for sid, i in items.items() if i.valid}
-    assert formulas == {"gen/plain.cif": "Cu", "gen/compressed.cif": "Al", "twice/a.cif": "Cu",
-                        "twice/a~2.cif": "Ni", "inner/deep.cif": "Ni", "gen/linked.cif": "Cu"}
+    # zips inside the generator's folder are that generator's (issue 19.6), named under their path
+    assert formulas == {"gen/plain.cif": "Cu", "gen/compressed.cif": "Al", "gen/twice.zip/a.cif": "Cu",
+                        "gen/twice.zip/a~2.cif": "Ni", "gen/outer.zip/inner.zip/deep.cif": "Ni", "gen/linked.cif": "Cu"}
+    assert {i.generator for i in items.values()} == {"gen"}
     invalid = {sid: i.error for sid, i in items.items() if not i.valid}
-    assert set(invalid) == {"corrupt/corrupt.zip", "gen/dangling.cif"}
-    assert invalid["corrupt/corrupt.zip"].startswith("unreadable zip archive: BadZipFile")
+    assert set(invalid) == {"gen/corrupt.zip", "gen/dangling.cif"}
+    assert invalid["gen/corrupt.zip"].startswith("unreadable zip archive: BadZipFile")
     assert invalid["gen/dangling.cif"].startswith("unreadable file: FileNotFoundError")
     assert {reason: len(paths) for reason, paths in skipped.by_reason.items()} == {
         "hidden": 1, "with no structure reader (extension)": 1, "linked folder": 1}
@@ -250,7 +260,11 @@ def test_an_output_folder_inside_the_input_is_never_read(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--threshold", "-0.1", "--threshold", "-0.1"], "a threshold is given twice"),
+    (["--threshold", "-0.1", "--threshold", "-0.1"], "threshold -0.1 THz is given twice"),
+    # issue 19.2: near-equal thresholds would name one column twice
+    (["--threshold", "-0.1", "--threshold", "-0.10000000001"],
+     "threshold -0.10000000001 THz is the same as -0.1 to 6 significant digits (both would be the column "
+     "stable_at_-0.1_thz)"),
     (["--threshold", "0.1"], "positive"),
     (["--threshold", "nan"], "not a finite number"),
     (["--threshold", "-inf"], "not a finite number"),

@@ -172,3 +172,40 @@ def test_the_run_command_with_the_torchsim_engine(copper_folder, tmp_path):
     assert rows.loc["metals/Cu_fcc_conventional.cif", "status"] == Status.DUPLICATE
     assert rows.loc["metals/broken.cif", "status"] == Status.INVALID_INPUT
     assert rows.loc["metals/Cu_bcc.cif", "status"] == Status.OK
+
+
+class OutOfMemoryAbove(ModelInterface):
+    """TorchSim's LJ on a device that holds at most ``most_atoms`` atoms at once (from its ``after``-th call
+    on): a larger call raises CUDA's out-of-memory error, as a GPU does, on the CPU."""
+
+    def __init__(self, most_atoms: int, after: int = 0):
+        super().__init__()
+        self.inner = _lj_model()
+        self.most, self.after, self.calls, self.raised = most_atoms, after, 0, 0
+        self._device, self._dtype = self.inner.device, self.inner.dtype
+        self._compute_stress, self._compute_forces = True, True
+        self._memory_scales_with = "n_atoms"
+
+    def forward(self, state, **kwargs):
+        self.calls += 1
+        if self.calls > self.after and int(state.n_atoms) > self.most:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB ({int(state.n_atoms)} atoms)")
+        return self.inner(state)
+
+
+@pytest.mark.parametrize("most_atoms, after", [(4, 0), (6, 12)], ids=["from-the-start", "mid-relaxation"])
+def test_out_of_memory_halves_what_is_in_flight_and_fails_no_structure(most_atoms, after):
+    """Issue 19.10: an out-of-memory step is not the structures' fault: what is in flight is halved, every
+    structure in flight restarts its cycle where it stood, and all end relaxed to the same geometry."""
+    structures = _argon_like() * 2  # 18 atoms in all
+    model = OutOfMemoryAbove(most_atoms, after)
+    outcome = relax_in_torchsim([a.copy() for a in structures], model, Recipe(), max_atoms_in_flight=64)
+    clean = relax_in_torchsim([a.copy() for a in structures], _lj_model(), Recipe(), max_atoms_in_flight=64)
+    assert model.raised >= 1
+    assert not any(isinstance(o, Exception) for o in outcome), [o for o in outcome if isinstance(o, Exception)]
+    for run, reference in zip(outcome, clean):
+        assert run.converged and reference.converged
+        assert run.fmax_ev_per_a <= Recipe().fmax_ev_per_a
+        # the same relaxed cell (another path to it may leave it rigidly rotated by a milliradian)
+        assert np.allclose(run.atoms.cell.cellpar(), reference.atoms.cell.cellpar(), atol=2e-3)

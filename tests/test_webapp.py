@@ -59,25 +59,30 @@ def _free_port() -> int:
 def server(emt_run, tmp_path_factory):
     """`phononbench serve RUN` as a user starts it (default host), with small upload and atom limits."""
     checks = tmp_path_factory.mktemp("checks")
+    process, url = _serve(emt_run, checks, "--max-upload-kb", "8", "--max-atoms", "8")
+    yield {"url": url, "checks": checks, "process": process, "run": emt_run}
+    process.terminate()
+    process.wait(20)
+
+
+def _serve(run: Path, checks: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`phononbench serve RUN` in a process of its own, once it answers."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "phononbench.cli", "serve", str(emt_run), "--port", str(port), "--checks", str(checks),
-         "--max-upload-kb", "8", "--max-atoms", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [sys.executable, "-m", "phononbench.cli", "serve", str(run), "--port", str(port), "--checks", str(checks),
+         *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         try:
             urllib.request.urlopen(url + "/", timeout=5)
-            break
+            return process, url
         except (urllib.error.URLError, ConnectionError):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 pytest.fail(f"the app did not start: {process.stdout.read()[-2000:]}")
             time.sleep(0.5)
-    yield {"url": url, "checks": checks, "process": process, "run": emt_run}
-    process.terminate()
-    process.wait(20)
 
 
 @pytest.fixture
@@ -315,8 +320,11 @@ def test_bands_that_cannot_be_computed_say_why(emt_run, tmp_path):
     (moved / "run.json").write_text(json.dumps(info))
     client = TestClient(create_app([moved], tmp_path / "checks"))
     page = client.get("/runs/0/structure", params={"id": "gen_fcc/Cu_fcc.cif"})
-    assert page.status_code == 200 and "bandsFailed" in page.text
-    refused = client.get("/runs/0/bands/bz.png", params={"id": "gen_fcc/Cu_fcc.cif"})
+    assert page.status_code == 200 and "loadBands" in page.text
+    deadline = time.monotonic() + 60
+    while (refused := client.get("/runs/0/bands/bz.png", params={"id": "gen_fcc/Cu_fcc.cif"})).status_code == 202:
+        assert time.monotonic() < deadline  # being drawn, in the background
+        time.sleep(0.2)
     assert refused.status_code == 500 and "cannot compute the bands" in refused.json()["detail"]
     assert "checkpoint" in refused.json()["detail"]
     assert not (moved / "bands").exists()
@@ -327,3 +335,167 @@ def test_elements_are_read_as_typed():
 
     assert element_symbols("cu o") == element_symbols("Cu,O") == element_symbols("CuO") == element_symbols("CU O") == {"Cu", "O"}
     assert element_symbols("Co") == {"Co"} and element_symbols("CO") == {"Co"}  # typed in capitals: one symbol
+
+
+# issue 19: the app never blocks, never lies ------------------------------------------------------------
+
+
+def _upload(url: str, filename: str, data: bytes, potential: str = "emt") -> tuple[int, str]:
+    """POST /check as a browser's form does it; (status, page)."""
+    body = (f'--x\r\nContent-Disposition: form-data; name="structure"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + (
+        f'\r\n--x\r\nContent-Disposition: form-data; name="potential"\r\n\r\n{potential}\r\n--x--\r\n').encode()
+    request = urllib.request.Request(url + "/check", data=body, method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=x"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def _expanding_cif(n_sites: int, group: str = "F m -3 m") -> bytes:
+    """A CIF of ``n_sites`` general positions under the group's symbol: Fm-3m's 192 operations make
+    15,360 atoms of 80 sites, from about 3 KB."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sites = "".join(f"C{k} C {x:.4f} {y:.4f} {z:.4f} 1\n" for k, (x, y, z) in enumerate(rng.uniform(0.05, 0.45, (n_sites, 3))))
+    return ("data_big\n_cell_length_a 60\n_cell_length_b 60\n_cell_length_c 60\n_cell_angle_alpha 90\n"
+            f"_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M '{group}'\nloop_\n"
+            "_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+            f"_atom_site_fract_z\n_atom_site_occupancy\n{sites}").encode()
+
+
+def _timed_get(url: str) -> float:
+    started = time.monotonic()
+    urllib.request.urlopen(url, timeout=60).read()
+    return time.monotonic() - started
+
+
+def test_an_upload_that_expands_to_15360_atoms_is_refused_while_pages_stay_quick(server):
+    import threading
+
+    data = _expanding_cif(80)
+    assert len(data) < 4 * 1024
+    answer = {}
+    upload = threading.Thread(target=lambda: answer.update(result=_upload(server["url"], "many.cif", data)))
+    started = time.monotonic()
+    upload.start()
+    time.sleep(0.05)
+    front = _timed_get(server["url"] + "/")
+    upload.join(60)
+    status, page = answer["result"]
+    assert front < 1.0, f"the front page took {front:.1f} s beside the upload"
+    assert status == 400 and "over 8 atoms in the cell once its symmetry is applied" in page
+    assert time.monotonic() - started < 5  # counted from its sites and operations, never expanded
+
+
+def test_a_ten_thousand_atom_cif_is_refused_at_once_under_the_default_limits():
+    from phononbench.checks import Limits, UploadRefused, read_upload
+
+    data = _expanding_cif(10_000, "P 1")
+    assert len(data) < Limits().max_upload_bytes
+    started = time.monotonic()
+    with pytest.raises(UploadRefused, match="over 40 atoms in the cell once its symmetry is applied"):
+        read_upload("p1.cif", data, Limits())
+    assert time.monotonic() - started < 3
+
+
+def test_band_figures_are_drawn_in_the_background_and_never_starve_a_page(emt_run, tmp_path):
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = tmp_path / "run"
+    shutil.copytree(emt_run, run, ignore=shutil.ignore_patterns("bands", ".lock"))
+    process, url = _serve(run, tmp_path / "checks")
+    try:
+        rows = read_structures(run)
+        ids = list(rows[rows[Col.STATUS] == "ok"][Col.STRUCTURE_ID])
+        requests = [f"{url}/runs/0/bands/{kind}.png?{urllib.parse.urlencode({'id': i})}"
+                    for k in range(45) for kind, i in [(("published", "bz")[k % 2], ids[k % len(ids)])]]
+
+        def status(address: str) -> tuple[int, float]:
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(address, timeout=60) as answer:
+                    return answer.status, time.monotonic() - started
+            except urllib.error.HTTPError as refused:
+                return refused.code, time.monotonic() - started
+
+        with ThreadPoolExecutor(45) as pool:
+            answers = pool.map(status, requests)
+            front = _timed_get(url + "/")
+            answers = list(answers)
+        assert front < 1.0, f"the front page took {front:.1f} s beside 45 band requests"
+        assert {code for code, _ in answers} <= {200, 202} and 202 in {code for code, _ in answers}
+        assert max(took for _, took in answers) < 5  # answered at once: "being drawn"
+        deadline = time.monotonic() + 300
+        while any(status(r)[0] != 200 for r in requests[:2 * len(ids)]):  # then drawn, one after another
+            assert time.monotonic() < deadline, "the band figures were never drawn"
+            time.sleep(1)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_run_keys_are_ascii_digits_with_one_spelling(server):
+    for key in ("%C2%B2", "00", "%D9%A1", "%EF%BC%91", "0x0", "-0", "+0", "1e0"):  # ², 00, Arabic 1, fullwidth 1
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{server['url']}/runs/{key}")
+        assert refused.value.code == 404, key
+    assert urllib.request.urlopen(f"{server['url']}/runs/0").status == 200
+
+
+def test_queued_checks_are_capped_and_an_empty_check_file_is_a_failed_check(emt_run, tmp_path):
+    from ase.build import bulk
+    from fastapi.testclient import TestClient
+
+    from phononbench.checks import Checks, Limits
+    from phononbench.webapp import create_app
+
+    checks_dir = tmp_path / "checks"
+    (checks_dir / "20260101-000000-deadbeef").mkdir(parents=True)
+    (checks_dir / "20260101-000000-deadbeef" / "check.json").write_text("")  # an empty check.json
+    client = TestClient(create_app([emt_run], checks_dir, Limits(max_queued=2)))
+    state = client.get("/checks/20260101-000000-deadbeef/state").json()
+    assert state["state"] == "failed" and "check.json cannot be read" in state["error"]
+    assert client.get("/").status_code == 200
+
+    checks: Checks = client.app.state.checks
+    with checks.lock:  # the worker is busy: hold the queue as a long check would
+        checks.progress["x"] = {"state": "running"}
+        checks.waiting.extend(["a", "b"])
+    buffer = io.BytesIO()
+    bulk("Cu", "fcc", a=3.6).write(buffer, format="cif")
+    answer = client.post("/check", files={"structure": ("Cu.cif", buffer.getvalue())}, data={"potential": "emt"})
+    assert answer.status_code == 429 and "2 checks are waiting already (the limit is 2)" in answer.text
+
+
+def test_a_served_run_with_a_plugin_potential_runs_no_plugin_code_without_the_flag(emt_run, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from phononbench.webapp import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(emt_run, run, ignore=shutil.ignore_patterns("bands", ".lock"))
+    marker = tmp_path / "ran"
+    plugin = tmp_path / "their_plugin.py"
+    plugin.write_text(f"from pathlib import Path\ndef build(name, device, checkpoint):\n    Path({str(marker)!r}).write_text('ran')\n")
+    info = json.loads((run / "run.json").read_text())
+    info["potential"] = {"model": "python:their_plugin:build"}
+    (run / "run.json").write_text(json.dumps(info))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        client = TestClient(create_app([run], tmp_path / "checks"))
+        address = "/runs/0/bands/bz.png?id=gen_fcc%2FCu_fcc.cif"
+        deadline = time.monotonic() + 60
+        while (answer := client.get(address)).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert answer.status_code == 500 and "--allow-plugins" in answer.json()["detail"]
+        assert not marker.exists()
+    finally:
+        sys.path.remove(str(tmp_path))
