@@ -178,12 +178,24 @@ def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, mesh_length_a: f
 
     segments, _ = high_symmetry_path(phonon, npoints)
     mesh = length2mesh(mesh_length_a, np.asarray(phonon.primitive.cell))
-    grid = np.stack(np.meshgrid(*[np.arange(n) / n for n in mesh], indexing="ij"), axis=-1).reshape(-1, 3)
     return {
         "path": np.concatenate(segments),
         "commensurate": np.asarray(get_commensurate_points(phonon.supercell_matrix), dtype=float),
-        "mesh": grid,
+        "mesh": irreducible_mesh(phonon, mesh),
     }
+
+
+def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
+    """The q-points of a Gamma-centred mesh, one of each set that the crystal's symmetry (and time reversal)
+    makes equivalent: the force constants are built from the symmetry-reduced displacements, so equivalent
+    q-points have the same frequencies (a P1 cell keeps half its mesh; a cubic one a few percent)."""
+    import spglib
+
+    primitive = phonon.primitive
+    cell = (np.asarray(primitive.cell), np.asarray(primitive.scaled_positions), np.asarray(primitive.numbers))
+    mapping, addresses = spglib.get_ir_reciprocal_mesh(np.asarray(mesh, dtype=int), cell, is_shift=[0, 0, 0],
+                                                       is_time_reversal=True, symprec=phonon.symmetry.tolerance)
+    return addresses[np.unique(mapping)] / np.asarray(mesh, dtype=float)
 
 
 def frequencies_at(phonon: Phonopy, qpoints: np.ndarray) -> BandStructure:
@@ -194,12 +206,11 @@ def frequencies_at(phonon: Phonopy, qpoints: np.ndarray) -> BandStructure:
 
 
 def band_structure(phonon: Phonopy, npoints: int = 101) -> BandStructure:
-    """Frequencies along the band path, all segments together."""
-    result = band_path(phonon, npoints)
-    return BandStructure(
-        qpoints=np.concatenate([np.asarray(q) for q in result["qpoints"]]),
-        frequencies_thz=np.concatenate([np.asarray(f) for f in result["frequencies"]]),
-    )
+    """Frequencies along the band path (the q-points ``band_path`` visits), all segments together: one
+    batched solve (phonopy's run_qpoints) instead of phonopy's band structure, which solves one q-point
+    at a time in Python (the same dynamical matrices; 4x the CPU, benchmarks/method_overhead.py)."""
+    bands, _, _ = get_band_qpoints_by_seekpath(phonon.primitive, npoints, is_const_interval=True)
+    return frequencies_at(phonon, np.concatenate([np.asarray(q) for q in bands]))
 
 
 # ---------------------------------------------------------------------------------------------
