@@ -5,7 +5,7 @@
 
 The product's Worker runs ``method.compute`` (published preset: relaxation cycles, 2x2x2 displacements,
 force constants, the published path and the Brillouin-zone verdict, dimensionality, CIF writing, rows) on
-real generated crystals (../shared/data/generated_crystals: MatterGen, MatterGPT, SLICES-cRNN, all <= 20
+real generated crystals (benchmarks/data/generated_crystals, from ../shared/data: MatterGen and MatterGPT, all <= 20
 atoms; valid inputs, the MatterGen `_symmetrized` twins left out, a fixed sample across generators), in
 chunks of 32 as a run sends them, with a model that costs next to nothing and whose own CPU time is
 measured inside it and taken off.
@@ -42,7 +42,7 @@ from phononbench.potentials import Potential
 from phononbench.settings import preset
 from phononbench.worker import Worker, WorkerSpec
 
-GENERATED = Path(__file__).resolve().parents[2] / "shared" / "data" / "generated_crystals"
+GENERATED = Path(__file__).resolve().parent / "data" / "generated_crystals"  # a copy of ../shared's (SOURCES.md)
 GRID = 48
 SPRING_EV_PER_A2 = 1.0
 
