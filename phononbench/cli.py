@@ -1,4 +1,5 @@
-"""Command line: ``phononbench run`` and ``phononbench summarize``. Errors are one line, never a traceback."""
+"""Command line: ``phononbench run``, ``dedup``, ``summarize``, ``leaderboard``, ``export``, ``validate``,
+``serve`` and ``plot-bands``. Errors are one line, never a traceback."""
 
 from __future__ import annotations
 
