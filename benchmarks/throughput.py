@@ -153,8 +153,7 @@ def main() -> None:
     engines = [e for e in args.engines if e != "torchsim" or potential.torchsim_model() is not None]
     workers = {e: worker(e, published) for e in engines}
     for e in engines:
-        if e != "serial":
-            workers[e](items[:1])  # warm-up: lazy imports, first graph, allocator
+        workers[e](items[:1])  # warm-up, every engine (serial too): lazy imports, first graph, allocator
 
     def timed(run):
         start = time.perf_counter()

@@ -48,9 +48,20 @@ def test_bcc_copper_is_unstable(emt):
 
 
 def test_conventional_and_primitive_cells_agree(emt):
-    primitive = _published_row(bulk("Cu", "fcc", a=3.6), emt)
-    conventional = _published_row(bulk("Cu", "fcc", a=3.6, cubic=True), emt)
-    assert conventional.verdicts == primitive.verdicts
+    """bcc Cu under EMT is unstable, softest at the zone boundary (-1.14 THz). In its 2-atom cubic cell the
+    published path (that cell's own seekpath lines) passes the soft branch only at (1/3, 0, 1/3) of a
+    segment, at -0.99 THz; the Brillouin-zone verdict finds -1.14 THz in both cells. At a threshold between
+    the two, the published verdicts of the two cells differ and the Brillouin-zone ones must not: a
+    Brillouin-zone verdict that looked only where the published one looks would fail here."""
+    threshold = -1.05
+    protocol = PUBLISHED.with_overrides(thresholds_thz=(threshold,))
+    primitive = _published_row(bulk("Cu", "bcc", a=2.87), emt, protocol)
+    conventional = _published_row(bulk("Cu", "bcc", a=2.87, cubic=True), emt, protocol)
+    assert primitive.min_frequency_bz_thz == pytest.approx(conventional.min_frequency_bz_thz, abs=0.01)
+    assert primitive.min_frequency_bz_thz < threshold
+    assert conventional.bz_verdicts == primitive.bz_verdicts == {threshold: False}
+    assert conventional.min_frequency_thz > threshold > primitive.min_frequency_thz  # the published quirk, kept
+    assert conventional.verdicts != primitive.verdicts
     assert conventional.energy_per_atom_ev == pytest.approx(primitive.energy_per_atom_ev, abs=1e-5)
 
 

@@ -10,20 +10,55 @@ from phononbench.cli import app
 
 
 def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
+    """The command on a real run (CHGNet, 4 labelled materials): its confusion matrix is the one the run's own
+    rows and the labels give, whatever CHGNet says, and the counts add up."""
+    import pandas as pd
+
+    from phononbench.records import is_stable
+    from phononbench.results import read_structures
+    from phononbench.validation import load_labels, structure_key
+
     subset = data_dir / "phonondb_subset"
     out = tmp_path / "validate"
     result = CliRunner().invoke(app, ["validate", "--labels", str(subset / "labels.csv"), "--structures",
                                       str(subset / "poscar_unitcell"), "--model", "chgnet", "--out", str(out),
                                       "--in-process"])
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.output and "0.750" in result.output
     report = json.loads((out / "validation.json").read_text())
-    assert report["n_scored"] == 4 and report["status_counts"] == {"ok": 4}
+    rows = read_structures(out)
+    labels = load_labels(subset / "labels.csv").set_index("label_id")["label"]
+    dft_stable = pd.Series([labels[structure_key(s)] == "stable" for s in rows["source"]])
+    predicted = is_stable(rows, -0.1).reset_index(drop=True)
+    expected = {"tp": int((predicted & dft_stable).sum()), "fp": int((predicted & ~dft_stable).sum()),
+                "fn": int((~predicted & dft_stable).sum()), "tn": int((~predicted & ~dft_stable).sum())}
     headline = report["-0.1"]
-    # PbHfO3 unstable (true negative), CaO and BaFCl stable (true positives), RbH missed (false negative)
-    assert headline["confusion"] == {"tp": 2, "fp": 0, "fn": 1, "tn": 1}
-    assert headline["accuracy"] == 0.75 and headline["precision"] == 1.0 and headline["recall"] == 2 / 3
+    assert report["n_scored"] == len(rows) == 4 and sum(headline["confusion"].values()) == 4
+    assert headline["confusion"] == expected
+    assert headline["accuracy"] == (expected["tp"] + expected["tn"]) / 4
+    assert f"{headline['accuracy']:.3f}" in result.output
     assert (out / "validation_scatter.png").stat().st_size > 1000
+
+
+def test_scores_of_a_hand_made_verdict_table():
+    """7 materials: 4 DFT-stable (3 called stable, 1 not), 3 DFT-unstable (1 called stable, 2 not)."""
+    import pandas as pd
+    import pytest
+
+    from phononbench.validation import scores
+
+    predicted = pd.Series([True, True, True, False, True, False, False])
+    dft = pd.Series([True, True, True, True, False, False, False])
+    got = scores(predicted, dft)
+    assert got["confusion"] == {"tp": 3, "fp": 1, "fn": 1, "tn": 2} and got["n"] == 7
+    assert got["accuracy"] == pytest.approx(5 / 7)
+    assert got["precision"] == pytest.approx(3 / 4) and got["recall"] == pytest.approx(3 / 4)
+    assert got["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # stable as the positive class
+    assert got["f1_unstable"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # "has imaginary modes" positive
+    assert got["false_unstable_rate"] == pytest.approx(1 / 4)  # DFT-stable called unstable
+    low, high = got["accuracy_ci"]
+    assert low < 5 / 7 < high
+    flipped = scores(~predicted, dft)  # every verdict wrong way round
+    assert flipped["confusion"] == {"tp": 1, "fp": 2, "fn": 3, "tn": 1}
 
 
 def test_validate_refuses_bad_labels(tmp_path):
