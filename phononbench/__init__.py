@@ -1,9 +1,80 @@
 """PhononBench: how many generated crystals are dynamically stable.
 
+The public API, four verbs that mirror the command line (everything else is internal)::
+
+    import phononbench as pb
+    summary = pb.run(["data/demo"], "runs/demo", model="chgnet")   # phononbench run ... --in-process
+    results = pb.load("runs/demo")                                 # results.rows, .summary, .info
+    board = pb.leaderboard(["runs/demo"])                          # phononbench leaderboard
+    table = pb.validate("labels.csv", ["runs/validate-chgnet"])     # phononbench validate --runs
+
 The stages, in order: ``ingest`` -> ``dedup`` -> ``relax`` -> ``phonons`` -> ``stability`` -> ``results``.
 ``method`` composes relax -> phonons -> stability once for every ``engines`` engine; a ``worker`` runs it
-on chunks wherever an ``executors`` executor puts it; ``pipeline`` drives a whole run; ``cli`` is the
-command line.
+on chunks wherever an ``executors`` executor puts it; ``pipeline`` drives a whole run; ``composition``
+turns settings into a potential, an engine and an executor; ``cli`` is the command line.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
 __version__ = "0.1.0"
+__all__ = ["run", "load", "leaderboard", "validate", "Results"]
+
+
+def run(inputs, out, *, model: str | None = None, preset: str = "published", checkpoint: str | None = None,
+        thresholds=None, supercell: str | None = None, max_atoms: int | None = None, device: str = "cpu",
+        engine: str = "batched", limit: int | None = None, chunk_size: int | None = None, workers: int | None = None,
+        ray: bool = False):
+    """Run the benchmark on ``inputs`` (a path or a list of paths, as ``phononbench run`` takes them) into
+    ``out`` and return the per-generator summary (a DataFrame). In this process by default; ``ray=True`` runs
+    on a local Ray (or the cluster Ray finds), ``workers`` slots. An ``out`` with the same settings resumes."""
+    from phononbench.composition import compose, default_chunk_size, protocol_for
+    from phononbench.pipeline import run_benchmark
+
+    inputs = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
+    protocol = protocol_for(preset, model=model, thresholds=thresholds, max_atoms=max_atoms, supercell=supercell)
+    composed = compose(protocol, device, checkpoint, engine=engine, in_process=not ray, workers=workers)
+    return run_benchmark(inputs, out, composed.spec, composed.described, composed.executor, limit_per_generator=limit,
+                         command=f"phononbench.run({inputs!r}, {str(out)!r})",
+                         chunk_size=chunk_size or default_chunk_size(engine, device))
+
+
+@dataclass
+class Results:
+    """A run folder read back: one row per input (``rows``), the per-generator ``summary``, run.json (``info``)."""
+
+    rows: object
+    summary: object
+    info: dict
+
+
+def load(out) -> Results:
+    """The run in ``out``: its rows (``results.read_structures``), summary and settings. An incomplete run
+    (a part file lost) raises, naming the file."""
+    from phononbench.results import read_structures, read_summary, read_verdict_run_info
+
+    return Results(read_structures(out), read_summary(out), read_verdict_run_info(out))
+
+
+def leaderboard(runs, with_published: bool = False):
+    """The leaderboard of one or more run folders (a DataFrame, the rows of ``phononbench leaderboard``)."""
+    from phononbench.leaderboard import board_of
+
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    return board_of(runs, with_published)[0]
+
+
+def validate(labels, runs):
+    """The agreement of finished runs with DFT labels (a CSV: an id column and label = stable/unstable): the
+    table ``phononbench validate --runs`` prints, one row per run, verdict and threshold."""
+    from phononbench import validation
+    from phononbench.results import read_run_info, read_structures
+
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    scored = {}
+    for folder in runs:
+        key = Path(folder).name if Path(folder).name not in scored else str(folder)
+        scored[key] = (read_run_info(folder), read_structures(folder))
+    return validation.table(scored, validation.load_labels(labels))

@@ -211,10 +211,8 @@ class Checks:
         return self.potentials[model]
 
     def _run(self, check_id: str) -> None:
-        from phononbench.executors import InProcessExecutor
+        from phononbench.composition import compose, protocol_for
         from phononbench.pipeline import run_benchmark
-        from phononbench.settings import PUBLISHED
-        from phononbench.worker import WorkerSpec
 
         folder, meta = self.folder(check_id), self.meta(check_id)
         with self.lock:
@@ -222,10 +220,9 @@ class Checks:
         self._write_meta(check_id, state="running")
         self._stage(check_id, f"loading the potential ({meta['model']})")
         potential = self._potential(meta["model"])
-        protocol = PUBLISHED.with_overrides(model=meta["model"]).check()
-        spec = WorkerSpec(meta["model"], self.device, None, None, protocol, "batched")
-        run_benchmark([f"check={folder / meta['input']}"], folder, spec, potential.describe(),
-                      InProcessExecutor(potential), reporter=_Progress(lambda stage: self._stage(check_id, stage)),
+        run = compose(protocol_for("published", model=meta["model"]), self.device, potential=potential)
+        run_benchmark([f"check={folder / meta['input']}"], folder, run.spec, run.described, run.executor,
+                      reporter=_Progress(lambda stage: self._stage(check_id, stage)),
                       command=f"phononbench serve: check {meta['filename']} with {meta['model']}")
         self._write_meta(check_id, state="done")
 

@@ -148,25 +148,25 @@ def run(
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""
     _quiet_libraries()
-    if chunk_size is None:  # a GPU state is only as full as the chunk: give it hundreds of structures
-        chunk_size = 512 if engine == "torchsim" and device.startswith("cuda") else 32
+    from phononbench.composition import default_chunk_size
+
+    if chunk_size is None:
+        chunk_size = default_chunk_size(engine, device)
 
     def action():
+        from phononbench.composition import compose, protocol_for
         from phononbench.pipeline import run_benchmark
         from phononbench.report import summary_table
-        from phononbench.settings import preset as get_preset
 
-        protocol = get_preset(preset).with_overrides(
-            model=model, thresholds_thz=threshold or None, max_atoms=max_atoms,
-            max_supercell_atoms=max_supercell_atoms, allow_positive_thresholds=allow_positive_threshold or None,
-        ).with_supercell(supercell).check()
+        protocol = protocol_for(preset, model=model, thresholds=threshold, max_atoms=max_atoms, supercell=supercell,
+                                max_supercell_atoms=max_supercell_atoms,
+                                allow_positive_thresholds=allow_positive_threshold or None)
         _check_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
-        described, spec, executor = _setup(protocol, device, checkpoint, batch_atoms, engine, in_process,
-                                           ray_address, workers, cpus_per_worker, gpus_per_worker,
-                                           timeout_per_structure, max_retries)
+        run = compose(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_address, workers,
+                      cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
         summary = run_benchmark(
-            inputs, out, spec, described, executor, limit_per_generator=limit,
+            inputs, out, run.spec, run.described, run.executor, limit_per_generator=limit,
             reporter=ProgressReporter(protocol.headline_threshold_thz),
             command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
@@ -198,31 +198,6 @@ def _print_skipped(out: Path) -> None:
         console.print(f"{describe_skipped(skipped)}; see {out}/run.json", markup=False, highlight=False)
 
 
-def _setup(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_address=None, workers=None,
-           cpus_per_worker=1.0, gpus_per_worker=0.0, timeout_per_structure=None, max_retries=2):
-    """The potential's description (the potential is loaded here first, so a missing checkpoint stops the
-    run before any work), the workers' spec and the executor. With Ray the driver loads it on the CPU only:
-    the model goes onto a GPU in the workers, never in the driver (which may have none: Ray checks that the
-    cluster has the GPUs the workers ask for)."""
-    from phononbench.engines import check_engine
-    from phononbench.executors import InProcessExecutor, RayExecutor
-    from phononbench.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, load_potential
-    from phononbench.worker import WorkerSpec
-
-    check_engine(engine, protocol.model)
-    potential = load_potential(protocol.model, device=device if in_process else "cpu", checkpoint=checkpoint,
-                               max_atoms_per_batch=batch_atoms)
-    description = {**potential.describe(), "device": device,
-                   "max_atoms_per_batch": batch_atoms or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]}
-    spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
-    if in_process:
-        return description, spec, InProcessExecutor(potential)
-    if device.startswith("cuda") and not gpus_per_worker:
-        gpus_per_worker = 1.0  # GPU workers when a GPU is asked for; fractions share one
-    executor = RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
-    return description, spec, executor
-
-
 @app.command()
 def dedup(
     inputs: Inputs,
@@ -241,9 +216,9 @@ def dedup(
         from phononbench.executors import InProcessExecutor, RayExecutor
         from phononbench.pipeline import deduplicate_inputs
         from phononbench.report import unique_table
-        from phononbench.settings import preset as get_preset
+        from phononbench.composition import protocol_for
 
-        protocol = get_preset(preset).with_overrides(max_atoms=max_atoms).check()
+        protocol = protocol_for(preset, max_atoms=max_atoms)
         _check_before_loading(inputs, out, 1, limit)
         start = time.time()
         executor = InProcessExecutor() if in_process else RayExecutor(ray_address, workers)
@@ -282,22 +257,22 @@ def validate(
     def action():
         import json
 
+        import phononbench
         from phononbench import validation
+        from phononbench.composition import compose, protocol_for
         from phononbench.pipeline import run_benchmark
-        from phononbench.results import read_run_info, read_structures
-        from phononbench.settings import preset as get_preset
+        from phononbench.results import read_structures
 
         label_table = validation.load_labels(labels)
         folders = list(runs or [])
         if structures is not None:
             if not structures.is_dir():
                 raise SetupError(f"--structures {structures} is not a folder")
-            protocol = get_preset(preset).with_overrides(model=model, thresholds_thz=threshold or None) \
-                .with_supercell(supercell).check()
+            protocol = protocol_for(preset, model=model, thresholds=threshold, supercell=supercell)
             name = f"validate-{model}-{protocol.name}" + (f"-{supercell}" if supercell else "")
             folder = out or Path("runs") / name
-            described, spec, executor = _setup(protocol, device, checkpoint, None, engine, in_process, workers=workers)
-            run_benchmark([f"validation={structures}"], folder, spec, described, executor,
+            run = compose(protocol, device, checkpoint, None, engine, in_process, workers=workers)
+            run_benchmark([f"validation={structures}"], folder, run.spec, run.described, run.executor,
                           reporter=ProgressReporter(protocol.headline_threshold_thz),
                           command=shlex.join(["phononbench", *sys.argv[1:]]))
             rows = read_structures(folder)
@@ -308,11 +283,7 @@ def validate(
             folders.insert(0, folder)
         if not folders:
             raise SetupError("give --structures to compute, or --runs with finished validation folders to score")
-        scored = {}
-        for folder in folders:
-            key = Path(folder).name if Path(folder).name not in scored else str(folder)
-            scored[key] = (read_run_info(folder), read_structures(folder))
-        board = validation.table(scored, label_table)
+        board = phononbench.validate(labels, folders)
         for name in board.loc[board["n"] == 0, "run"].unique():
             err_console.print(f"warning: no structure of {name} matches a label id (file names like mp-1190.POSCAR)",
                               markup=False, highlight=False)

@@ -352,9 +352,9 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
             plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
 
 
-def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -> str:
-    if fmt not in FORMATS:
-        raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+def board_of(run_dirs: list[str | Path], with_published: bool = False):
+    """The leaderboard of the runs (and, with ``with_published``, the published figures beside them):
+    (board, structures, thresholds, ranked by the Brillouin-zone verdict)."""
     structures, infos = load_runs(run_dirs)
     thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
     board = build(structures, thresholds, infos)
@@ -362,6 +362,13 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -
     if with_published:
         board = pd.concat([board, published_rows(thresholds, bz)], ignore_index=True)
         board[[c for c in COUNTS if c in board]] = board[[c for c in COUNTS if c in board]].astype("Int64")
+    return board, structures, thresholds, bz
+
+
+def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -> str:
+    if fmt not in FORMATS:
+        raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    board, structures, thresholds, bz = board_of(run_dirs, with_published)
     if fmt == "md":
         return to_markdown(board, thresholds[0], bz)
     if fmt == "csv":
