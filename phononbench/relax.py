@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from ase import Atoms
@@ -55,6 +56,26 @@ class Recipe:
     force_guard_ev_per_a: float = 1e4
     fix_symmetry: bool = True
     symprec: float = 0.01
+
+
+class Move(StrEnum):
+    """What the recipe does next with one structure, given the model's answer at its geometry."""
+
+    STEP = "step"  # one more FIRE step in this cycle
+    NEW_CYCLE = "new cycle"  # a fresh FIRE and FixSymmetry from here (the cycle ended above the target)
+    ACCEPTANCE = "acceptance"  # the end: judged once more on the final geometry (at fmax_ev_per_a)
+
+
+def next_move(largest_force: float, converged: bool, steps: int, cycle: int, recipe: Recipe) -> Move:
+    """The published recipe's rule, the one both engines follow: a cycle steps until its FIRE target is met
+    (``converged``) or its step cap is reached; then a new cycle, unless it converged or the cycles are used
+    up, when the acceptance follows. A force above the guard is the potential's divergence (raised)."""
+    if largest_force > recipe.force_guard_ev_per_a:
+        raise ForcesDiverged(f"a force of {largest_force:.3g} eV/A (above {recipe.force_guard_ev_per_a:g}): "
+                             "the potential diverged")
+    if not converged and steps < recipe.steps_per_cycle:
+        return Move.STEP
+    return Move.ACCEPTANCE if converged or cycle >= recipe.cycles else Move.NEW_CYCLE
 
 
 @dataclass
@@ -135,17 +156,14 @@ def _advance(run: _Run, prediction, recipe: Recipe) -> _Run | Relaxation:
         if run.final:
             return _finish(run, recipe)
         gradient = run.optimizer.optimizable.get_gradient()
-        largest = _largest(gradient)
-        if largest > recipe.force_guard_ev_per_a:
-            raise ForcesDiverged(f"a force of {largest:.3g} eV/A (above {recipe.force_guard_ev_per_a:g}): "
-                                 "the potential diverged")
-        converged = run.optimizer.gradient_converged(gradient)
-        if not converged and run.optimizer.nsteps < recipe.steps_per_cycle:
+        move = next_move(_largest(gradient), run.optimizer.gradient_converged(gradient), run.optimizer.nsteps,
+                         run.cycle, recipe)
+        if move == Move.STEP:
             run.optimizer.step()
             run.optimizer.nsteps += 1
             return run
         # the cycle is over: a fresh one, or the acceptance check, starts from here
-        final = converged or run.cycle >= recipe.cycles
+        final = move == Move.ACCEPTANCE
         following = _start(run.index, run.atoms, recipe, run.cycle if final else run.cycle + 1,
                            run.steps_before + int(run.optimizer.nsteps), final)
         if not _same_geometry(following.atoms, run.atoms):

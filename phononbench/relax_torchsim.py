@@ -35,7 +35,7 @@ from ase import Atoms
 
 from phononbench.errors import reason
 from phononbench.potentials import _empty_cuda_cache, _unconstrained, out_of_memory, to_state
-from phononbench.relax import ForcesDiverged, NonFiniteForces, Recipe, Relaxation
+from phononbench.relax import ForcesDiverged, Move, NonFiniteForces, Recipe, Relaxation, next_move
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,15 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
                 leave[k] = NonFiniteForces("potential returned NaN/inf energy, forces or stress during relaxation")
             elif slot.final:
                 leave[k] = _relaxation(state, k, slot, gradient[k], recipe)
-            elif gradient[k] > recipe.force_guard_ev_per_a:
-                leave[k] = ForcesDiverged(f"a force of {gradient[k]:.3g} eV/A (above "
-                                          f"{recipe.force_guard_ev_per_a:g}): the potential diverged")
             else:
-                converged = gradient[k] < recipe.target_fmax_ev_per_a
-                if converged or slot.steps >= recipe.steps_per_cycle:
-                    final = converged or slot.cycle >= recipe.cycles
+                try:  # ASE's FIRE criterion: the largest force below the cycle's target
+                    move = next_move(gradient[k], gradient[k] < recipe.target_fmax_ev_per_a, slot.steps, slot.cycle,
+                                     recipe)
+                except ForcesDiverged as exc:
+                    leave[k] = exc
+                    continue
+                if move != Move.STEP:
+                    final = move == Move.ACCEPTANCE
                     slot.steps_before += slot.steps
                     slot.steps, slot.final = 0, final
                     slot.cycle = slot.cycle if final else slot.cycle + 1
