@@ -117,7 +117,7 @@ def main() -> None:
             time.sleep(0.3)
     start = time.perf_counter()
     urllib.request.urlopen(url + "/", timeout=300).read()
-    leaderboard_s = time.perf_counter() - start  # the leaderboard: leaderboard.load_runs + build over every row
+    leaderboard_s = time.perf_counter() - start  # the leaderboard: ranking.load_runs + build over every row
     start = time.perf_counter()
     urllib.request.urlopen(url + "/runs/0", timeout=300).read()
     first_page_s = time.perf_counter() - start  # reads the rows into the app's cache

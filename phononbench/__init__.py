@@ -51,16 +51,18 @@ class Results:
 
 
 def load(out) -> Results:
-    """The run in ``out``: its rows (``results.read_structures``), summary and settings. An incomplete run
-    (a part file lost) raises, naming the file."""
+    """The run in ``out``: its rows (``results.read_structures``), summary (None while the run has not
+    finished) and settings. An incomplete run (a part file lost) raises, naming the file."""
     from phononbench.results import read_structures, read_summary, read_verdict_run_info
 
-    return Results(read_structures(out), read_summary(out), read_verdict_run_info(out))
+    info = read_verdict_run_info(out)
+    rows = read_structures(out)
+    return Results(rows, read_summary(out) if info.get("status") == "complete" else None, info)
 
 
 def leaderboard(runs, with_published: bool = False):
     """The leaderboard of one or more run folders (a DataFrame, the rows of ``phononbench leaderboard``)."""
-    from phononbench.leaderboard import board_of
+    from phononbench.ranking import board_of
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     return board_of(runs, with_published)[0]

@@ -46,7 +46,80 @@ class Limits:
 
 
 class QueueFull(UploadRefused):
-    """Too many checks are waiting: the upload is not taken (HTTP 429)."""
+    """Too many checks are waiting, or uploads being read: the upload is not taken (HTTP 429)."""
+
+
+READ_MEMORY_BYTES = 1536 * 2**20  # what reading one upload may take beyond its reader's own start-up
+
+
+def _reader_start() -> None:
+    """A reader process's start: its memory capped (reading a file past it fails that read alone)."""
+    import resource
+
+    with open("/proc/self/status") as status:
+        data_kib = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
+    limit = data_kib * 1024 + READ_MEMORY_BYTES
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    import pymatgen.io.cif  # noqa: F401  (imported once, before the first upload)
+
+
+class UploadReader:
+    """Reads uploads in processes of their own, never in the app's: ``slots`` at a time (another upload
+    meanwhile: QueueFull), each within ``limits.read_budget_s`` and READ_MEMORY_BYTES; a read past either is
+    killed with its process (a fresh one takes its place) and refused in words."""
+
+    def __init__(self, limits: Limits, slots: int = 2):
+        import concurrent.futures
+        import multiprocessing
+
+        self.limits, self.context = limits, multiprocessing.get_context("spawn")
+        self.free: queue.Queue[int] = queue.Queue()
+        self.pools: list = [None] * slots
+        for k in range(slots):
+            self.free.put(k)
+        self._futures = concurrent.futures
+
+    def _pool(self, k: int):
+        if self.pools[k] is None:
+            self.pools[k] = self._futures.ProcessPoolExecutor(1, mp_context=self.context, initializer=_reader_start)
+        return self.pools[k]
+
+    def _discard(self, k: int) -> None:
+        pool, self.pools[k] = self.pools[k], None
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def warm(self) -> None:
+        """Start the reader processes (their imports) before the first upload."""
+        for k in range(len(self.pools)):  # one after the other: the app's first pages come first
+            try:
+                self._pool(k).submit(int).result(timeout=120)
+            except RuntimeError:  # the app is stopping ("cannot schedule new futures after shutdown")
+                return
+            except Exception:  # a reader that cannot start is started again by the first upload
+                log.warning("an upload reader could not start", exc_info=True)
+
+    def read(self, filename: str, data: bytes):
+        try:
+            k = self.free.get_nowait()
+        except queue.Empty:
+            raise QueueFull(f"{len(self.pools)} uploads are being read already; try again in a moment") from None
+        name = filename or "the file"
+        try:
+            future = self._pool(k).submit(read_upload, filename, data, self.limits)
+            try:
+                return future.result(timeout=self.limits.read_budget_s)
+            except self._futures.TimeoutError:
+                self._discard(k)
+                raise UploadRefused(f"reading {name} took over {self.limits.read_budget_s:g} s; upload a smaller "
+                                    "structure") from None
+            except self._futures.process.BrokenProcessPool:
+                self._discard(k)
+                raise UploadRefused(f"reading {name} needed over {READ_MEMORY_BYTES // 2**20} MiB of memory; "
+                                    "upload a smaller structure") from None
+        finally:
+            self.free.put(k)
 
 
 def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: float = 0.5):
@@ -91,8 +164,10 @@ class Checks:
         self.progress: dict[str, dict] = {}  # the running check: id -> its stage and start
         self.waiting: list[str] = []
         self.potentials: dict[str, object] = {}  # loaded once per model, in the worker thread
+        self.reader = UploadReader(limits)
         if not start:
             return
+        threading.Thread(target=self.reader.warm, name="phononbench-upload-readers", daemon=True).start()
         for check_id in self.ids():
             if self.meta(check_id).get("state") in ("queued", "running"):
                 self._enqueue(check_id)  # left unfinished when the server stopped: its run resumes
@@ -138,7 +213,7 @@ class Checks:
         if model not in WEB_POTENTIALS:
             raise UploadRefused(f"unknown potential {model!r}; choose one of {', '.join(WEB_POTENTIALS)}")
         self._refuse_if_full()
-        structure, suffix = read_upload(filename, data, self.limits)
+        structure, suffix = self.reader.read(filename, data)  # in a process of its own, within its budget
         self._refuse_if_full()  # others may have been queued while this one was read
         if deadline is not None and time.monotonic() > deadline:
             raise UploadRefused("reading the file took too long")

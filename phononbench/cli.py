@@ -322,7 +322,7 @@ def leaderboard(
     """Rank generators by headline stability rate, with 95% intervals and counts."""
 
     def action():
-        from phononbench.leaderboard import export, write_figures
+        from phononbench.ranking import export, write_figures
 
         text = export(run_dirs, format, with_published)
         if plots_dir:
@@ -368,7 +368,7 @@ def serve(
     max_upload_kb: Annotated[int, typer.Option(help="Largest structure file a check accepts (KiB).")] = 512,
     max_atoms: Annotated[int, typer.Option(help="Most atoms in an uploaded cell (keeps one check quick; the published protocol has no limit).")] = 40,
     device: Annotated[str, typer.Option(help="cpu or cuda, for checks and band structures.")] = "cpu",
-    allow_plugins: Annotated[bool, typer.Option("--allow-plugins", help="Let a served run whose potential is a python: plugin run that code to draw band structures (off: a run folder someone sent you runs nothing of theirs).")] = False,
+    allow_plugins: Annotated[bool, typer.Option("--allow-plugins", help="Let a served run whose potential is a python: plugin run that code, and load a checkpoint from the path its run.json records, to draw band structures (off: a run folder someone sent you runs and unpickles nothing of theirs; the registry's own weights are used, checked by sha256).")] = False,
 ) -> None:
     """A local web app: the leaderboard, a structure browser per run, band structures, checks of one structure."""
     _quiet_libraries()

@@ -125,14 +125,17 @@ def bands_folder(out: Path, row: pd.Series, info: dict) -> Path:
     return Path(out) / BANDS_DIR / hashlib.sha256(what.encode()).hexdigest()[:24]
 
 
-def run_potential(described: dict, device: str = "cpu"):
+def run_potential(described: dict, device: str = "cpu", recorded_path: bool = True):
     """The potential a run used (run.json's ``potential``), known by its weights: the recorded checkpoint
-    where that file is on this machine, else the registry's own weights for the name (a run made in
-    another environment records another path to the same wheel file); refused if those are other weights."""
+    where that file is on this machine (``recorded_path``: a folder someone sent names a file that loading
+    unpickles, so the app passes False unless told otherwise), else the registry's own weights for the name
+    (a run made in another environment records another path to the same wheel file); refused if those are
+    other weights."""
     from phononbench.potentials import load_potential
 
     checkpoint = described.get("checkpoint")
-    potential = load_potential(described["model"], device, checkpoint if checkpoint and Path(checkpoint).is_file() else None)
+    usable = recorded_path and checkpoint and Path(checkpoint).is_file()
+    potential = load_potential(described["model"], device, checkpoint if usable else None)
     recorded, here = described.get("checkpoint_sha256"), potential.checkpoint_sha256
     if recorded and here and recorded != here:
         raise SetupError(f"the run's {described['model']} weights (sha256 {recorded[:12]}..., {checkpoint}) are not "

@@ -123,10 +123,14 @@ def parse_cif(text: str) -> list[Structure]:
 
 # what a cell may be before anything is computed on it
 MAX_CELL_LENGTH_A = 500.0  # longer is no crystal a generator meant (and overflows the physics)
+MAX_SYMMETRY_OPERATIONS = 192  # the most a space group has (Fm-3m, Im-3m in a conventional cell: 192 and 96)
 CIF_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz",
                   "_space_group_symop.operation_xyz", "_symmetry_equiv_pos_as_xyz_", "_space_group_symop_operation_xyz_")
-CIF_SPACE_GROUP_KEYS = ("_symmetry_space_group_name_h-m", "_space_group_name_h-m_alt", "_symmetry_space_group_name_h-m_",
-                        "_space_group_it_number", "_symmetry_int_tables_number")
+# the keys pymatgen reads a space group from (lower case), by symbol and by number (a Hall symbol alone it
+# reads as P1, and so does the count here)
+CIF_SPACE_GROUP_KEYS = tuple(f"{key}{tail}" for key in (
+    "_symmetry_space_group_name_h-m", "_symmetry_space_group_name_h_m", "_space_group_name_h-m_alt",
+    "_space_group_name_h-m", "_space_group_it_number", "_symmetry_int_tables_number") for tail in ("", "_"))
 
 
 def precheck_cif(text: str, max_atoms: int | None) -> str | None:
@@ -144,11 +148,11 @@ def precheck_cif(text: str, max_atoms: int | None) -> str | None:
     total = 0
     for block in blocks:
         data = {key.lower(): value for key, value in block.data.items()}
-        for axis in "abc":
+        for axis in "abc" if len(blocks) == 1 else "":  # several blocks: each structure is checked on its own
             length = _cif_number(data.get(f"_cell_length_{axis}"))
             if length is not None and not 0 < length <= MAX_CELL_LENGTH_A:
                 return f"cell length {axis} = {length:g} A (a cell length must be above 0 and at most {MAX_CELL_LENGTH_A:g} A)"
-        for angle_name in ("alpha", "beta", "gamma"):
+        for angle_name in ("alpha", "beta", "gamma") if len(blocks) == 1 else ():
             angle = _cif_number(data.get(f"_cell_angle_{angle_name}"))
             if angle is not None and not 0 < angle < 180:
                 return f"cell angle {angle_name} = {angle:g} degrees (an angle must be between 0 and 180)"
@@ -156,16 +160,22 @@ def precheck_cif(text: str, max_atoms: int | None) -> str | None:
             continue
         try:
             operations = _cif_operations(data, SymmOp)
+        except Exception:
+            continue  # no count: pymatgen decides
+        if len(operations) > MAX_SYMMETRY_OPERATIONS:
+            return f"{len(operations)} symmetry operations (a space group has at most {MAX_SYMMETRY_OPERATIONS})"
+        try:
             sites = np.array([[_cif_number(v) for v in data[f"_atom_site_fract_{axis}"]] for axis in "xyz"],
                              dtype=float).T
         except Exception:
-            continue  # no count: pymatgen decides
+            continue
         if not np.all(np.isfinite(sites)):
             continue
         for site in sites:
             images = np.array([op.operate(site) for op in operations]) % 1.0
             difference = images[:, None, :] - images[None, :, :]
-            same = np.all(np.abs(difference - np.round(difference)) < 1e-3, axis=2)
+            # pymatgen's own site tolerance (fractional) when it merges a site's images
+            same = np.all(np.abs(difference - np.round(difference)) < 1e-4, axis=2)
             total += int(np.sum(np.argmax(same, axis=1) == np.arange(len(images))))  # first of each group
             if total > max_atoms:
                 return f"over {max_atoms} atoms in the cell once its symmetry is applied (the limit, max_atoms)"
@@ -185,9 +195,12 @@ def _cif_number(value) -> float | None:
 
 
 def _cif_operations(data: dict, symm_op) -> list:
+    """The CIF's symmetry operations as pymatgen takes them (P1 where it names none it reads)."""
     for key in CIF_SYMOP_KEYS:
         if key in data:
             values = data[key] if isinstance(data[key], list) else [data[key]]
+            if len(values) > MAX_SYMMETRY_OPERATIONS:
+                return values  # counted, never parsed: refused by their number
             return [symm_op.from_xyz_str(v.replace("'", "").replace('"', "")) for v in values]
     from pymatgen.symmetry.groups import SpaceGroup
 

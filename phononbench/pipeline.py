@@ -265,6 +265,9 @@ def _prepare(out: Path, info: dict, protocol: Protocol, executor, limit_per_gene
                             skipped=skipped, exclude=(out,), executor=executor, pack=True, progress=step,
                             cache=cache)
     del cache
+    if not items:
+        raise SetupError(f"no structure files in {', '.join(info['inputs'])}" +
+                         (f" ({skipped.summary()})" if skipped.count() else ""))
     results_io.write_ingest_cache(out, items, settings)
     results_io.write_manifest(out, items)
     info["skipped_files"] = skipped.to_dict()

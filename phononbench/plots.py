@@ -30,7 +30,7 @@ def _save(figure, path: str | Path) -> Path:
 
 
 def rates_figure(board: pd.DataFrame, path: str | Path) -> Path:
-    """Headline rate per generator with its 95% Wilson interval (board: from ``leaderboard.build``)."""
+    """Headline rate per generator with its 95% Wilson interval (board: from ``ranking.build``)."""
     figure, axes = plt.subplots(figsize=(6, 0.45 * len(board) + 1.2))
     y = np.arange(len(board))[::-1]
     rate = 100 * board[Col.STABILITY_RATE].to_numpy()

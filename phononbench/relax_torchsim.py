@@ -102,7 +102,7 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
         # the ones between cycles go back when enough wait or nothing else steps; fresh ones while there is room
         if between and (not slots or len(between) >= max(1, len(slots) // 8)):
             newcomers, between = _within(between, max_atoms_in_flight - (int(state.n_atoms) if state is not None else 0),
-                                         most - len(slots))
+                                         most - len(slots), idle=not slots)
         n_atoms = (int(state.n_atoms) if state is not None else 0) + sum(
             int(single.n_atoms) for _, single in newcomers + between)
         while waiting and len(slots) + len(newcomers) + len(between) < most:
@@ -161,12 +161,15 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
             if out_of_memory(exc) and len(slots) > 1:
                 # not a structure's fault: half as much in flight from now on, and every structure in flight
                 # restarts its cycle where the step left it (the step moved it, the model could not answer
-                # there): a fresh FIRE and FixSymmetry, its cycle and step counts kept
+                # there): a fresh FIRE and FixSymmetry and the cycle's full step budget, its cycle number and
+                # the steps taken so far kept
                 max_atoms_in_flight = max(1, int(state.n_atoms) // 2)
                 most = max(1, len(slots) // 2)
                 log.warning("out of memory with %d structures (%d atoms) in flight: %d at most from now on (%s)",
                             len(slots), int(state.n_atoms), most, reason(exc, 120))
                 _empty_cuda_cache()
+                for slot in slots:
+                    slot.steps_before, slot.steps = slot.steps_before + slot.steps, 0
                 between = [(slot, _geometry(state, k)) for k, slot in enumerate(slots)] + between
                 slots, state = [], None
                 continue
@@ -185,13 +188,13 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
     return outcome
 
 
-def _within(between: list, atoms_left: int, structures_left: int) -> tuple[list, list]:
+def _within(between: list, atoms_left: int, structures_left: int, idle: bool) -> tuple[list, list]:
     """The structures between cycles that go back into the state (in order, within what is left of the
-    atoms and structures in flight; at least one), and those that wait."""
+    atoms and structures in flight; one at least when nothing else is in flight), and those that wait."""
     taken, atoms = 0, 0
     for _, single in between:
         size = int(single.n_atoms)
-        if taken and (atoms + size > atoms_left or taken >= structures_left):
+        if (taken or not idle) and (atoms + size > atoms_left or taken >= structures_left):
             break
         taken, atoms = taken + 1, atoms + size
     return between[:taken], between[taken:]

@@ -103,7 +103,12 @@ def prepare_output(out: Path) -> Path:
 
 def has_rows(out: Path) -> bool:
     """Rows were written here (part files, or a ledger that lists some even if they are gone)."""
-    return any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet")) or (Path(out) / PARTS_FILE).exists()
+    if any((Path(out) / STRUCTURES_DIR).glob("part-*.parquet")):
+        return True
+    try:
+        return bool(read_ledger(out))
+    except IncompleteRun:
+        return True  # a ledger that cannot be read: something was written (the readers say what)
 
 
 def read_ledger(out: Path) -> dict[str, int] | None:
@@ -145,6 +150,8 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
             if ledger is not None and name in ledger and table.num_rows != ledger[name]:
                 raise ValueError(f"{table.num_rows} rows, parts.json says {ledger[name]}")
         except (OSError, ValueError, pa.ArrowException) as exc:
+            if isinstance(exc, FileNotFoundError) and ledger is not None and name not in ledger:
+                continue  # an unlisted part a finishing run has just replaced: its rows are in the new parts
             problem = f"{STRUCTURES_DIR}/{name}: {' '.join(str(exc).split())[:200] or type(exc).__name__}"
             if not repair:
                 raise _incomplete(out, problem) from exc
@@ -512,6 +519,8 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
     if current is None:
         _, every, _ = _latest_rows(out, skip)
+        if every is None:
+            raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
         current = every.take(_current_index(every, read_manifest(out)))
     rows = current.to_pandas()
     manifest = read_manifest(out)
@@ -523,11 +532,15 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
     return rows.reset_index(drop=True)
 
 
-def _finished(out: Path) -> bool:
+def _status(out: Path) -> str | None:
     try:
-        return json.loads((Path(out) / RUN_FILE).read_text()).get("status") == "complete"
+        return json.loads((Path(out) / RUN_FILE).read_text()).get("status")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+
+
+def _finished(out: Path) -> bool:
+    return _status(out) == "complete"
 
 
 def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
@@ -574,6 +587,10 @@ def read_summary(out: Path) -> pd.DataFrame:
     path = Path(out) / SUMMARY_FILE
     if not path.exists():
         raise SetupError(f"{path} not found; is {out} a finished PhononBench run?")
+    if not _finished(out):  # a resume going or stopped: the summary is an earlier finish's
+        raise IncompleteRun(f"the run in {out} has not finished (run.json says "
+                            f"{_status(out)!r}); its summary would be an earlier run's: `phononbench run` with the "
+                            "same settings finishes it")
     check_parts(out)  # the summary holds only if the rows it was made from are all still there
     return pd.read_parquet(path)
 

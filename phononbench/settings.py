@@ -88,12 +88,13 @@ class Protocol:
         # told apart by the verdict columns they name (6 significant digits): two thresholds that name
         # one column would write two columns of one name
         named: dict[str, float] = {}
-        for t in thresholds:
+        for k, t in enumerate(thresholds):
             column = verdict_column(t)
+            if t in thresholds[:k]:  # 0 and -0 too: one value, whatever the column says
+                raise SetupError(f"threshold {t!r} THz is given twice", setting="thresholds_thz")
             if column in named:
-                same = "given twice" if named[column] == t else f"the same as {named[column]!r} to 6 significant digits"
-                raise SetupError(f"threshold {t!r} THz is {same} (both would be the column {column})",
-                                 setting="thresholds_thz")
+                raise SetupError(f"threshold {t!r} THz is the same as {named[column]!r} to 6 significant digits "
+                                 f"(both would be the column {column})", setting="thresholds_thz")
             named[column] = t
             if t > 0 and not self.allow_positive_thresholds:
                 raise SetupError(f"threshold {t:g} THz is positive: imaginary modes are negative frequencies, so a "

@@ -1,6 +1,6 @@
 """``phononbench serve``: a small local web app (FastAPI) over run folders.
 
-- ``/``: the leaderboard of the given runs (``leaderboard.build``: the numbers of ``phononbench leaderboard``)
+- ``/``: the leaderboard of the given runs (``ranking.build``: the numbers of ``phononbench leaderboard``)
   and the checks made so far;
 - ``/runs/{key}``: every row of a run, filtered, sorted and paged on the server (``explore.select``), so a
   110k-row run stays quick; ``/runs/{key}/export``: its stable set;
@@ -33,7 +33,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from phononbench import explore, export, leaderboard
+from phononbench import explore, export, ranking
 from phononbench.checks import WEB_POTENTIALS, Checks, Limits, QueueFull, UploadRefused
 from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
@@ -43,6 +43,7 @@ from phononbench.results import PARTS_FILE, STRUCTURES_DIR, read_structures, rea
 
 log = logging.getLogger(__name__)
 RUN_KEY = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # ASCII digits, no leading zero: a run has one key
+FAILURE_REMEMBERED_S = 60.0  # a band figure that failed is answered with its failure that long, then tried again
 MAX_QUEUED_FIGURES = 16  # band figures waiting to be drawn; beyond it a request is told to come back
 FORM_OVERHEAD_BYTES = 16 * 1024  # a multipart body's headers and the potential's field, beside the file
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -110,7 +111,7 @@ class Runs:
             return cached
 
     def board(self) -> tuple[pd.DataFrame | None, float | None, str | None]:
-        """The leaderboard of the runs (``leaderboard.build``), its headline threshold, or why there is none."""
+        """The leaderboard of the runs (``ranking.build``), its headline threshold, or why there is none."""
         if not self.run_dirs:
             return None, None, None
         signature = tuple(_signature(d) for d in self.run_dirs)
@@ -118,9 +119,9 @@ class Runs:
             return self.board_cache[1]
         problems: list[str] = []
         try:  # an incomplete run is left off the board and said above it; the others are ranked
-            structures, infos = leaderboard.load_runs(self.run_dirs, problems)
+            structures, infos = ranking.load_runs(self.run_dirs, problems)
             thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
-            result = (leaderboard.build(structures, thresholds, infos), thresholds[0], " ".join(problems) or None)
+            result = (ranking.build(structures, thresholds, infos), thresholds[0], " ".join(problems) or None)
         except SetupError as exc:
             result = (None, None, " ".join(dict.fromkeys([*problems, str(exc)])))
         self.board_cache = (signature, result)
@@ -134,7 +135,9 @@ class Runs:
             raise SetupError(f"this run's potential is a plugin ({described['model']}), whose code is not run "
                              "unless the app is started with --allow-plugins")
         if key not in self.potentials:
-            self.potentials[key] = explore.run_potential(described, self.device)
+            # the registry's own weights unless plugins are allowed: a checkpoint path in a folder someone
+            # sent is a file that loading unpickles
+            self.potentials[key] = explore.run_potential(described, self.device, recorded_path=self.allow_plugins)
         return self.potentials[key]
 
     def band_figure(self, key: str, structure_id: str, kind: str) -> Path | str:
@@ -156,14 +159,15 @@ class FigureQueue:
         self.jobs: queue.Queue = queue.Queue(maxsize=size)
         self.lock = threading.Lock()
         self.pending: set[tuple] = set()
-        self.failed: dict[tuple, str] = {}
+        self.failed: dict[tuple, tuple[float, str]] = {}  # a failure is said for a minute, then tried again
         threading.Thread(target=self._draw, name="phononbench-bands", daemon=True).start()
 
     def request(self, view: RunView, row: pd.Series) -> str:
         key = (str(view.out), row[Col.STRUCTURE_ID], row[Col.STRUCTURE_HASH])
         with self.lock:
-            if key in self.failed:
-                raise BandsFailed(self.failed[key])
+            when, why = self.failed.get(key, (0.0, ""))
+            if time.monotonic() - when < FAILURE_REMEMBERED_S:
+                raise BandsFailed(why)
             if key in self.pending:
                 return "being drawn"
             try:
@@ -181,7 +185,7 @@ class FigureQueue:
             except Exception as exc:
                 log.exception("bands of %s", key[1])
                 with self.lock:
-                    self.failed[key] = reason(exc)
+                    self.failed[key] = (time.monotonic(), reason(exc))
             finally:
                 with self.lock:
                     self.pending.discard(key)
@@ -319,7 +323,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
                 listed.append({"key": str(k), "name": directory.resolve().name, "status": f"unreadable: {reason(exc, 120)}",
                                "model": "-", "protocol": "-"})
         board_rows = [] if board is None else [
-            {**{str(c): _value(v) for c, v in r.items()}, "entry": leaderboard.entry_name(r)} for _, r in board.iterrows()]
+            {**{str(c): _value(v) for c, v in r.items()}, "entry": ranking.entry_name(r)} for _, r in board.iterrows()]
         return page(request, "index.html", runs=listed, board=board_rows, headline=headline, problem=problem,
                     checks=[checks.state(c) for c in checks.ids()[:20]])
 
@@ -397,8 +401,8 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
         data = await structure.read(limits.max_upload_bytes + 1)  # never more than the limit into memory
         try:  # parsed and checked on a thread, within a time budget: the request loop serves others meanwhile
             check_id = await asyncio.wait_for(anyio.to_thread.run_sync(
-                checks.submit, structure.filename or "", data, potential, time.monotonic() + limits.read_budget_s,
-                abandon_on_cancel=True), limits.read_budget_s)
+                checks.submit, structure.filename or "", data, potential, time.monotonic() + limits.read_budget_s + 5,
+                abandon_on_cancel=True), limits.read_budget_s + 5)
         except QueueFull as exc:
             return check_form_page(request, str(exc), potential, status_code=429)
         except UploadRefused as exc:

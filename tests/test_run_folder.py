@@ -262,6 +262,7 @@ def test_an_output_folder_inside_the_input_is_never_read(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["--threshold", "-0.1", "--threshold", "-0.1"], "threshold -0.1 THz is given twice"),
     # issue 19.2: near-equal thresholds would name one column twice
+    (["--threshold", "0", "--threshold", "-0"], "threshold -0.0 THz is given twice"),  # one value, two spellings
     (["--threshold", "-0.1", "--threshold", "-0.10000000001"],
      "threshold -0.10000000001 THz is the same as -0.1 to 6 significant digits (both would be the column "
      "stable_at_-0.1_thz)"),

@@ -120,6 +120,25 @@ def test_the_app_shows_the_healthy_runs_beside_a_damaged_one(finished, tmp_path)
     assert refused.status_code == 404 and "is incomplete" in refused.json()["detail"]
 
 
+def test_a_resume_that_was_stopped_has_no_summary_to_show(finished):
+    """A summary is an earlier finish's once a resume has started: summarize says so instead of showing it."""
+    _, out = finished
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "status": "running"}))  # as a killed resume leaves it
+    line = _one_error_line(_cli("summarize", out))
+    assert "has not finished" in line and "finishes it" in line
+
+
+def test_an_input_folder_with_no_structures_says_so_in_one_line(tmp_path):
+    (tmp_path / "in" / "empty").mkdir(parents=True)
+    (tmp_path / "in" / "empty" / "notes.txt").write_text("no structure here")
+    result = _cli("run", tmp_path / "in", "--out", tmp_path / "out", *EMT_RUN)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "no structure files in" in errors[0] and "1 with no structure reader" in errors[0]
+    assert not (tmp_path / "out").exists()  # nothing left behind
+
+
 # 6. A zip inside a generator's folder is that generator's ---------------------------------------------
 
 
@@ -213,6 +232,20 @@ def test_a_cif_keeps_its_real_reason_and_absurd_cells_are_invalid_input(tmp_path
     (folder / "x.cif").write_text(CELL.format(a=a, alpha=alpha, sites=sites))
     (item,) = read_inputs([str(tmp_path / "in")], None, 0.5)
     assert not item.valid and reason in item.error and "no structures" not in item.error, item.error
+
+
+def test_one_absurd_block_of_a_multi_block_cif_leaves_the_others(tmp_path):
+    folder = tmp_path / "in" / "blocks"
+    folder.mkdir(parents=True)
+    blocks = [CELL.format(a=a, alpha="90", sites="Cu1 Cu 0 0 0 1\n").replace("data_x", f"data_{k}")
+              for k, a in enumerate(["3.6", "3.7"])]
+    huge = CELL.format(a="3.6", alpha="90", sites="Cu1 Cu 0 0 0 1\n").replace("data_x", "data_2").replace(
+        "_cell_length_c 3.6", "_cell_length_c 600")
+    (folder / "three.cif").write_text("\n".join(blocks + [huge]))
+    items = {i.structure_id: i for i in read_inputs([str(tmp_path / "in")], None, 0.5)}
+    assert sorted(items) == ["blocks/three.cif#0", "blocks/three.cif#1", "blocks/three.cif#2"]
+    assert items["blocks/three.cif#0"].valid and items["blocks/three.cif#1"].valid
+    assert "over 500 A" in items["blocks/three.cif#2"].error
 
 
 def test_a_poscar_with_an_absurd_cell_is_invalid_input(tmp_path):
