@@ -374,7 +374,7 @@ def serve(
     _quiet_libraries()
 
     def action():
-        from phononbench.checks import Limits
+        from phononbench.uploads import Limits
         from phononbench.webapp import create_app, serve_app
 
         if max_upload_kb < 1 or max_atoms < 1:

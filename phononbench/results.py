@@ -524,7 +524,7 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
         current = every.take(_current_index(every, read_manifest(out)))
     rows = current.to_pandas()
     manifest = read_manifest(out)
-    if manifest is not None and len(rows) < len(manifest) and _finished(out):
+    if manifest is not None and len(rows) < len(manifest) and _finished(out) and _stage(out) != "dedup":
         missing = manifest.loc[~manifest[Col.STRUCTURE_ID].isin(rows[Col.STRUCTURE_ID]), Col.STRUCTURE_ID]
         raise IncompleteRun(f"run {out} is incomplete: {len(missing)} of its {len(manifest)} inputs have no row "
                             f"(first: {missing.iloc[0]}); `phononbench run` with the same settings into {out} "
@@ -535,6 +535,14 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
 def _status(out: Path) -> str | None:
     try:
         return json.loads((Path(out) / RUN_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _stage(out: Path) -> str | None:
+    """"run", or "dedup" for a folder ``phononbench dedup`` wrote (rows only for invalid and duplicate inputs)."""
+    try:
+        return json.loads((Path(out) / RUN_FILE).read_text()).get("stage", "run")
     except (OSError, ValueError, AttributeError):
         return None
 

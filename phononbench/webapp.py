@@ -34,7 +34,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 
 from phononbench import explore, export, ranking
-from phononbench.checks import WEB_POTENTIALS, Checks, Limits, QueueFull, UploadRefused
+from phononbench.checks import WEB_POTENTIALS, Checks
+from phononbench.uploads import Limits, QueueFull, UploadRefused
 from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
                                  structures_schema, verdict_column)
@@ -43,6 +44,7 @@ from phononbench.results import PARTS_FILE, STRUCTURES_DIR, read_structures, rea
 
 log = logging.getLogger(__name__)
 RUN_KEY = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # ASCII digits, no leading zero: a run has one key
+FIGURE_WAIT_S = 300.0  # an image request waits this long for its figure (on the event loop, no thread held)
 FAILURE_REMEMBERED_S = 60.0  # a band figure that failed is answered with its failure that long, then tried again
 MAX_QUEUED_FIGURES = 16  # band figures waiting to be drawn; beyond it a request is told to come back
 FORM_OVERHEAD_BYTES = 16 * 1024  # a multipart body's headers and the potential's field, beside the file
@@ -357,19 +359,23 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
                     name=view.out.resolve().name)
 
     @app.get("/runs/{key}/bands/{kind}.png")
-    def bands_png(key: str, kind: str, id: str = ""):
+    async def bands_png(key: str, kind: str, id: str = ""):
+        """The figure once it is drawn. The request waits on the event loop, holding no worker thread (each
+        look is a short call on a thread), so any number of them never starve a page."""
         if kind not in explore.FIGURES:
             raise HTTPException(404, f"no band structure {kind!r}")
-        try:
-            path = runs.band_figure(key, id, kind)
-        except BandsFailed as exc:
-            raise HTTPException(500, f"cannot compute the bands: {exc}") from None
-        if isinstance(path, Path):
-            return FileResponse(path, media_type="image/png")
-        if path == "full":
-            return JSONResponse({"detail": "too many band structures are being drawn; trying again shortly"},
-                                status_code=503, headers={"Retry-After": "5"})
-        return JSONResponse({"detail": "being drawn"}, status_code=202, headers={"Retry-After": "2"})
+        deadline = time.monotonic() + FIGURE_WAIT_S
+        while True:
+            try:
+                path = await anyio.to_thread.run_sync(runs.band_figure, key, id, kind)
+            except BandsFailed as exc:
+                raise HTTPException(500, f"cannot compute the bands: {exc}") from None
+            if isinstance(path, Path):
+                return FileResponse(path, media_type="image/png")
+            if time.monotonic() > deadline:
+                return JSONResponse({"detail": "the band structure is still being drawn; reload the page"},
+                                    status_code=503, headers={"Retry-After": "10"})
+            await asyncio.sleep(0.5)  # "being drawn" or a full queue: look again
 
     @app.get("/runs/{key}/relaxed.cif")
     def relaxed_cif(key: str, id: str = ""):

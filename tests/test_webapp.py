@@ -68,10 +68,12 @@ def server(emt_run, tmp_path_factory):
 def _serve(run: Path, checks: Path, *options: str) -> tuple[subprocess.Popen, str]:
     """`phononbench serve RUN` in a process of its own, once it answers."""
     port = _free_port()
+    log = open(Path(checks).parent / f"serve-{port}.log", "w")  # a file, never a pipe nobody reads: a full pipe blocks the app
     process = subprocess.Popen(
         [sys.executable, "-m", "phononbench.cli", "serve", str(run), "--port", str(port), "--checks", str(checks),
-         *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         *options], stdout=log, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process.log_path = log.name
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -81,7 +83,7 @@ def _serve(run: Path, checks: Path, *options: str) -> tuple[subprocess.Popen, st
         except OSError:  # not listening yet (URLError), or busy starting (a read timeout)
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"the app did not start: {process.stdout.read()[-2000:]}")
+                pytest.fail(f"the app did not start: {Path(process.log_path).read_text()[-2000:]}")
             time.sleep(0.5)
 
 
@@ -217,7 +219,7 @@ def test_a_refused_upload_says_why_and_starts_nothing(server, browser, tmp_path,
         expected = "the limit is 8 KiB"
     else:  # --max-atoms 8
         (bulk("Cu", "fcc", a=3.6) * (3, 3, 3)).write(path)
-        expected = "27 atoms in the cell, above the limit of 8"
+        expected = "over 8 atoms in the cell once its symmetry is applied"  # counted before pymatgen reads it
     before = sorted(p.name for p in server["checks"].iterdir())
     _check(browser, server, path)
     assert browser.evaluate("location.pathname") == "/check"
@@ -320,11 +322,8 @@ def test_bands_that_cannot_be_computed_say_why(emt_run, tmp_path):
     (moved / "run.json").write_text(json.dumps(info))
     client = TestClient(create_app([moved], tmp_path / "checks"))
     page = client.get("/runs/0/structure", params={"id": "gen_fcc/Cu_fcc.cif"})
-    assert page.status_code == 200 and "loadBands" in page.text
-    deadline = time.monotonic() + 60
-    while (refused := client.get("/runs/0/bands/bz.png", params={"id": "gen_fcc/Cu_fcc.cif"})).status_code == 202:
-        assert time.monotonic() < deadline  # being drawn, in the background
-        time.sleep(0.2)
+    assert page.status_code == 200 and "bandsFailed" in page.text
+    refused = client.get("/runs/0/bands/bz.png", params={"id": "gen_fcc/Cu_fcc.cif"})  # drawn in the background
     assert refused.status_code == 500 and "cannot compute the bands" in refused.json()["detail"]
     assert "checkpoint" in refused.json()["detail"]
     assert not (moved / "bands").exists()
@@ -378,6 +377,7 @@ def test_an_upload_that_expands_to_15360_atoms_is_refused_while_pages_stay_quick
 
     data = _expanding_cif(80)
     assert len(data) < 4 * 1024
+    alone = min(_timed_get(server["url"] + "/") for _ in range(3))  # the page's own time on this machine now
     answer = {}
     upload = threading.Thread(target=lambda: answer.update(result=_upload(server["url"], "many.cif", data)))
     started = time.monotonic()
@@ -386,13 +386,13 @@ def test_an_upload_that_expands_to_15360_atoms_is_refused_while_pages_stay_quick
     front = _timed_get(server["url"] + "/")
     upload.join(60)
     status, page = answer["result"]
-    assert front < 1.0, f"the front page took {front:.1f} s beside the upload"
+    assert front < 1.0 + alone, f"the front page took {front:.1f} s beside the upload ({alone:.1f} s alone)"
     assert status == 400 and "over 8 atoms in the cell once its symmetry is applied" in page
     assert time.monotonic() - started < 10  # counted from its sites and operations, never expanded
 
 
 def test_a_ten_thousand_atom_cif_is_refused_at_once_under_the_default_limits():
-    from phononbench.checks import Limits, UploadRefused, read_upload
+    from phononbench.uploads import Limits, UploadRefused, read_upload
 
     data = _expanding_cif(10_000, "P 1")
     assert len(data) < Limits().max_upload_bytes
@@ -403,6 +403,8 @@ def test_a_ten_thousand_atom_cif_is_refused_at_once_under_the_default_limits():
 
 
 def test_band_figures_are_drawn_in_the_background_and_never_starve_a_page(emt_run, tmp_path):
+    """45 image requests for figures not yet drawn, then the front page: the figures are drawn one at a time
+    by a thread of their own while the requests wait on the event loop, so the page is answered at once."""
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
@@ -423,17 +425,14 @@ def test_band_figures_are_drawn_in_the_background_and_never_starve_a_page(emt_ru
             except urllib.error.HTTPError as refused:
                 return refused.code, time.monotonic() - started
 
+        alone = min(_timed_get(url + "/") for _ in range(3))
         with ThreadPoolExecutor(45) as pool:
             answers = pool.map(status, requests)
+            time.sleep(0.5)  # all 45 waiting for their figures
             front = _timed_get(url + "/")
             answers = list(answers)
-        assert front < 1.0, f"the front page took {front:.1f} s beside 45 band requests"
-        assert {code for code, _ in answers} <= {200, 202} and 202 in {code for code, _ in answers}
-        assert max(took for _, took in answers) < 5  # answered at once: "being drawn"
-        deadline = time.monotonic() + 300
-        while any(status(r)[0] != 200 for r in requests[:2 * len(ids)]):  # then drawn, one after another
-            assert time.monotonic() < deadline, "the band figures were never drawn"
-            time.sleep(1)
+        assert front < 1.0 + alone, f"the front page took {front:.1f} s beside 45 band requests ({alone:.1f} s alone)"
+        assert {code for code, _ in answers} == {200}  # each waited (on the event loop) for its figure
     finally:
         process.terminate()
         process.wait(20)
@@ -451,7 +450,8 @@ def test_queued_checks_are_capped_and_an_empty_check_file_is_a_failed_check(emt_
     from ase.build import bulk
     from fastapi.testclient import TestClient
 
-    from phononbench.checks import Checks, Limits
+    from phononbench.checks import Checks
+    from phononbench.uploads import Limits
     from phononbench.webapp import create_app
 
     checks_dir = tmp_path / "checks"
@@ -490,11 +490,7 @@ def test_a_served_run_with_a_plugin_potential_runs_no_plugin_code_without_the_fl
     sys.path.insert(0, str(tmp_path))
     try:
         client = TestClient(create_app([run], tmp_path / "checks"))
-        address = "/runs/0/bands/bz.png?id=gen_fcc%2FCu_fcc.cif"
-        deadline = time.monotonic() + 60
-        while (answer := client.get(address)).status_code == 202:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        answer = client.get("/runs/0/bands/bz.png?id=gen_fcc%2FCu_fcc.cif")
         assert answer.status_code == 500 and "--allow-plugins" in answer.json()["detail"]
         assert not marker.exists()
     finally:
@@ -510,13 +506,16 @@ def test_uploads_pymatgen_would_expand_are_refused_within_their_budget_in_a_proc
     within the atom limit that still takes pymatgen long (15,360 atoms under a limit of 20,000) is read in
     a reader process and cut off at the budget; more than 192 operations is no space group. The app's own
     process never parses an upload."""
-    from phononbench.checks import Checks, Limits, UploadRefused
+    from phononbench.checks import Checks
+    from phononbench.uploads import Limits, UploadRefused
 
     checks = Checks(tmp_path / "checks", Limits(max_atoms=8, read_budget_s=3), start=False)
+    checks.reader.warm()  # the reader processes started, as the app starts them
     started = time.monotonic()
     with pytest.raises(UploadRefused, match="over 8 atoms in the cell once its symmetry is applied"):
         checks.submit("underscore.cif", _expanding_cif_with("_symmetry_space_group_name_H_M", "F m -3 m", 40), "emt")
     slow = Checks(tmp_path / "checks", Limits(max_atoms=20_000, read_budget_s=3), start=False)
+    slow.reader.warm()
     with pytest.raises(UploadRefused, match="took over 3 s"):
         slow.submit("slow.cif", _expanding_cif(80), "emt")
     operations = "".join(f"'x+{k}/400,y,z'\n" for k in range(400))
