@@ -5,7 +5,6 @@ relaxation needs. Real runs (EMT on small metals), real files, the CLI as a user
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import shutil
 import zipfile
@@ -21,22 +20,10 @@ from phononbench.errors import IncompleteRun
 from phononbench.ingest import MAX_DECOMPRESSED_BYTES, read_inputs
 from phononbench.records import Col, Status
 from phononbench.results import read_structures
+from tests.test_run_folder import _cif, _metals  # the same small metals, written as CIFs
 
 runner = CliRunner()
 EMT_RUN = ["--model", "emt", "--in-process"]
-
-
-def _cif(atoms) -> str:
-    buffer = io.BytesIO()
-    atoms.write(buffer, format="cif")
-    return buffer.getvalue().decode()
-
-
-def _metals(folder: Path, **cells) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for stem, atoms in cells.items():
-        (folder / f"{stem}.cif").write_text(_cif(atoms))
-    return folder
 
 
 def _cli(*args):
