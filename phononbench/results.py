@@ -517,13 +517,13 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
     directory = Path(out) / STRUCTURES_DIR
     if not has_rows(out):
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
+    manifest = read_manifest(out)  # read once: the current rows and the completeness check both use it
     if current is None:
         _, every, _ = _latest_rows(out, skip)
         if every is None:
             raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
-        current = every.take(_current_index(every, read_manifest(out)))
+        current = every.take(_current_index(every, manifest))
     rows = current.to_pandas()
-    manifest = read_manifest(out)
     if manifest is not None and len(rows) < len(manifest) and _finished(out) and _stage(out) != "dedup":
         missing = manifest.loc[~manifest[Col.STRUCTURE_ID].isin(rows[Col.STRUCTURE_ID]), Col.STRUCTURE_ID]
         raise IncompleteRun(f"run {out} is incomplete: {len(missing)} of its {len(manifest)} inputs have no row "
