@@ -16,6 +16,7 @@ through these lookups, never as a path. Nothing is written outside the run folde
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import queue
@@ -241,15 +242,24 @@ def _filters(request: Request, view: RunView) -> explore.Filters:
         sort=query.get("sort") or Col.STRUCTURE_ID, descending=query.get("order") == "desc", page=page)
 
 
-def _spacegroup(number) -> str:
-    from pymatgen.symmetry.groups import SpaceGroup
+@functools.cache
+def _spacegroup_symbols() -> dict[int, str]:
+    """International short symbols by space-group number, from spglib's table (pymatgen builds the whole
+    group for a symbol: a second for Fm-3m, on every page)."""
+    import spglib
 
+    symbols: dict[int, str] = {}
+    for hall_number in range(1, 531):
+        kind = spglib.get_spacegroup_type(hall_number)
+        symbols.setdefault(kind.number, kind.international_short)
+    return symbols
+
+
+def _spacegroup(number) -> str:
     if _value(number) is None:
         return "-"
-    try:
-        return f"{SpaceGroup.from_int_number(int(number)).symbol} ({int(number)})"
-    except Exception:
-        return str(int(number))
+    symbol = _spacegroup_symbols().get(int(number))
+    return f"{symbol} ({int(number)})" if symbol else str(int(number))
 
 
 def _qpoint(q) -> str:
