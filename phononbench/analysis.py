@@ -6,27 +6,13 @@ call these, so a number means the same thing everywhere.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 from pymatgen.core import Composition
 
+from phononbench.rates import rate_columns, wilson_interval  # noqa: F401  (analysis.wilson_interval, as notebooks call it)
 from phononbench.records import Col, Status, is_relaxed, is_stable, is_stable_bz
-
-Z_95 = 1.959963984540054
-
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default); (nan, nan) for n = 0."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    denominator = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
 
 def relaxed(structures: pd.DataFrame) -> pd.DataFrame:
     """The published denominator: structures whose relaxation converged (``records.is_relaxed``)."""
@@ -36,11 +22,8 @@ def relaxed(structures: pd.DataFrame) -> pd.DataFrame:
 def rate_with_interval(frame: pd.DataFrame, threshold_thz: float, brillouin_zone: bool = False) -> dict:
     """Stable / all rows of ``frame`` (pass relaxed rows for the published rate), with its Wilson interval;
     stable on the published path, or over the Brillouin zone."""
-    n = len(frame)
-    k = int((is_stable_bz if brillouin_zone else is_stable)(frame, threshold_thz).sum())
-    low, high = wilson_interval(k, n)
-    return {Col.N_RELAXED: n, Col.N_STABLE: k, Col.STABILITY_RATE: k / n if n else float("nan"),
-            Col.CI_LOW: low, Col.CI_HIGH: high}
+    stable = (is_stable_bz if brillouin_zone else is_stable)(frame, threshold_thz)
+    return rate_columns(int(stable.sum()), len(frame))
 
 
 def rates(structures: pd.DataFrame, thresholds_thz) -> pd.DataFrame:

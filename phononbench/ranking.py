@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from phononbench import analysis, plots
+from phononbench import analysis, plots, rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
 from phononbench.report import percent
@@ -126,7 +126,7 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
             n_input = max(n_input, sum(infos[r].get("inputs_per_generator", {}).get(named, 0)
                                        for r in frame[Col.RUN].unique()))
         rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline, bz),
-                     Col.STABILITY_RATE_BZ: tally["n_stable_bz_at"][headline] / n_relaxed if n_relaxed else float("nan"),
+                     Col.STABILITY_RATE_BZ: rates.rate(tally["n_stable_bz_at"][headline], n_relaxed),
                      Col.N_STABLE_BZ: tally["n_stable_bz_at"][headline],
                      Col.N_STABLE_NOT_3D: tally["n_stable_not_3d_at"][headline],
                      Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict, bz)[Col.STABILITY_RATE],
@@ -155,7 +155,7 @@ def published_rows(thresholds_thz=(-0.1, -0.001), brillouin_zone: bool = False) 
     rows = []
     for r in _published_table("data/published_phononbench.csv").itertuples(index=False):
         n, k = int(r.relaxed), int(r.dynamically_stable)
-        rows.append(_published_row(f"{r.model} (README)", float(r.threshold_thz), k / n, (k, n), r.total_generated,
+        rows.append(_published_row(f"{r.model} (README)", float(r.threshold_thz), rates.rate(k, n), (k, n), r.total_generated,
                                    r.unique_cifs, r.potential, "PhononBench README", headline, strict))
     for r in _published_table("data/published_phononbench_v3.csv").itertuples(index=False):
         rows.append(_published_row(f"{r.model} (paper v3)", float(r.threshold_thz), float(r.stability_rate), None,
@@ -169,7 +169,7 @@ def _published_table(name: str) -> pd.DataFrame:
 
 
 def _published_row(label, threshold, rate, counts_kn, n_input, n_unique, potential, source, headline, strict) -> dict:
-    low, high = analysis.wilson_interval(*counts_kn) if counts_kn else (float("nan"), float("nan"))
+    low, high = rates.wilson_interval(*counts_kn) if counts_kn else (float("nan"), float("nan"))
     nan = float("nan")
     at_headline, at_strict = threshold == headline, threshold == strict
     stable, relaxed = counts_kn if counts_kn else (None, None)
@@ -235,7 +235,7 @@ def _published_percent(row) -> str:
 def _published_interval(row) -> tuple[str, str]:
     if pd.isna(row[PUBLISHED_RELAXED]):
         return "", ""
-    low, high = analysis.wilson_interval(int(row[PUBLISHED_STABLE]), int(row[PUBLISHED_RELAXED]))
+    low, high = rates.wilson_interval(int(row[PUBLISHED_STABLE]), int(row[PUBLISHED_RELAXED]))
     return percent(low), percent(high)
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phononbench.errors import IncompleteRun, SetupError
+from phononbench.rates import rate
 from phononbench.records import ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
 
 STRUCTURES_DIR = "structures"
@@ -575,10 +576,10 @@ def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd
                     **{c: tally[c] for c in (Col.N_INPUT, Col.N_VALID, Col.N_UNIQUE, Col.N_RELAXED, Col.N_PHONON,
                                                Col.N_PHONON_FAILED, *LEFT_OUT)},
                     Col.N_STABLE: n_stable,
-                    Col.STABILITY_RATE: n_stable / n_relaxed if n_relaxed else float("nan"),
-                    Col.STABILITY_RATE_UNIQUE: n_stable / n_unique if n_unique else float("nan"),
+                    Col.STABILITY_RATE: rate(n_stable, n_relaxed),
+                    Col.STABILITY_RATE_UNIQUE: rate(n_stable, n_unique),
                     Col.N_STABLE_BZ: tally["n_stable_bz_at"][threshold],
-                    Col.STABILITY_RATE_BZ: tally["n_stable_bz_at"][threshold] / n_relaxed if n_relaxed else float("nan"),
+                    Col.STABILITY_RATE_BZ: rate(tally["n_stable_bz_at"][threshold], n_relaxed),
                     Col.N_STABLE_NOT_3D: tally["n_stable_not_3d_at"][threshold],
                 }
             )

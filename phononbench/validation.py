@@ -55,7 +55,7 @@ def scores(predicted_stable: pd.Series, dft_stable: pd.Series) -> dict:
     """Agreement of predicted with DFT verdicts. F1 both ways: with stable as the positive class (``f1``) and
     with "has imaginary modes" as the positive class (``f1_unstable``, as ffonons reports it); the
     false-unstable rate is matbench-discovery's phonon metric: DFT-stable materials called unstable."""
-    from phononbench.analysis import wilson_interval
+    from phononbench.rates import wilson_interval
 
     predicted_stable, dft_stable = predicted_stable.astype(bool), dft_stable.astype(bool)
     tp = int((predicted_stable & dft_stable).sum())
