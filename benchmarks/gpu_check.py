@@ -4,7 +4,8 @@
   model code on the GPU);
 - the torchsim engine's CPU overhead on cuda (benchmarks/engine_overhead.py, 256 in flight);
 - the torchsim engine at the published preset on 240 real generated crystals (benchmarks/data) with
-  SevenNet-0 (weights in its wheel), one and two workers per GPU (--gpus-per-worker 1 and 0.5):
+  SevenNet-0 (weights in its wheel), one and two workers per GPU (--gpus-per-worker 1 and 0.5) and the
+  default (as many workers as the machine has CPUs for, at most 8):
   structures/h, atom-evaluations/s, mean GPU utilisation, peak GPU memory, projected hours for 110k;
 - a randomly initialised MatterSim 5M (M3GNet, 4 blocks of 256 units, written here): atom-evaluations/s
   of its model on states of generated crystals and supercells (random weights give no physical
@@ -113,11 +114,13 @@ def sample_inputs(folder: Path, n: int) -> Path:
     return out
 
 
-def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float, timeout_s: float) -> dict:
+def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float | None, timeout_s: float) -> dict:
+    """One run; ``gpus_per_worker`` None is the default (the GPU shared by as many workers as there are CPUs)."""
+    share = ["--gpus-per-worker", str(gpus_per_worker)] if gpus_per_worker else []
     with GpuSampler() as gpu:
         code, text, wall = run_part([sys.executable, "-m", "phononbench.cli", "run", str(inputs), "--out", str(out),
-                                     "--model", "sevennet-0", "--engine", "torchsim", "--device", "cuda",
-                                     "--gpus-per-worker", str(gpus_per_worker)], timeout_s)
+                                     "--model", "sevennet-0", "--engine", "torchsim", "--device", "cuda", *share],
+                                    timeout_s)
     from phononbench.results import recorded_rows
 
     rows = recorded_rows(out) if (out / "structures").exists() else None
@@ -125,7 +128,9 @@ def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float, timeout
                                                            "relax_not_converged"]).sum())
     steps = 0 if rows is None else float((rows["relax_steps"].fillna(0) * rows["n_atoms"].fillna(0)).sum())
     per_hour = done / wall * 3600 if wall else None
-    return {"gpus_per_worker": gpus_per_worker, "exit_code": code, "structures_done": done, "wall_s": round(wall, 1),
+    executor = json.loads((out / "run.json").read_text()).get("executor", {}) if (out / "run.json").exists() else {}
+    return {"gpus_per_worker": gpus_per_worker or "default", "workers_per_gpu": executor.get("workers_per_gpu", 1),
+            "exit_code": code, "structures_done": done, "wall_s": round(wall, 1),
             "structures_per_hour": round(per_hour) if per_hour else None,
             "relaxation_atom_evaluations_per_s": round(steps / wall) if wall else None,
             "projected_hours_for_110k": round(STRUCTURES_110K / per_hour, 2) if per_hour else None,
@@ -180,7 +185,8 @@ def main() -> None:
         figures["engine_overhead_cuda"] = last_json(text) if code == 0 else {"exit_code": code}
         inputs = sample_inputs(scratch, args.structures)
         figures["throughput_sevennet_0"] = [
-            pipeline_throughput(inputs, scratch / f"run-{g}", g, left(share)) for g, share in ((1.0, 0.45), (0.5, 0.9))]
+            pipeline_throughput(inputs, scratch / f"run-{g}", g, left(share))
+            for g, share in ((1.0, 0.3), (0.5, 0.45), (None, 0.9))]
         code, text, _ = run_part([sys.executable, "-c", MATTERSIM_RATE, str(scratch / "m3gnet-5m-random.pth"),
                                   str(GENERATED)], left(0.9))
         mattersim = last_json(text) if code == 0 else {"exit_code": code, "tail": text.strip().splitlines()[-3:]}

@@ -1,7 +1,7 @@
 """A simulated GPU under the real pipeline: how busy would the device be, and how many structures an hour? (issue 20)
 
     python benchmarks/simulated_device.py                       # 48 generated crystals, a few layouts
-    python benchmarks/simulated_device.py --n 96 --workers 1 2
+    python benchmarks/simulated_device.py --n 128 --workers 1 2 --chunks 16 64
 
 The device: a model (an ASE calculator for the batched engine, a TorchSim model for the torchsim engine)
 whose every call takes a + b x atoms seconds of wall time while holding no CPU (it sleeps, releasing the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import itertools
 import json
 import os
 import sys
@@ -84,7 +85,6 @@ def build(name: str, device: str, checkpoint: str | None):
 
     torch.set_num_threads(1)
     potential = DevicePotential(name, GridSprings(), "cpu", make_torchsim=lambda _: DeviceModel())
-    potential.max_atoms_per_batch = int(os.environ.get("SIMULATED_DEVICE_BATCH_ATOMS", "16384"))
     return potential
 
 
@@ -104,37 +104,64 @@ def run_layout(inputs: Path, scratch: Path, workers: int, engine: str, chunk: in
     from phononbench.settings import preset
     from phononbench.worker import WorkerSpec
 
+    import ray
+
     out = scratch / f"run-{engine}-{workers}w-{chunk}"
     log = Path(os.environ["SIMULATED_DEVICE_DIR"]) / "device.log"
+    # one declared GPU that the workers share as `--device cuda` shares a real one (executors.workers_per_gpu):
+    # each takes 1/workers of it and that share of a GPU's batch (the cuda default, not the CPU's 256 atoms)
+    ray.init(num_cpus=workers, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
     spec = WorkerSpec("python:simulated_device:build", "cpu", None, None, preset("published"), engine, threads=1)
-    executor = RayExecutor(workers=workers, cpus_per_worker=1.0)
-    cpu_before = _children_cpu_s()
+    executor = RayExecutor(workers=workers, cpus_per_worker=1.0, gpus_per_worker=1 / workers)
+    cpu = DescendantsCPU()
     started = time.time()
     summary = run_benchmark([str(inputs)], out, spec, {"model": "simulated-device"}, executor, chunk_size=chunk)
     ended = time.time()
-    executor.shutdown() if hasattr(executor, "shutdown") else None
+    worker_cpu_s = cpu.seconds()
+    ray.shutdown()  # the next layout starts a Ray of its own size
     n = int(summary[summary["pooled"]]["n_relaxed"].iloc[0])
     fraction, busy = busy_fraction(log, started, ended)
     wall = ended - started
     return {"engine": engine, "workers": workers, "chunk": chunk, "structures": n, "wall_s": round(wall, 1),
             "structures_per_hour": round(n / wall * 3600), "device_busy_fraction": round(fraction, 4),
             "device_s_per_structure": round(busy / max(n, 1), 4),
-            "worker_cpu_s_per_structure": round((_children_cpu_s() - cpu_before) / max(n, 1), 3)}
+            "worker_cpu_s_per_structure": round(worker_cpu_s / max(n, 1), 3)}
 
 
-def _children_cpu_s() -> float:
-    """CPU seconds of every process on the machine but this one's parent chain: Ray's workers."""
-    import psutil
+class DescendantsCPU:
+    """CPU seconds of every process this one starts, at any depth (Ray's workers, and its raylet: a small
+    share), sampled twice a second while they live: the workers are gone when the run returns."""
 
-    total = 0.0
-    for process in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if "ray::" in " ".join(process.info["cmdline"] or []) or (process.info["name"] or "").startswith("ray::"):
+    def __init__(self):
+        import threading
+
+        self.last: dict[int, float] = {}
+        self._look()
+        self.first = dict(self.last)  # what Ray's own processes spent starting: not the run's
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _look(self):
+        import psutil
+
+        for process in psutil.Process().children(recursive=True):
+            try:
                 times = process.cpu_times()
-                total += times.user + times.system
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
+                self.last[process.pid] = times.user + times.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+
+    def _sample(self):
+        while not self.stop.wait(0.5):
+            self._look()
+
+    def seconds(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        self._look()
+        return sum(seconds - self.first.get(pid, 0.0) for pid, seconds in self.last.items())
 
 
 def main() -> None:
@@ -142,7 +169,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=48, help="generated crystals")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=["torchsim"])
-    parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[16, 64],
+                        help="structures per chunk (a worker's structures in flight)")
     parser.add_argument("--per-call-s", type=float, default=PER_CALL_S)
     parser.add_argument("--per-atom-s", type=float, default=PER_ATOM_S)
     args = parser.parse_args()
@@ -163,10 +191,10 @@ def main() -> None:
 
     layouts = []
     for engine in args.engines:
-        for workers in args.workers:
-            figures = run_layout(inputs.parent, scratch, workers, engine, args.chunk)
+        for workers, chunk in itertools.product(args.workers, args.chunks):
+            figures = run_layout(inputs.parent, scratch, workers, engine, chunk)
             layouts.append(figures)
-            print(f"{engine}, {workers} worker(s), chunks of {args.chunk}: {figures['structures_per_hour']:,} structures/h, "
+            print(f"{engine}, {workers} worker(s), chunks of {chunk}: {figures['structures_per_hour']:,} structures/h, "
                   f"device busy {100 * figures['device_busy_fraction']:.1f}% ({figures['device_s_per_structure'] * 1000:.1f} ms "
                   f"of device per structure), {figures['worker_cpu_s_per_structure']:.2f} worker CPU s per structure",
                   flush=True)

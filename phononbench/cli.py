@@ -139,7 +139,7 @@ def run(
     ray_address: RayAddress = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker slots (default: all CPUs, or GPUs / --gpus-per-worker).")] = None,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs (and torch threads) per worker.")] = 1.0,
-    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker; fractional shares a GPU (e.g. 0.25).")] = 0.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker; fractional shares a GPU (e.g. 0.25). Default with --device cuda: each GPU shared by as many workers as its node has CPUs for, at most 8.")] = 0.0,
     timeout_per_structure: Annotated[Optional[float], typer.Option(help="Seconds a structure may take before it is cut off (status timeout).")] = None,
     max_retries: Annotated[int, typer.Option(help="Ray retries of a chunk whose worker died.")] = 2,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray (debugging).")] = False,

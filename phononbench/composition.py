@@ -39,7 +39,7 @@ def compose(protocol: Protocol, device: str = "cpu", checkpoint: str | None = No
     in the workers, never in the driver (which may have none: Ray checks that the cluster has the GPUs the
     workers ask for)."""
     from phononbench.engines import check_engine
-    from phononbench.executors import InProcessExecutor, RayExecutor
+    from phononbench.executors import SHARE_GPUS, InProcessExecutor, RayExecutor
     from phononbench.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, load_potential
 
     check_engine(engine, protocol.model)
@@ -52,7 +52,10 @@ def compose(protocol: Protocol, device: str = "cpu", checkpoint: str | None = No
     if in_process:
         return Composition(described, spec, InProcessExecutor(potential))
     if device.startswith("cuda") and not gpus_per_worker:
-        gpus_per_worker = 1.0  # GPU workers when a GPU is asked for; fractions share one
+        gpus_per_worker = SHARE_GPUS  # GPU workers when a GPU is asked for, several on each (executors.workers_per_gpu)
+    if device.startswith("cuda") and gpus_per_worker < 1 and not batch_atoms:
+        described["max_atoms_per_batch"] = (f"{DEFAULT_MAX_ATOMS_PER_BATCH['cuda']} per GPU, split between "
+                                            "the workers that share it")
     return Composition(described, spec, RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker,
                                                     timeout_per_structure, max_retries))
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 from phononbench.errors import RunAborted, SetupError, reason
 from phononbench.ingest import InputStructure, LocalTasks
-from phononbench.potentials import Potential
+from phononbench.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, Potential
 from phononbench.records import Status, StructureResult
 from phononbench.worker import Worker, WorkerSpec
 
@@ -60,11 +60,26 @@ class InProcessExecutor(LocalTasks):
         return {"executor": "in-process"}
 
 
+SHARE_GPUS = -1.0  # gpus_per_worker: share each GPU among as many workers as its node has CPUs for
+MOST_WORKERS_PER_GPU = 8
+
+
+def workers_per_gpu(nodes: list[dict], cpus_per_worker: float) -> int:
+    """How many workers share one GPU: a worker spends most of a structure's wall time on the CPU (symmetry,
+    phonopy; about 0.6 CPU s a structure outside the model, benchmarks/simulated_device.py) and little on the
+    GPU, so a GPU fed by one worker idles. Each GPU gets its node's CPUs (one left for Ray and the driver) in
+    workers, at most 8 (each holds a CUDA context and a share of the GPU's memory); the least over the
+    cluster's GPU nodes."""
+    shares = [max(1, int((n.get("CPU", 0) / n["GPU"] - 1) // cpus_per_worker)) for n in nodes if n.get("GPU", 0)]
+    return min(MOST_WORKERS_PER_GPU, min(shares, default=1))
+
+
 class RayExecutor:
     """One ``Worker`` actor per slot, each fed one chunk at a time.
 
     ``address``: None starts a local Ray (or joins the one this process has); "auto" or "HOST:PORT"
-    joins a cluster. GPU workers take ``gpus_per_worker`` (fractional shares a GPU between workers).
+    joins a cluster. GPU workers take ``gpus_per_worker`` (fractional shares a GPU between workers);
+    ``SHARE_GPUS`` shares each GPU among as many workers as its node has CPUs for (``workers_per_gpu``).
     """
 
     def __init__(
@@ -84,7 +99,7 @@ class RayExecutor:
             if value is not None and not value >= least:
                 raise SetupError(f"{name} must be {'positive' if least else 'zero or more'} (got {value})",
                                  setting=name)
-        if not gpus_per_worker >= 0:
+        if gpus_per_worker != SHARE_GPUS and not gpus_per_worker >= 0:
             raise SetupError(f"gpus_per_worker must be zero or more (got {gpus_per_worker})", setting="gpus_per_worker")
         self.address = address
         self.workers = workers
@@ -97,7 +112,9 @@ class RayExecutor:
 
     def describe(self) -> dict:
         return {"executor": "ray", "address": self.address, "workers": self.workers,
-                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker,
+                "cpus_per_worker": self.cpus_per_worker,
+                "gpus_per_worker": "shared by CPUs" if self.gpus_per_worker == SHARE_GPUS else self.gpus_per_worker,
+                **({"workers_per_gpu": round(1 / self.gpus_per_worker)} if 0 < self.gpus_per_worker < 1 else {}),
                 "timeout_per_structure_s": self.timeout_per_structure_s, "max_retries": self.max_retries}
 
     def _ray(self):
@@ -122,6 +139,9 @@ class RayExecutor:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         total = ray.cluster_resources()
         has = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs"
+        if self._gpus_per_worker() == SHARE_GPUS:
+            raise SetupError(f"GPU workers were asked for (--device cuda) but no node has a GPU ({has})",
+                             setting="device")
         most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
         most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
         if self.cpus_per_worker > most_cpus:
@@ -133,6 +153,15 @@ class RayExecutor:
         if self.gpus_per_worker and self.workers and self.gpus_per_worker * self.workers > total.get("GPU", 0) + 1e-9:
             raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has})",
                              setting="workers")
+
+    def _gpus_per_worker(self) -> float:
+        """``gpus_per_worker``, ``SHARE_GPUS`` resolved against the cluster's nodes once Ray is up (it stays
+        ``SHARE_GPUS`` where no node has a GPU: ``check`` refuses that)."""
+        if self.gpus_per_worker == SHARE_GPUS:
+            nodes = [n.get("Resources", {}) for n in self._ray().nodes() if n.get("Alive")]
+            if any(n.get("GPU", 0) for n in nodes):
+                self.gpus_per_worker = 1 / workers_per_gpu(nodes, self.cpus_per_worker)
+        return self.gpus_per_worker
 
     def map_tasks(self, function, arguments, shared=None) -> Iterator:
         """``function(*a)`` (``shared`` first when given, put once in the object store) for each ``a`` of
@@ -180,8 +209,8 @@ class RayExecutor:
         if self.workers:
             return self.workers
         resources = self._ray().cluster_resources()
-        if self.gpus_per_worker:
-            return max(1, int(resources.get("GPU", 0) / self.gpus_per_worker))
+        if self._gpus_per_worker() > 0:
+            return max(1, int(resources.get("GPU", 0) / self.gpus_per_worker + 1e-9))
         return max(1, int(resources.get("CPU", 1) / self.cpus_per_worker))
 
     def map(self, spec: WorkerSpec, chunks: list[list[InputStructure]]) -> Iterator[list[StructureResult]]:
@@ -191,6 +220,10 @@ class RayExecutor:
         from ray.exceptions import RayActorError
 
         spec = dataclasses.replace(spec, threads=spec.threads or max(1, int(self.cpus_per_worker)))
+        if self.gpus_per_worker > 0 and spec.max_atoms_per_batch is None:
+            # a GPU's batch; workers sharing a GPU share its memory: the atoms one call may hold, split between them
+            spec = dataclasses.replace(spec, max_atoms_per_batch=max(
+                DEFAULT_MAX_ATOMS_PER_BATCH["cpu"], int(DEFAULT_MAX_ATOMS_PER_BATCH["cuda"] * min(1.0, self.gpus_per_worker))))
         actor_class = ray.remote(Worker).options(
             num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
             max_restarts=self.max_retries, max_task_retries=self.max_retries,

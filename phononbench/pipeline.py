@@ -230,6 +230,7 @@ def _in_run_folder(out: Path, info: dict, executor, spec: WorkerSpec | None, bod
         results_io.check_resumable(previous, info)  # a folder with no rows yet takes the new settings
     if spec is not None:
         executor.check(spec)  # resources the executor can provide, before any folder is made
+        info["executor"] = executor.describe()  # as the cluster resolved it (GPUs shared by how many workers)
     created = not out.exists()
     results_io.prepare_output(out)
     try:

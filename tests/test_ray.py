@@ -21,7 +21,7 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from phononbench.executors import RayExecutor
+from phononbench.executors import SHARE_GPUS, RayExecutor, workers_per_gpu
 from phononbench.worker import WorkerSpec
 from phononbench.pipeline import run_benchmark
 from phononbench.records import Col, Status, verdict_column
@@ -164,3 +164,40 @@ def test_hanging_structure_is_cut_off_while_its_neighbours_finish(tmp_path, loca
     run_benchmark([str(inputs)], fresh, spec, {"model": HANGS}, executor, chunk_size=3)
     run_benchmark([str(inputs)], fresh, spec, {"model": HANGS}, executor, chunk_size=3, retry_failed=False)
     assert json.loads((fresh / "run.json").read_text())["n_computed_this_time"] == 0
+
+
+def test_workers_share_each_gpu_as_its_node_has_cpus_for():
+    """A worker spends most of a structure on the CPU, so `--device cuda` puts several on each GPU: the node's
+    CPUs less one, at most 8, the least over the GPU nodes; CPU-only nodes have no say."""
+    assert workers_per_gpu([{"CPU": 16.0, "GPU": 1.0}], 1.0) == 8
+    assert workers_per_gpu([{"CPU": 64.0, "GPU": 8.0}], 1.0) == 7
+    assert workers_per_gpu([{"CPU": 64.0, "GPU": 8.0}], 2.0) == 3
+    assert workers_per_gpu([{"CPU": 2.0, "GPU": 1.0}], 1.0) == 1
+    assert workers_per_gpu([{"CPU": 1.0, "GPU": 4.0}], 1.0) == 1
+    assert workers_per_gpu([{"CPU": 128.0}, {"CPU": 32.0, "GPU": 4.0}, {"CPU": 96.0, "GPU": 4.0}], 1.0) == 7
+
+
+def test_a_gpu_shared_by_workers_runs_every_structure(tmp_path, local_ray):
+    """On a Ray whose one (declared) GPU is shared by three workers, each takes a third of it, and every
+    structure is computed; run.json says how the GPU was shared."""
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    inputs = _metals(tmp_path / "metals.extxyz", elements=("Cu", "Ni", "Al"), prototypes=("fcc", "bcc"))
+    executor = RayExecutor(gpus_per_worker=SHARE_GPUS)
+    spec = WorkerSpec("emt", "cpu", None, None, PUBLISHED.with_overrides(model="emt"))
+    run_benchmark([str(inputs)], tmp_path / "out", spec, {"model": "emt"}, executor, chunk_size=2)
+    assert executor.slots() == 3
+    described = json.loads((tmp_path / "out" / "run.json").read_text())["executor"]
+    assert described["workers_per_gpu"] == 3 and abs(described["gpus_per_worker"] - 1 / 3) < 1e-9
+    assert set(read_structures(tmp_path / "out")[Col.STATUS]) == {Status.OK}
+
+
+def test_gpu_workers_where_no_node_has_a_gpu_are_refused_in_one_line(tmp_path):
+    inputs = _metals(tmp_path / "metals.extxyz", elements=("Cu",), prototypes=("fcc",))
+    done = subprocess.run(_cli(inputs, "--out", tmp_path / "out", "--model", "emt", "--device", "cuda"),
+                          capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
+    assert "GPU workers were asked for (--device cuda) but no node has a GPU (the cluster has" in errors[0]
+    assert not (tmp_path / "out").exists()

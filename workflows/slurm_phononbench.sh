@@ -12,7 +12,9 @@
 set -euo pipefail
 INPUTS=${INPUTS:-$PWD/inputs}          # one sub-folder (or zip / table) per generator
 OUT=${OUT:-$PWD/runs/full}            # on a shared filesystem: every node writes parts here
-GPUS_PER_WORKER=${GPUS_PER_WORKER:-0.25}
+# GPU workers: by default each GPU is shared by as many workers (1 CPU each) as its node has CPUs for, at most 8
+# (32 CPUs / 4 GPUs: 7 a GPU); set GPUS_PER_WORKER (e.g. 1) to choose
+GPU_SHARE=${GPUS_PER_WORKER:+--gpus-per-worker $GPUS_PER_WORKER}
 source ${VENV:-$HOME/pb}/bin/activate
 
 nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
@@ -32,5 +34,5 @@ done
 sleep 20
 
 phononbench run "$INPUTS" --out "$OUT" --ray-address "$head_ip:$port" --device cuda \
-  --gpus-per-worker "$GPUS_PER_WORKER" --cpus-per-worker 4 --timeout-per-structure 900 --max-retries 2
+  --engine torchsim $GPU_SHARE --timeout-per-structure 900 --max-retries 2
 phononbench summarize "$OUT"
