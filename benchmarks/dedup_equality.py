@@ -23,8 +23,8 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.structure_matcher import StructureMatcher
 
-from phononbench import dedup
-from phononbench.ingest import InputStructure, read_inputs
+from phononbench.science import dedup
+from phononbench.science.ingest import InputStructure, read_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def main() -> None:
 
     import ray
 
-    from phononbench.executors import RayExecutor
+    from phononbench.running.executors import RayExecutor
 
     dedup.LARGE_BUCKET = 10  # the blocked path, spread over the workers
     executor = RayExecutor(workers=args.workers)

@@ -24,10 +24,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.io.ase import AseAtomsAdaptor
 from threadpoolctl import threadpool_limits
 
-from phononbench.dedup import find_duplicates
-from phononbench.engines import ENGINES, make_engine
-from phononbench.ingest import read_inputs
-from phononbench.potentials import Potential
+from phononbench.science.dedup import find_duplicates
+from phononbench.compute.engines import ENGINES, make_engine
+from phononbench.science.ingest import read_inputs
+from phononbench.compute.potentials import Potential
 from phononbench.settings import preset
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -102,7 +102,7 @@ def model_seconds(cells: list, calls_per_cell: int) -> float:
 
 def torch_model_seconds(cells: list, calls: int, device: str) -> float:
     """CPU time of the TorchSim model alone, called as often as the relaxation called it, on all cells."""
-    from phononbench.potentials import to_state
+    from phononbench.compute.potentials import to_state
 
     model = free_model(device)
     state = to_state(cells, model)

@@ -18,12 +18,12 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.phonons import brillouin_zone_qpoints, displace, displaced_supercells, frequencies_at
-from phononbench.potentials import load_potential
+from phononbench.science.phonons import brillouin_zone_qpoints, displace, displaced_supercells, frequencies_at
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
-from phononbench.results import read_run_info, read_structures
+from phononbench.running.run_folder import read_run_info, read_structures
 from phononbench.settings import Protocol
-from phononbench.supercells import widths
+from phononbench.science.supercells import widths
 
 
 def lowest(phonon, protocol: Protocol) -> dict:

@@ -17,10 +17,10 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.phonons import displace, displaced_supercells, gamma_frequencies, produce_force_constants
-from phononbench.potentials import load_potential
+from phononbench.science.phonons import displace, displaced_supercells, gamma_frequencies, produce_force_constants
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
-from phononbench.results import read_run_info, read_structures
+from phononbench.running.run_folder import read_run_info, read_structures
 from phononbench.settings import Protocol
 
 

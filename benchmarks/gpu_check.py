@@ -103,7 +103,7 @@ def sample_inputs(folder: Path, n: int) -> Path:
     """n valid generated crystals (no _symmetrized twins) written as CIFs into a folder of their own."""
     from pymatgen.io.cif import CifWriter
 
-    from phononbench.ingest import read_inputs
+    from phononbench.science.ingest import read_inputs
 
     items = [i for i in read_inputs([str(GENERATED)], 20, 0.5) if i.valid and "_symmetrized" not in i.structure_id]
     out = folder / "generated"
@@ -121,7 +121,7 @@ def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float | None, 
         code, text, wall = run_part([sys.executable, "-m", "phononbench.cli", "run", str(inputs), "--out", str(out),
                                      "--model", "sevennet-0", "--engine", "torchsim", "--device", "cuda", *share],
                                     timeout_s)
-    from phononbench.results import recorded_rows
+    from phononbench.running.run_folder import recorded_rows
 
     rows = recorded_rows(out) if (out / "structures").exists() else None
     done = 0 if rows is None else int(rows["status"].isin(["ok", "phonon_failed", "relax_failed",
@@ -142,7 +142,7 @@ import json, time, torch, sys
 from mattersim.forcefield.m3gnet.m3gnet import M3Gnet
 sys.path.insert(0, "benchmarks")
 from method_overhead import generated_sample
-from phononbench.potentials import load_potential, to_state
+from phononbench.compute.potentials import load_potential, to_state
 torch.manual_seed(0)
 model = M3Gnet(device="cpu", num_blocks=4, units=256)
 path = sys.argv[1]

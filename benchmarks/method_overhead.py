@@ -37,10 +37,10 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from threadpoolctl import threadpool_limits
 
-from phononbench.ingest import read_inputs
-from phononbench.potentials import Potential
+from phononbench.science.ingest import read_inputs
+from phononbench.compute.potentials import Potential
 from phononbench.settings import preset
-from phononbench.worker import Worker, WorkerSpec
+from phononbench.running.worker import Worker, WorkerSpec
 
 GENERATED = Path(__file__).resolve().parent / "data" / "generated_crystals"  # a copy of ../shared's (SOURCES.md)
 GRID = 48
@@ -153,7 +153,7 @@ def cuts_side_by_side(items: list, n: int = 12) -> dict:
     from phonopy.phonon.grid import length2mesh
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from phononbench import phonons
+    from phononbench.science import phonons
 
     timings = {"published path, phonopy band structure": 0.0, "published path, one batched solve": 0.0,
                "mesh, every q-point": 0.0, "mesh, irreducible q-points": 0.0}

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from phononbench.records import Col, Status, bz_verdict_column, verdict_column
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 
 
 def compare(reference: pd.DataFrame, other: pd.DataFrame, threshold: float) -> dict:

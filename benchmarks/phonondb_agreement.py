@@ -5,7 +5,7 @@
     python benchmarks/phonondb_agreement.py ... --score-only --only-ids IDS.txt   # compare potentials on one set
 
 The same science as ``phononbench validate`` (in-process, published protocol); the scoring lives in
-``phononbench.validation``. The last line is one JSON object with the figures.
+``phononbench.reading.validation``. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-from phononbench.executors import InProcessExecutor
-from phononbench.pipeline import run_benchmark
-from phononbench.potentials import load_potential
-from phononbench.results import read_structures
+from phononbench.running.executors import InProcessExecutor
+from phononbench.running.pipeline import run_benchmark
+from phononbench.compute.potentials import load_potential
+from phononbench.running.run_folder import read_structures
 from phononbench.settings import PUBLISHED
-from phononbench.worker import WorkerSpec
-from phononbench.validation import load_labels, validate
+from phononbench.running.worker import WorkerSpec
+from phononbench.reading.validation import load_labels, validate
 
 
 def main() -> None:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from phononbench.executors import InProcessExecutor, RayExecutor
-from phononbench.pipeline import run_benchmark
-from phononbench.potentials import load_potential
+from phononbench.running.executors import InProcessExecutor, RayExecutor
+from phononbench.running.pipeline import run_benchmark
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, verdict_column
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 from phononbench.settings import PUBLISHED
-from phononbench.worker import WorkerSpec
+from phononbench.running.worker import WorkerSpec
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

@@ -44,7 +44,7 @@ ELEMENTS = ("Li Na K Rb Cs Be Mg Ca Sr Ba Sc Y La Ti Zr Hf V Nb Ta Cr Mo W Mn Fe
 
 def _bases() -> list:
     """The real generated crystals shipped with the project (demo and test data), at most 20 atoms."""
-    from phononbench.ingest import read_inputs
+    from phononbench.science.ingest import read_inputs
 
     inputs = [str(REPO / 'data' / 'demo'), f"zip={REPO / 'tests' / 'data' / 'mattergen_sample.zip'}",
               f"gpt={REPO / 'tests' / 'data' / 'mattergpt_sample.csv'}",
@@ -188,8 +188,8 @@ def _largest_bucket(out: Path) -> dict:
 
 BASELINE = """
 import resource, sys, time, json
-from phononbench.ingest import read_inputs
-from phononbench.dedup import find_duplicates
+from phononbench.science.ingest import read_inputs
+from phononbench.science.dedup import find_duplicates
 start = time.perf_counter()
 items = read_inputs([sys.argv[1]], 64, 0.5)
 read = time.perf_counter()

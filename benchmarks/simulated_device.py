@@ -66,7 +66,7 @@ def build(name: str, device: str, checkpoint: str | None):
     import torch
 
     from method_overhead import GridSprings, grid_springs_model
-    from phononbench.potentials import Potential
+    from phononbench.compute.potentials import Potential
 
     simulated = Device(os.environ["SIMULATED_DEVICE_DIR"], float(os.environ["SIMULATED_DEVICE_A"]),
                        float(os.environ["SIMULATED_DEVICE_B"]))
@@ -99,10 +99,10 @@ def busy_fraction(log: Path, since: float, until: float) -> tuple[float, float]:
 
 
 def run_layout(inputs: Path, scratch: Path, workers: int, engine: str, chunk: int) -> dict:
-    from phononbench.executors import RayExecutor
-    from phononbench.pipeline import run_benchmark
+    from phononbench.running.executors import RayExecutor
+    from phononbench.running.pipeline import run_benchmark
     from phononbench.settings import preset
-    from phononbench.worker import WorkerSpec
+    from phononbench.running.worker import WorkerSpec
 
     import ray
 

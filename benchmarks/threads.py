@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 ONE_RUN = """
 import sys
 from ase.build import bulk
-from phononbench.executors import InProcessExecutor
-from phononbench.pipeline import run_benchmark
+from phononbench.running.executors import InProcessExecutor
+from phononbench.running.pipeline import run_benchmark
 from phononbench.settings import PUBLISHED
-from phononbench.worker import WorkerSpec
+from phononbench.running.worker import WorkerSpec
 import dataclasses, pathlib
 root, blas_threads = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 folder = root / "in" / "metals"

@@ -27,12 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-from phononbench.dedup import find_duplicates
-from phononbench.ingest import read_inputs
-from phononbench.potentials import load_potential
+from phononbench.science.dedup import find_duplicates
+from phononbench.science.ingest import read_inputs
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Status, StructureResult
 from phononbench.settings import preset
-from phononbench.worker import Worker, WorkerSpec
+from phononbench.running.worker import Worker, WorkerSpec
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

@@ -13,7 +13,7 @@ import argparse
 import json
 
 from phononbench.records import Col, Status, bz_verdict_column, verdict_column
-from phononbench.results import read_run_info, read_structures, read_summary
+from phononbench.running.run_folder import read_run_info, read_structures, read_summary
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from browser import Browser  # noqa: E402
 from scale import _cif, make_structures  # noqa: E402
 
 from phononbench.records import Col, Status, structures_schema  # noqa: E402
-from phononbench.results import summarize, write_run_info, write_summary  # noqa: E402
+from phononbench.running.run_folder import summarize, write_run_info, write_summary  # noqa: E402
 from phononbench.settings import PUBLISHED  # noqa: E402
 
 SYSTEMS = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]

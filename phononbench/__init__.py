@@ -8,10 +8,11 @@ The public API, four verbs that mirror the command line (everything else is inte
     board = pb.leaderboard(["runs/demo"])                          # phononbench leaderboard
     table = pb.validate("labels.csv", ["runs/validate-chgnet"])     # phononbench validate --runs
 
-The stages, in order: ``ingest`` -> ``dedup`` -> ``relax`` -> ``phonons`` -> ``stability`` -> ``results``.
-``method`` composes relax -> phonons -> stability once for every ``engines`` engine; a ``worker`` runs it
-on chunks wherever an ``executors`` executor puts it; ``pipeline`` drives a whole run; ``composition``
-turns settings into a potential, an engine and an executor; ``cli`` is the command line.
+The folders are the layers (README, "Layout"): ``science`` (ingest -> dedup -> relax -> phonons -> stability),
+``compute`` (potentials, engines, and ``method``, composed once for every engine), ``running`` (worker,
+executors, the run folder, the pipeline, and ``composition``, which turns settings into a potential, an
+engine and an executor), ``reading`` (finished runs) and ``app``; ``cli`` is the command line.
+``phononbench.Potential`` is the base of a plugin potential (``--model python:module:function``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __version__ = "0.1.0"
-__all__ = ["run", "load", "leaderboard", "validate", "Results"]
+__all__ = ["run", "load", "leaderboard", "validate", "Results", "Potential"]
+
+
+def __getattr__(name: str):
+    if name == "Potential":  # imported on use: it brings torch
+        from phononbench.compute.potentials import Potential
+
+        return Potential
+    raise AttributeError(f"module 'phononbench' has no attribute {name!r}")
 
 
 def run(inputs, out, *, model: str | None = None, preset: str = "published", checkpoint: str | None = None,
@@ -30,8 +39,8 @@ def run(inputs, out, *, model: str | None = None, preset: str = "published", che
     """Run the benchmark on ``inputs`` (a path or a list of paths, as ``phononbench run`` takes them) into
     ``out`` and return the per-generator summary (a DataFrame). In this process by default; ``ray=True`` runs
     on a local Ray (or the cluster Ray finds), ``workers`` slots. An ``out`` with the same settings resumes."""
-    from phononbench.composition import compose, default_chunk_size, protocol_for
-    from phononbench.pipeline import run_benchmark
+    from phononbench.running.composition import compose, default_chunk_size, protocol_for
+    from phononbench.running.pipeline import run_benchmark
 
     inputs = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
     protocol = protocol_for(preset, model=model, thresholds=thresholds, max_atoms=max_atoms, supercell=supercell)
@@ -53,7 +62,7 @@ class Results:
 def load(out) -> Results:
     """The run in ``out``: its rows (``results.read_structures``), summary (None while the run has not
     finished) and settings. An incomplete run (a part file lost) raises, naming the file."""
-    from phononbench.results import read_structures, read_summary, read_verdict_run_info
+    from phononbench.running.run_folder import read_structures, read_summary, read_verdict_run_info
 
     info = read_verdict_run_info(out)
     rows = read_structures(out)
@@ -62,7 +71,7 @@ def load(out) -> Results:
 
 def leaderboard(runs, with_published: bool = False):
     """The leaderboard of one or more run folders (a DataFrame, the rows of ``phononbench leaderboard``)."""
-    from phononbench.ranking import board_of
+    from phononbench.reading.ranking import board_of
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     return board_of(runs, with_published)[0]
@@ -71,8 +80,8 @@ def leaderboard(runs, with_published: bool = False):
 def validate(labels, runs):
     """The agreement of finished runs with DFT labels (a CSV: an id column and label = stable/unstable): the
     table ``phononbench validate --runs`` prints, one row per run, verdict and threshold."""
-    from phononbench import validation
-    from phononbench.results import read_run_info, read_structures
+    from phononbench.reading import validation
+    from phononbench.running.run_folder import read_run_info, read_structures
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     scored = {}

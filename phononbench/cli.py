@@ -148,15 +148,15 @@ def run(
 ) -> None:
     """Relax every structure, compute its phonons and report per-generator stability rates."""
     _quiet_libraries()
-    from phononbench.composition import default_chunk_size
+    from phononbench.running.composition import default_chunk_size
 
     if chunk_size is None:
         chunk_size = default_chunk_size(engine, device)
 
     def action():
-        from phononbench.composition import compose, protocol_for
-        from phononbench.pipeline import run_benchmark
-        from phononbench.report import summary_table
+        from phononbench.running.composition import compose, protocol_for
+        from phononbench.running.pipeline import run_benchmark
+        from phononbench.reading.report import summary_table
 
         protocol = protocol_for(preset, model=model, thresholds=threshold, max_atoms=max_atoms, supercell=supercell,
                                 max_supercell_atoms=max_supercell_atoms,
@@ -179,8 +179,8 @@ def run(
 
 def _check_before_loading(inputs: list[str], out: Path, chunk_size: int, limit: int | None) -> None:
     """What can be refused before a potential or Ray loads: sizes, the output folder, a typo in a path."""
-    from phononbench.ingest import split_input
-    from phononbench.pipeline import check_output_folder, check_run_settings
+    from phononbench.science.ingest import split_input
+    from phononbench.running.pipeline import check_output_folder, check_run_settings
 
     check_run_settings(chunk_size, limit)
     check_output_folder(out)
@@ -190,8 +190,8 @@ def _check_before_loading(inputs: list[str], out: Path, chunk_size: int, limit: 
 
 def _print_skipped(out: Path) -> None:
     """The files a run passed over on purpose, in one line (the list is in run.json)."""
-    from phononbench.ingest import describe_skipped
-    from phononbench.results import read_run_info
+    from phononbench.science.ingest import describe_skipped
+    from phononbench.running.run_folder import read_run_info
 
     skipped = read_run_info(out).get("skipped_files") or {}
     if skipped:
@@ -213,10 +213,10 @@ def dedup(
     _quiet_libraries()
 
     def action():
-        from phononbench.executors import InProcessExecutor, RayExecutor
-        from phononbench.pipeline import deduplicate_inputs
-        from phononbench.report import unique_table
-        from phononbench.composition import protocol_for
+        from phononbench.running.executors import InProcessExecutor, RayExecutor
+        from phononbench.running.pipeline import deduplicate_inputs
+        from phononbench.reading.report import unique_table
+        from phononbench.running.composition import protocol_for
 
         protocol = protocol_for(preset, max_atoms=max_atoms)
         _check_before_loading(inputs, out, 1, limit)
@@ -258,10 +258,10 @@ def validate(
         import json
 
         import phononbench
-        from phononbench import validation
-        from phononbench.composition import compose, protocol_for
-        from phononbench.pipeline import run_benchmark
-        from phononbench.results import read_structures
+        from phononbench.reading import validation
+        from phononbench.running.composition import compose, protocol_for
+        from phononbench.running.pipeline import run_benchmark
+        from phononbench.running.run_folder import read_structures
 
         label_table = validation.load_labels(labels)
         folders = list(runs or [])
@@ -322,7 +322,7 @@ def leaderboard(
     """Rank generators by headline stability rate, with 95% intervals and counts."""
 
     def action():
-        from phononbench.ranking import export, write_figures
+        from phononbench.reading.ranking import export, write_figures
 
         text = export(run_dirs, format, with_published)
         if plots_dir:
@@ -349,7 +349,7 @@ def export(
     """The stable set: relaxed cells of the stable structures, with ids, generators and lowest frequencies."""
 
     def action():
-        from phononbench.export import export_stable
+        from phononbench.reading.export import export_stable
 
         if not stable:
             raise SetupError("say which structures to export: --stable (the stable set)")
@@ -374,8 +374,8 @@ def serve(
     _quiet_libraries()
 
     def action():
-        from phononbench.uploads import Limits
-        from phononbench.webapp import create_app, serve_app
+        from phononbench.app.uploads import Limits
+        from phononbench.app.webapp import create_app, serve_app
 
         if max_upload_kb < 1 or max_atoms < 1:
             raise SetupError("--max-upload-kb and --max-atoms must be at least 1")
@@ -401,10 +401,10 @@ def plot_bands(
     _quiet_libraries()
 
     def action():
-        from phononbench import explore
-        from phononbench.phonons import band_path
-        from phononbench.plots import band_structure_figure
-        from phononbench.results import read_structures, read_verdict_run_info
+        from phononbench.reading import explore
+        from phononbench.science.phonons import band_path
+        from phononbench.reading.plots import band_structure_figure
+        from phononbench.running.run_folder import read_structures, read_verdict_run_info
         from phononbench.settings import Protocol
 
         info = read_verdict_run_info(out)
@@ -428,8 +428,8 @@ def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run."
     """Print the per-generator table of a finished run again, from its files."""
 
     def action():
-        from phononbench.report import summary_table
-        from phononbench.results import read_summary, read_verdict_run_info
+        from phononbench.reading.report import summary_table
+        from phononbench.running.run_folder import read_summary, read_verdict_run_info
 
         info = read_verdict_run_info(out)
         summary = read_summary(out)

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from phononbench.ingest import InputStructure
+    from phononbench.science.ingest import InputStructure
 
 
 class Status(StrEnum):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from phononbench.engines import BatchedEngine, SerialEngine
-from phononbench.method import compute
+from phononbench.compute.engines import BatchedEngine, SerialEngine
+from phononbench.compute.method import compute
 
 
 def published(item, potential, protocol):

@@ -10,7 +10,7 @@ import time
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from phononbench.potentials import Potential
+from phononbench.compute.potentials import Potential
 
 
 class DelayedEMT(Calculator):

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from phononbench import analysis
+from phononbench.reading import analysis
 from phononbench.cli import app
 from phononbench.records import Col
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 
 runner = CliRunner()
 

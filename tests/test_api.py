@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import phononbench as pb
 from phononbench.cli import app
 from phononbench.records import Col, Status
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.dedup import find_duplicates
-from phononbench.ingest import InputStructure, read_inputs
+from phononbench.science.dedup import find_duplicates
+from phononbench.science.ingest import InputStructure, read_inputs
 
 
 def test_mattergen_symmetrized_twins_collapse(data_dir):
@@ -76,7 +76,7 @@ def _owners_from_pymatgen(structures) -> list[int]:
 
 
 def test_blocked_grouping_in_tasks_is_pymatgen_group_structures(data_dir):
-    from phononbench import dedup
+    from phononbench.science import dedup
 
     for formula_items in (_variants(data_dir)[:30], _variants(data_dir)[30:]):
         structures = [i.structure for i in formula_items]
@@ -93,7 +93,7 @@ def test_cells_whose_reduced_sizes_differ_never_fit(data_dir):
     bucket whose reduced cells differ in size."""
     from pymatgen.core.structure_matcher import StructureMatcher
 
-    from phononbench import dedup
+    from phononbench.science import dedup
 
     items = _variants(data_dir, n_per_base=24)[:24]  # GdO: 2-atom and 8-atom reduced cells
     sizes = [len(r) for r in dedup.reduce(items)]
@@ -107,8 +107,8 @@ def test_cells_whose_reduced_sizes_differ_never_fit(data_dir):
 def test_large_buckets_on_ray_match_one_process(data_dir, monkeypatch):
     import ray
 
-    from phononbench import dedup
-    from phononbench.executors import RayExecutor
+    from phononbench.science import dedup
+    from phononbench.running.executors import RayExecutor
 
     items = _variants(data_dir)
     monkeypatch.setattr(dedup, "LARGE_BUCKET", 10)  # both buckets take the block path
@@ -127,7 +127,7 @@ def test_dedup_command_writes_what_run_writes_and_run_takes_it_up(copper_folder,
 
     from phononbench.cli import app
     from phononbench.records import Col
-    from phononbench.results import read_structures
+    from phononbench.running.run_folder import read_structures
 
     runner = CliRunner()
     out, direct = tmp_path / "out", tmp_path / "direct"

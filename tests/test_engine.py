@@ -9,10 +9,10 @@ from ase.build import bulk
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.ingest import InputStructure
-from phononbench.potentials import Potential, load_potential
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.potentials import Potential, load_potential
 from phononbench.records import Status
-from phononbench.relax import Recipe, relax_structures
+from phononbench.science.relax import Recipe, relax_structures
 from phononbench.settings import PUBLISHED, TIERED
 from tests.helpers import batched, published
 from tests.test_physics import NaNForces

@@ -9,10 +9,10 @@ import torch
 from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.engines import make_engine
-from phononbench.ingest import InputStructure
-from phononbench.method import compute
-from phononbench.potentials import load_potential
+from phononbench.compute.engines import make_engine
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.method import compute
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Status
 from phononbench.settings import PUBLISHED
 

@@ -12,7 +12,7 @@ from ase.io import write
 from pymatgen.core import Lattice, Structure
 
 from phononbench.errors import SetupError
-from phononbench.ingest import check_structure, parse_structure_text, read_inputs
+from phononbench.science.ingest import check_structure, parse_structure_text, read_inputs
 
 CU_FCC_POSCAR = bulk("Cu", "fcc", a=3.6)
 

@@ -13,8 +13,8 @@ from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from phononbench.errors import SetupError
-from phononbench.ingest import InputStructure
-from phononbench.potentials import load_potential, sha256_of
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.potentials import load_potential, sha256_of
 from phononbench.records import Status
 from phononbench.settings import PUBLISHED
 from tests.helpers import published
@@ -110,8 +110,8 @@ def test_batched_predictions_are_each_structures_own(random_checkpoint):
 
 
 def test_torchsim_engine_runs_mattersims_model_code(random_checkpoint):
-    from phononbench.engines import make_engine
-    from phononbench.method import compute
+    from phononbench.compute.engines import make_engine
+    from phononbench.compute.method import compute
 
     potential = load_potential("mattersim", device="cpu", checkpoint=str(random_checkpoint))
     protocol = PUBLISHED.with_overrides(model="mattersim", relax_fmax_ev_per_a=10.0,

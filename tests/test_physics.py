@@ -9,8 +9,8 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.ingest import InputStructure
-from phononbench.potentials import Potential, load_potential
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.potentials import Potential, load_potential
 from phononbench.records import Status
 from phononbench.settings import PUBLISHED
 from tests.helpers import published

@@ -21,11 +21,11 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from phononbench.executors import SHARE_GPUS, RayExecutor, workers_per_gpu
-from phononbench.worker import WorkerSpec
-from phononbench.pipeline import run_benchmark
+from phononbench.running.executors import SHARE_GPUS, RayExecutor, workers_per_gpu
+from phononbench.running.worker import WorkerSpec
+from phononbench.running.pipeline import run_benchmark
 from phononbench.records import Col, Status, verdict_column
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 from phononbench.settings import PUBLISHED
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from phononbench.cli import app
 from phononbench.records import SUMMARY_SCHEMA, Col, Status, structures_schema, verdict_column
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 
 runner = CliRunner()
 

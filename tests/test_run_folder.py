@@ -26,13 +26,13 @@ from typer.testing import CliRunner
 
 from phononbench.cli import app
 from phononbench.errors import RunAborted
-from phononbench.executors import InProcessExecutor, RayExecutor
-from phononbench.ingest import SkippedFiles, read_inputs
-from phononbench.pipeline import run_benchmark
+from phononbench.running.executors import InProcessExecutor, RayExecutor
+from phononbench.science.ingest import SkippedFiles, read_inputs
+from phononbench.running.pipeline import run_benchmark
 from phononbench.records import Col, Status, verdict_column
-from phononbench.results import RunLock, read_structures
+from phononbench.running.run_folder import RunLock, read_structures
 from phononbench.settings import PUBLISHED
-from phononbench.worker import WorkerSpec
+from phononbench.running.worker import WorkerSpec
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

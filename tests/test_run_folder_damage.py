@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from phononbench.cli import app
 from phononbench.errors import IncompleteRun
-from phononbench.ingest import MAX_DECOMPRESSED_BYTES, read_inputs
+from phononbench.science.ingest import MAX_DECOMPRESSED_BYTES, read_inputs
 from phononbench.records import Col, Status
-from phononbench.results import read_structures
+from phononbench.running.run_folder import read_structures
 from tests.test_run_folder import _cif, _metals  # the same small metals, written as CIFs
 
 runner = CliRunner()
@@ -88,7 +88,7 @@ def test_a_folder_from_before_the_ledger_still_knows_an_input_without_a_row(fini
 def test_the_app_shows_the_healthy_runs_beside_a_damaged_one(finished, tmp_path):
     from fastapi.testclient import TestClient
 
-    from phononbench.webapp import create_app
+    from phononbench.app.webapp import create_app
 
     _, out = finished
     damaged = tmp_path / "damaged_copy"
@@ -148,7 +148,7 @@ def test_a_zip_inside_a_generator_folder_keeps_that_generator(tmp_path):
 def test_a_gz_or_zip_entry_over_the_cap_is_invalid_input_and_stays_small(tmp_path, monkeypatch):
     import resource
 
-    import phononbench.ingest as ingest
+    import phononbench.science.ingest as ingest
 
     cap = 8 * 1024 * 1024
     monkeypatch.setattr(ingest, "MAX_DECOMPRESSED_BYTES", cap)  # the same rule, a cap a test can reach

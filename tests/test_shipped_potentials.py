@@ -7,8 +7,8 @@ import pytest
 from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.ingest import InputStructure
-from phononbench.potentials import load_potential
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Status
 from phononbench.settings import PUBLISHED
 from tests.helpers import published

@@ -15,12 +15,12 @@ from ase.geometry.minkowski_reduction import minkowski_reduce
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.ingest import InputStructure
-from phononbench.potentials import load_potential
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status, counts, is_relaxed
 from phononbench.settings import ACCURATE, PUBLISHED, preset
-from phononbench.stability import dimensionality, separated_by_vacuum
-from phononbench.supercells import supercell_for_length, supercell_size, widths
+from phononbench.science.stability import dimensionality, separated_by_vacuum
+from phononbench.science.supercells import supercell_for_length, supercell_size, widths
 from tests.helpers import batched
 
 
@@ -180,8 +180,8 @@ def test_phonon_failures_counted_as_the_published_script_counts_them():
         def forces(self, supercells):
             return [np.full((len(s), 3), np.nan) for s in supercells]
 
-    from phononbench import method
-    from phononbench.engines import make_engine
+    from phononbench.compute import method
+    from phononbench.compute.engines import make_engine
 
     batched_engine = make_engine("batched", emt)
     failed = method.compute([_item("Cu1b", bulk("Cu", "fcc", a=3.61))], NaNForces(), PUBLISHED)[0]
@@ -207,7 +207,7 @@ def test_sevennet_potentials_by_name_record_their_weights(name, file):
     assert described["modal"] == ("PBE" if name == "sevennet-mf-0" else None)
     silicon = bulk("Si", "diamond", a=5.43)
     silicon.rattle(0.02, seed=3)
-    from phononbench.potentials import predict_with_torchsim
+    from phononbench.compute.potentials import predict_with_torchsim
 
     through_torchsim = predict_with_torchsim(potential.torchsim_model(), [silicon], stress=False)[0].forces
     assert np.allclose(through_torchsim, potential.forces([silicon])[0], atol=1e-4)

@@ -13,14 +13,14 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from torch_sim.models.interface import ModelInterface
 from torch_sim.models.lennard_jones import LennardJonesModel
 
-from phononbench.engines import make_engine
+from phononbench.compute.engines import make_engine
 from phononbench.errors import SetupError
-from phononbench.ingest import InputStructure
-from phononbench.method import compute
-from phononbench.potentials import Potential, load_potential, predict_with_torchsim
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.method import compute
+from phononbench.compute.potentials import Potential, load_potential, predict_with_torchsim
 from phononbench.records import Status
-from phononbench.relax import NonFiniteForces, Recipe, relax_structures
-from phononbench.relax_torchsim import relax_structures as relax_in_torchsim
+from phononbench.science.relax import NonFiniteForces, Recipe, relax_structures
+from phononbench.compute.relax_torchsim import relax_structures as relax_in_torchsim
 from phononbench.settings import PUBLISHED
 
 SIGMA, EPSILON, CUTOFF = 2.3, 1.0, 5.0  # a stiff LJ solid: forces of eV/A, so the cycles have work to do
@@ -146,7 +146,7 @@ def test_torchsim_engine_verdicts_agree_with_the_ase_engine_with_sevennet(sevenn
 
 
 def test_torchsim_engine_refused_before_work_for_a_potential_without_a_torchsim_model():
-    from phononbench.engines import check_engine
+    from phononbench.compute.engines import check_engine
 
     with pytest.raises(SetupError, match="torchsim engine needs"):
         check_engine("torchsim", "chgnet")
@@ -160,7 +160,7 @@ def test_the_run_command_with_the_torchsim_engine(copper_folder, tmp_path):
     from typer.testing import CliRunner
 
     from phononbench.cli import app
-    from phononbench.results import read_structures
+    from phononbench.running.run_folder import read_structures
 
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(copper_folder), "--out", str(out), "--model", "sevennet",
@@ -201,7 +201,7 @@ def test_out_of_memory_halves_what_is_in_flight_and_fails_no_structure(most_atom
     its cycle where it stood, and all end relaxed to the same geometry."""
     structures = _argon_like() * 2  # 18 atoms in all
     model = OutOfMemoryAbove(most_atoms, after)
-    with caplog.at_level("WARNING", logger="phononbench.relax_torchsim"):
+    with caplog.at_level("WARNING", logger="phononbench.compute.relax_torchsim"):
         outcome = relax_in_torchsim([a.copy() for a in structures], model, Recipe(), max_atoms_in_flight=64)
     assert 1 <= sum("out of memory with" in r.getMessage() for r in caplog.records) <= 2
     clean = relax_in_torchsim([a.copy() for a in structures], _lj_model(), Recipe(), max_atoms_in_flight=64)

@@ -15,8 +15,8 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     import pandas as pd
 
     from phononbench.records import is_stable
-    from phononbench.results import read_structures
-    from phononbench.validation import load_labels, structure_key
+    from phononbench.running.run_folder import read_structures
+    from phononbench.reading.validation import load_labels, structure_key
 
     subset = data_dir / "phonondb_subset"
     out = tmp_path / "validate"
@@ -44,7 +44,7 @@ def test_scores_of_a_hand_made_verdict_table():
     import pandas as pd
     import pytest
 
-    from phononbench.validation import scores
+    from phononbench.reading.validation import scores
 
     predicted = pd.Series([True, True, True, False, True, False, False])
     dft = pd.Series([True, True, True, True, False, False, False])

@@ -19,9 +19,9 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from typer.testing import CliRunner
 
 from phononbench.cli import app
-from phononbench.ingest import InputStructure
-from phononbench.phonons import displace, displaced_supercells, frequencies_at, produce_force_constants
-from phononbench.potentials import load_potential
+from phononbench.science.ingest import InputStructure
+from phononbench.science.phonons import displace, displaced_supercells, frequencies_at, produce_force_constants
+from phononbench.compute.potentials import load_potential
 from phononbench.records import Status
 from phononbench.settings import BULK, PUBLISHED, TIERED
 from tests.helpers import batched, published

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from browser import Browser
 from phononbench.cli import app
 from phononbench.records import Col, is_relaxed, is_stable, is_stable_bz
-from phononbench.report import percent
-from phononbench.results import read_structures
+from phononbench.reading.report import percent
+from phononbench.running.run_folder import read_structures
 
 runner = CliRunner()
 
@@ -288,7 +288,7 @@ def test_a_check_left_unfinished_resumes_when_the_checks_start_again(tmp_path):
     """A check the app had queued or was running when it stopped: the next start runs it to the end."""
     from ase.build import bulk
 
-    from phononbench.checks import Checks
+    from phononbench.app.checks import Checks
 
     first = Checks(tmp_path, start=False)  # an app that stopped before its worker ran the check
     bulk("Cu", "fcc", a=3.6).write(tmp_path / "Cu.cif")
@@ -312,7 +312,7 @@ def test_bands_that_cannot_be_computed_say_why(emt_run, tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from phononbench.webapp import create_app
+    from phononbench.app.webapp import create_app
 
     moved = tmp_path / "elsewhere"
     shutil.copytree(emt_run, moved, ignore=shutil.ignore_patterns("bands", ".lock"))
@@ -330,7 +330,7 @@ def test_bands_that_cannot_be_computed_say_why(emt_run, tmp_path):
 
 
 def test_elements_are_read_as_typed():
-    from phononbench.explore import element_symbols
+    from phononbench.reading.explore import element_symbols
 
     assert element_symbols("cu o") == element_symbols("Cu,O") == element_symbols("CuO") == element_symbols("CU O") == {"Cu", "O"}
     assert element_symbols("Co") == {"Co"} and element_symbols("CO") == {"Co"}  # typed in capitals: one symbol
@@ -392,7 +392,7 @@ def test_an_upload_that_expands_to_15360_atoms_is_refused_while_pages_stay_quick
 
 
 def test_a_ten_thousand_atom_cif_is_refused_at_once_under_the_default_limits():
-    from phononbench.uploads import Limits, UploadRefused, read_upload
+    from phononbench.app.uploads import Limits, UploadRefused, read_upload
 
     data = _expanding_cif(10_000, "P 1")
     assert len(data) < Limits().max_upload_bytes
@@ -450,9 +450,9 @@ def test_queued_checks_are_capped_and_an_empty_check_file_is_a_failed_check(emt_
     from ase.build import bulk
     from fastapi.testclient import TestClient
 
-    from phononbench.checks import Checks
-    from phononbench.uploads import Limits
-    from phononbench.webapp import create_app
+    from phononbench.app.checks import Checks
+    from phononbench.app.uploads import Limits
+    from phononbench.app.webapp import create_app
 
     checks_dir = tmp_path / "checks"
     (checks_dir / "20260101-000000-deadbeef").mkdir(parents=True)
@@ -477,7 +477,7 @@ def test_a_served_run_with_a_plugin_potential_runs_no_plugin_code_without_the_fl
 
     from fastapi.testclient import TestClient
 
-    from phononbench.webapp import create_app
+    from phononbench.app.webapp import create_app
 
     run = tmp_path / "run"
     shutil.copytree(emt_run, run, ignore=shutil.ignore_patterns("bands", ".lock"))
@@ -506,8 +506,8 @@ def test_uploads_pymatgen_would_expand_are_refused_within_their_budget_in_a_proc
     within the atom limit that still takes pymatgen long (15,360 atoms under a limit of 20,000) is read in
     a reader process and cut off at the budget; more than 192 operations is no space group. The app's own
     process never parses an upload."""
-    from phononbench.checks import Checks
-    from phononbench.uploads import Limits, UploadRefused
+    from phononbench.app.checks import Checks
+    from phononbench.app.uploads import Limits, UploadRefused
 
     checks = Checks(tmp_path / "checks", Limits(max_atoms=8, read_budget_s=3), start=False)
     checks.reader.warm()  # the reader processes started, as the app starts them

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from phononbench import analysis, plots, rates
+from phononbench.reading import analysis, plots
+from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
-from phononbench.report import percent
-from phononbench.results import read_manifest, read_structures, read_verdict_run_info
+from phononbench.reading.report import percent
+from phononbench.running.run_folder import read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")

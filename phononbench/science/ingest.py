@@ -97,7 +97,7 @@ def _unescape_newlines(text: str) -> str:
     return text
 
 
-def _looks_like_cif(text: str) -> bool:
+def looks_like_cif(text: str) -> bool:
     head = text.lstrip()[:2000].lower()
     return head.startswith("data_") or "_cell_length_a" in head or "_atom_site_" in head
 
@@ -231,7 +231,7 @@ def parse_structure_text(text: object) -> Structure:
     text = _unescape_newlines(text)
     if not text.strip():
         raise ValueError("empty structure string")
-    if _looks_like_cif(text):
+    if looks_like_cif(text):
         structures = parse_cif(text)
         if len(structures) > 1:
             raise ValueError(f"CIF string holds {len(structures)} structures, expected one")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phononbench.settings import Protocol
-from phononbench.worker import WorkerSpec
+from phononbench.running.worker import WorkerSpec
 
 
 @dataclass
@@ -38,9 +38,9 @@ def compose(protocol: Protocol, device: str = "cpu", checkpoint: str | None = No
     stops the run before any work. With Ray the driver loads it on the CPU only: the model goes onto a GPU
     in the workers, never in the driver (which may have none: Ray checks that the cluster has the GPUs the
     workers ask for)."""
-    from phononbench.engines import check_engine
-    from phononbench.executors import SHARE_GPUS, InProcessExecutor, RayExecutor
-    from phononbench.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, load_potential
+    from phononbench.compute.engines import check_engine
+    from phononbench.running.executors import SHARE_GPUS, InProcessExecutor, RayExecutor
+    from phononbench.compute.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, load_potential
 
     check_engine(engine, protocol.model)
     if potential is None:

@@ -38,7 +38,7 @@ def _reader_start() -> None:
     past the cap fails that read alone)."""
     import resource
 
-    import phononbench.ingest  # noqa: F401  (pymatgen's CIF and POSCAR readers, once)
+    import phononbench.science.ingest  # noqa: F401  (pymatgen's CIF and POSCAR readers, once)
 
     with open("/proc/self/status") as status:
         data_kib = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
@@ -112,7 +112,7 @@ class UploadReader:
 def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: float = 0.5):
     """The uploaded structure and the suffix its file is kept under (.cif or .vasp); UploadRefused if it
     is too large, not a CIF or POSCAR, not a valid crystal or has too many atoms."""
-    from phononbench.ingest import _looks_like_cif, check_structure, parse_structure_text, precheck_cif
+    from phononbench.science.ingest import looks_like_cif, check_structure, parse_structure_text, precheck_cif
 
     if len(data) > limits.max_upload_bytes:
         raise UploadRefused(f"the file is {len(data) / 1024:.0f} KiB; the limit is {limits.max_upload_bytes // 1024} KiB")
@@ -122,18 +122,18 @@ def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: floa
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UploadRefused(f"{filename or 'the file'} is not a text file: upload a CIF or POSCAR") from None
-    problem = precheck_cif(text, limits.max_atoms) if _looks_like_cif(text) else None
+    problem = precheck_cif(text, limits.max_atoms) if looks_like_cif(text) else None
     if problem:  # before pymatgen expands it: a small file can hold thousands of atoms
         raise UploadRefused(f"{filename or 'the structure'}: {problem}")
     try:
         structure = parse_structure_text(text)
     except Exception as exc:
-        read_as = "CIF" if _looks_like_cif(text) else "POSCAR (it has no CIF data block)"
+        read_as = "CIF" if looks_like_cif(text) else "POSCAR (it has no CIF data block)"
         raise UploadRefused(f"{filename or 'the file'} is not a CIF or POSCAR structure: read as a {read_as}, "
                             f"{reason(exc, 200)}") from None
     problem = check_structure(structure, limits.max_atoms, min_distance_a)
     if problem:
         raise UploadRefused(f"{filename or 'the structure'}: {problem}")
-    return structure, ".cif" if _looks_like_cif(text) else ".vasp"
+    return structure, ".cif" if looks_like_cif(text) else ".vasp"
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from phononbench import method
-from phononbench.engines import make_engine
+from phononbench.compute import method
+from phononbench.compute.engines import make_engine
 from phononbench.errors import reason
-from phononbench.ingest import InputStructure
-from phononbench.potentials import Potential, load_potential
+from phononbench.science.ingest import InputStructure
+from phononbench.compute.potentials import Potential, load_potential
 from phononbench.records import StructureResult
 from phononbench.settings import Protocol
 

@@ -22,10 +22,10 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from phononbench.engines import Engine
+from phononbench.compute.engines import Engine
 from phononbench.errors import reason
-from phononbench.ingest import InputStructure
-from phononbench.phonons import (
+from phononbench.science.ingest import InputStructure
+from phononbench.science.phonons import (
     band_structure,
     SupercellTooLarge,
     supercell_matrix,
@@ -35,9 +35,9 @@ from phononbench.phonons import (
     gamma_frequencies,
 )
 from phononbench.records import Status, StructureResult
-from phononbench.relax import Relaxation
+from phononbench.science.relax import Relaxation
 from phononbench.settings import Protocol
-from phononbench.stability import (
+from phononbench.science.stability import (
     StabilityVerdict,
     assess,
     assess_brillouin_zone,

@@ -54,7 +54,7 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
                      min_length_a: float | None = None, max_atoms: int | None = None) -> np.ndarray:
     """The supercell matrix (phonopy's convention) for this cell: the fixed diagonal one, or the smallest
     at least ``min_length_a`` wide (supercells.py). Raises ValueError above ``max_atoms`` atoms."""
-    from phononbench.supercells import supercell_for_length, supercell_size
+    from phononbench.science.supercells import supercell_for_length, supercell_size
 
     if supercell is not None:
         matrix = np.diag(supercell).astype(int)
@@ -102,7 +102,7 @@ def produce_force_constants(
         # images meet: their force constants are the potential's numerical noise, which interpolation turns
         # into soft modes between the commensurate q-points (docs/VALIDATION.md). Zero them, then restore the
         # acoustic sum rule.
-        from phononbench.supercells import widths
+        from phononbench.science.supercells import widths
 
         phonon.set_force_constants_zero_with_radius(float(widths(np.asarray(phonon.supercell.cell)).min()) / 2)
         phonon.symmetrize_force_constants()

@@ -34,14 +34,14 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from phononbench import explore, export, ranking
-from phononbench.checks import WEB_POTENTIALS, Checks
-from phononbench.uploads import Limits, QueueFull, UploadRefused
+from phononbench.reading import explore, export, ranking
+from phononbench.app.checks import WEB_POTENTIALS, Checks
+from phononbench.app.uploads import Limits, QueueFull, UploadRefused
 from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
                                  structures_schema, verdict_column)
-from phononbench.report import percent
-from phononbench.results import PARTS_FILE, STRUCTURES_DIR, read_structures, read_verdict_run_info, safe_file_name
+from phononbench.reading.report import percent
+from phononbench.running.run_folder import PARTS_FILE, STRUCTURES_DIR, read_structures, read_verdict_run_info, safe_file_name
 
 log = logging.getLogger(__name__)
 RUN_KEY = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # ASCII digits, no leading zero: a run has one key

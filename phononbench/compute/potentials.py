@@ -79,7 +79,7 @@ class Potential:
     def _predict_batch(self, batch: list[Atoms], stress: bool) -> list[Prediction]:
         out = []
         for atoms in batch:
-            atoms = _unconstrained(atoms)
+            atoms = unconstrained(atoms)
             atoms.calc = self.calculator
             out.append(Prediction(
                 float(atoms.get_potential_energy()),
@@ -119,12 +119,12 @@ def split_on_oom(predict_batch: Callable[[list[Atoms]], list[Prediction]], batch
     except RuntimeError as exc:
         if not out_of_memory(exc) or len(batch) == 1:
             raise
-        _empty_cuda_cache()
+        empty_cuda_cache()
         half = len(batch) // 2
         return split_on_oom(predict_batch, batch[:half]) + split_on_oom(predict_batch, batch[half:])
 
 
-def _unconstrained(atoms: Atoms) -> Atoms:
+def unconstrained(atoms: Atoms) -> Atoms:
     """A copy without constraints: the model's raw answer; a relaxation applies its own constraints."""
     atoms = atoms.copy()
     atoms.set_constraint()
@@ -147,7 +147,7 @@ def batches_by_atoms(structures: list[Atoms], max_atoms: int) -> list[list[Atoms
     return batches
 
 
-def _empty_cuda_cache() -> None:
+def empty_cuda_cache() -> None:
     import torch
 
     if torch.cuda.is_available():
@@ -179,7 +179,7 @@ def predict_with_torchsim(model, batch: list[Atoms], stress: bool) -> list[Predi
     (stress in ASE's Voigt order, eV/A^3)."""
     from ase.stress import full_3x3_to_voigt_6_stress
 
-    state = to_state([_unconstrained(a) for a in batch], model)
+    state = to_state([unconstrained(a) for a in batch], model)
     output = model(state)
     energies = output["energy"].detach().cpu().numpy().reshape(-1)
     forces = np.split(output["forces"].detach().cpu().numpy().astype(float), np.cumsum([len(a) for a in batch])[:-1])
@@ -198,7 +198,7 @@ class CHGNetPotential(Potential):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         model = self.calculator.model
-        structures = [AseAtomsAdaptor.get_structure(_unconstrained(a)) for a in batch]
+        structures = [AseAtomsAdaptor.get_structure(unconstrained(a)) for a in batch]
         predictions = model.predict_structure(structures, task="efs" if stress else "ef", batch_size=len(batch))
         if isinstance(predictions, dict):
             predictions = [predictions]

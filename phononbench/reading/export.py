@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, is_stable, is_stable_bz
-from phononbench.results import read_structures, read_verdict_run_info, safe_file_name
+from phononbench.running.run_folder import read_structures, read_verdict_run_info, safe_file_name
 
 FORMATS = {"cif-zip": ".zip", "extxyz": ".extxyz", "parquet": ".parquet"}  # format -> file suffix
 INDEX_FILE = "index.csv"  # inside the zip: which file is which structure

@@ -336,7 +336,7 @@ def read_ingest_cache(out: Path, settings: dict) -> dict[str, list]:
     """read key -> its inputs (packed), as ``write_ingest_cache`` left them under the same settings."""
     import numpy as np
 
-    from phononbench.ingest import InputStructure
+    from phononbench.science.ingest import InputStructure
 
     table = _read_stamped(Path(out) / INGEST_CACHE_FILE, json.dumps(settings, sort_keys=True))
     if table is None:

@@ -34,8 +34,8 @@ import torch
 from ase import Atoms
 
 from phononbench.errors import reason
-from phononbench.potentials import _empty_cuda_cache, _unconstrained, out_of_memory, to_state
-from phononbench.relax import ForcesDiverged, Move, NonFiniteForces, Recipe, Relaxation, next_move
+from phononbench.compute.potentials import empty_cuda_cache, unconstrained, out_of_memory, to_state
+from phononbench.science.relax import ForcesDiverged, Move, NonFiniteForces, Recipe, Relaxation, next_move
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def relax_structures(structures: list[Atoms], model, recipe: Recipe, max_atoms_i
                 most = max(1, len(slots) // 2)
                 log.warning("out of memory with %d structures (%d atoms) in flight: %d at most from now on (%s)",
                             len(slots), int(state.n_atoms), most, reason(exc, 120))
-                _empty_cuda_cache()
+                empty_cuda_cache()
                 for slot in slots:
                     slot.steps_before, slot.steps = slot.steps_before + slot.steps, 0
                 between = [(slot, _geometry(state, k)) for k, slot in enumerate(slots)] + between
@@ -221,7 +221,7 @@ def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
                 atoms = _ase_atoms(single, 0)
                 atoms.set_constraint(slot.constraint)  # refinement moves atoms as the previous symmetry allows
                 slot.constraint = FixSymmetry(atoms, symprec=recipe.symprec)  # refines `atoms` in place
-                single = to_state([_unconstrained(atoms)], ask.model)
+                single = to_state([unconstrained(atoms)], ask.model)
                 symmetry = (torch.as_tensor(np.asarray(slot.constraint.rotations), device=single.device),
                             torch.as_tensor(np.asarray(slot.constraint.symm_map), device=single.device))
             ready.append((slot, single, symmetry))

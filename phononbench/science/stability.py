@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phononbench.phonons import BandStructure
+from phononbench.science.phonons import BandStructure
 
 GAMMA_TOLERANCE = 1e-6  # |q| (fractional) below which a q-point is Gamma
 N_ACOUSTIC = 3

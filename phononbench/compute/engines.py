@@ -22,8 +22,8 @@ import numpy as np
 from ase import Atoms
 
 from phononbench.errors import SetupError
-from phononbench.potentials import Potential, batches_by_atoms
-from phononbench.relax import Recipe, Relaxation, relax_structures
+from phononbench.compute.potentials import Potential, batches_by_atoms
+from phononbench.science.relax import Recipe, Relaxation, relax_structures
 from phononbench.settings import Protocol
 
 
@@ -93,13 +93,13 @@ class TorchSimEngine(_OnePotential):
         self._memory_scaler: float | None = None  # the autobatcher's measure of a GPU's room, once known
 
     def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
-        from phononbench import relax_torchsim
+        from phononbench.compute import relax_torchsim
 
         return relax_torchsim.relax_structures(structures, self.model, recipe(protocol),
                                                max_atoms_in_flight=self.potential.max_atoms_per_batch)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:
-        from phononbench.potentials import predict_with_torchsim, split_on_oom
+        from phononbench.compute.potentials import predict_with_torchsim, split_on_oom
 
         out: list[np.ndarray | None] = [None] * len(supercells)
         for indices in self._bins(supercells):
@@ -123,7 +123,7 @@ class TorchSimEngine(_OnePotential):
             return bins
         from torch_sim.autobatching import BinningAutoBatcher
 
-        from phononbench.potentials import to_state
+        from phononbench.compute.potentials import to_state
 
         batcher = BinningAutoBatcher(self.model, memory_scales_with=self.model.memory_scales_with,
                                      max_memory_scaler=self._memory_scaler)

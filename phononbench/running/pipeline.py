@@ -22,15 +22,15 @@ from typing import Protocol as TypingProtocol
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from phononbench import results as results_io
-from phononbench.dedup import buckets_of, find_duplicates
-from phononbench.engines import check_engine
+from phononbench.running import run_folder as results_io
+from phononbench.science.dedup import buckets_of, find_duplicates
+from phononbench.compute.engines import check_engine
 from phononbench.errors import SetupError
-from phononbench.executors import InProcessExecutor
-from phononbench.ingest import READER_VERSION, InputStructure, SkippedFiles, read_inputs, split_input
+from phononbench.running.executors import InProcessExecutor
+from phononbench.science.ingest import READER_VERSION, InputStructure, SkippedFiles, read_inputs, split_input
 from phononbench.records import ALL_GENERATORS, COMPUTED_STATUSES, RETRYABLE_STATUSES, Col, Status, StructureResult
 from phononbench.settings import Protocol
-from phononbench.worker import WorkerSpec, attach_log_file
+from phononbench.running.worker import WorkerSpec, attach_log_file
 
 log = logging.getLogger(__name__)
 

@@ -131,7 +131,7 @@ def run_potential(described: dict, device: str = "cpu", recorded_path: bool = Tr
     unpickles, so the app passes False unless told otherwise), else the registry's own weights for the name
     (a run made in another environment records another path to the same wheel file); refused if those are
     other weights."""
-    from phononbench.potentials import load_potential
+    from phononbench.compute.potentials import load_potential
 
     checkpoint = described.get("checkpoint")
     usable = recorded_path and checkpoint and Path(checkpoint).is_file()
@@ -146,7 +146,7 @@ def run_potential(described: dict, device: str = "cpu", recorded_path: bool = Tr
 def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callable[[dict], object]):
     """A phonopy object with the structure's force constants: from the run folder's cache, or computed
     with ``potential_for(run.json's potential)`` and the run's protocol, then cached."""
-    from phononbench.phonons import displace, displaced_supercells, produce_force_constants, supercell_matrix
+    from phononbench.science.phonons import displace, displaced_supercells, produce_force_constants, supercell_matrix
 
     protocol = Protocol.from_dict(info["protocol"])
     unitcell = relaxed_unitcell(row)
@@ -173,8 +173,8 @@ def band_figures(out: Path, row: pd.Series, info: dict, potential_for: Callable[
     """The structure's band structures as PNG files (kind -> path): ``published`` (the published scripts'
     q-points, where the published verdict looks) and ``bz`` (the high-symmetry path in the cell's own
     reciprocal basis); imaginary branches below the headline threshold in red. Made once, then read."""
-    from phononbench.phonons import band_path, high_symmetry_band_path
-    from phononbench.plots import band_structure_figure
+    from phononbench.science.phonons import band_path, high_symmetry_band_path
+    from phononbench.reading.plots import band_structure_figure
 
     folder = bands_folder(out, row, info)
     paths = {kind: folder / name for kind, name in FIGURES.items()}

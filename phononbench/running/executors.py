@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterator
 
 from phononbench.errors import RunAborted, SetupError, reason
-from phononbench.ingest import InputStructure, LocalTasks
-from phononbench.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, Potential
+from phononbench.science.ingest import InputStructure, LocalTasks
+from phononbench.compute.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, Potential
 from phononbench.records import Status, StructureResult
-from phononbench.worker import Worker, WorkerSpec
+from phononbench.running.worker import Worker, WorkerSpec
 
 
 class InProcessExecutor(LocalTasks):

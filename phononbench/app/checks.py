@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from phononbench.errors import reason
-from phononbench.potentials import POTENTIALS
-from phononbench.results import safe_file_name
-from phononbench.uploads import Limits, QueueFull, UploadReader, UploadRefused
+from phononbench.compute.potentials import POTENTIALS
+from phononbench.running.run_folder import safe_file_name
+from phononbench.app.uploads import Limits, QueueFull, UploadReader, UploadRefused
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +162,15 @@ class Checks:
                                        "started": self.progress.get(check_id, {}).get("started", time.monotonic())}
 
     def _potential(self, model: str):
-        from phononbench.potentials import load_potential
+        from phononbench.compute.potentials import load_potential
 
         if model not in self.potentials:
             self.potentials[model] = load_potential(model, self.device)
         return self.potentials[model]
 
     def _run(self, check_id: str) -> None:
-        from phononbench.composition import compose, protocol_for
-        from phononbench.pipeline import run_benchmark
+        from phononbench.running.composition import compose, protocol_for
+        from phononbench.running.pipeline import run_benchmark
 
         folder, meta = self.folder(check_id), self.meta(check_id)
         with self.lock:

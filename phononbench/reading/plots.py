@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from phononbench import analysis  # noqa: E402
+from phononbench.reading import analysis  # noqa: E402
 from phononbench.records import Col  # noqa: E402
 
 
