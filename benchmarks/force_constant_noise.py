@@ -22,11 +22,11 @@ from phononbench.science.phonons import brillouin_zone_qpoints, displace, displa
 from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
 from phononbench.running.run_folder import read_run_info, read_structures
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 from phononbench.science.supercells import widths
 
 
-def lowest(phonon, protocol: Protocol) -> dict:
+def lowest(phonon, protocol: ProtocolSettings) -> dict:
     samples = brillouin_zone_qpoints(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
     return {source: round(float(frequencies_at(phonon, q).frequencies_thz.min()), 4) for source, q in samples.items()}
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     info, rows = read_run_info(args.run), read_structures(args.run)
-    protocol = Protocol.from_dict(info["protocol"])
+    protocol = ProtocolSettings.from_dict(info["protocol"])
     potential = load_potential(info["potential"]["model"], "cpu", info["potential"].get("checkpoint"))
     report = []
     for _, row in rows[rows[Col.STATUS] == Status.OK].head(args.limit).iterrows():

@@ -21,10 +21,10 @@ from phononbench.science.phonons import displace, displaced_supercells, gamma_fr
 from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
 from phononbench.running.run_folder import read_run_info, read_structures
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 
 
-def gamma_optical_thz(atoms, matrix, potential, protocol: Protocol) -> np.ndarray:
+def gamma_optical_thz(atoms, matrix, potential, protocol: ProtocolSettings) -> np.ndarray:
     """Gamma frequencies without the three acoustic modes (the three closest to zero)."""
     phonon = displace(atoms, matrix, protocol.displacement_a)
     produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)), protocol.subtract_drift,
@@ -42,7 +42,7 @@ def main() -> None:
     differences, worst = [], None
     for run in args.runs:
         info, rows = read_run_info(run), read_structures(run)
-        protocol = Protocol.from_dict(info["protocol"])
+        protocol = ProtocolSettings.from_dict(info["protocol"])
         potential = load_potential(info["potential"]["model"], "cpu", info["potential"].get("checkpoint"))
         for _, row in rows[rows[Col.STATUS] == Status.OK].iterrows():
             atoms = AseAtomsAdaptor.get_atoms(Structure.from_str(row[Col.RELAXED_CIF], fmt="cif"))

@@ -145,27 +145,31 @@ def stage_seconds(profile: cProfile.Profile) -> dict[str, float]:
     return out
 
 
-def cuts_side_by_side(items: list, n: int = 12) -> dict:
-    """The two post-processing cuts, old and new way on the same force constants (CPU s per structure):
-    the published path through phonopy's band structure (one q-point at a time) against one batched
-    solve on the same q-points; the full 20 A mesh against its irreducible q-points. And the largest
-    difference in the lowest frequency each makes (THz)."""
+def grid_springs_forces(supercells: list) -> list:
+    out = []
+    for supercell in supercells:
+        supercell.calc = GridSprings()
+        out.append(supercell.get_forces())
+    return out
+
+
+def cuts_side_by_side(cells: list, forces_of=grid_springs_forces, thresholds=(-0.1, -0.001)) -> dict:
+    """The two post-processing cuts, old and new way on the same force constants (2x2x2 of each cell, forces
+    from ``forces_of``; CPU s per structure): the published path through phonopy's band structure (one q-point
+    at a time) against one batched solve on the same q-points; the full 20 A mesh against its irreducible
+    q-points. The largest difference in the lowest frequency each makes (THz), and how many verdicts differ
+    at each threshold."""
     from phonopy.phonon.grid import length2mesh
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     from phononbench.science import phonons
 
     timings = {"published path, phonopy band structure": 0.0, "published path, one batched solve": 0.0,
                "mesh, every q-point": 0.0, "mesh, irreducible q-points": 0.0}
     largest = {"published path": 0.0, "mesh": 0.0}
-    for item in items[:n]:
-        atoms = AseAtomsAdaptor.get_atoms(item.unpacked().structure)
+    flips = {f"{cut} at {t:g} THz": 0 for cut in largest for t in thresholds}
+    for atoms in cells:
         phonon = phonons.displace(atoms, (2, 2, 2), 0.01)
-        forces = []
-        for supercell in phonons.displaced_supercells(phonon):
-            supercell.calc = GridSprings()
-            forces.append(supercell.get_forces())
-        phonons.produce_force_constants(phonon, forces)
+        phonons.produce_force_constants(phonon, forces_of(phonons.displaced_supercells(phonon)))
         start = time.process_time()
         old = np.concatenate([np.asarray(f) for f in phonons.band_path(phonon)["frequencies"]]).min()
         middle = time.process_time()
@@ -173,7 +177,7 @@ def cuts_side_by_side(items: list, n: int = 12) -> dict:
         end = time.process_time()
         timings["published path, phonopy band structure"] += middle - start
         timings["published path, one batched solve"] += end - middle
-        largest["published path"] = max(largest["published path"], abs(old - new))
+        _compare("published path", old, new, largest, flips, thresholds)
         mesh = length2mesh(20.0, np.asarray(phonon.primitive.cell))
         grid = np.stack(np.meshgrid(*[np.arange(k) / k for k in mesh], indexing="ij"), axis=-1).reshape(-1, 3)
         start = time.process_time()
@@ -183,9 +187,16 @@ def cuts_side_by_side(items: list, n: int = 12) -> dict:
         end = time.process_time()
         timings["mesh, every q-point"] += middle - start
         timings["mesh, irreducible q-points"] += end - middle
-        largest["mesh"] = max(largest["mesh"], abs(old - new))
+        _compare("mesh", old, new, largest, flips, thresholds)
+    n = len(cells)
     return {"cpu_s_per_structure": {k: round(v / n, 4) for k, v in timings.items()},
-            "largest_lowest_frequency_difference_thz": largest, "n": n}
+            "largest_lowest_frequency_difference_thz": largest, "verdicts_that_differ": flips, "n": n}
+
+
+def _compare(cut: str, old: float, new: float, largest: dict, flips: dict, thresholds) -> None:
+    largest[cut] = max(largest[cut], abs(float(old) - float(new)))
+    for t in thresholds:
+        flips[f"{cut} at {t:g} THz"] += bool((old >= t) != (new >= t))
 
 
 def main() -> None:
@@ -237,12 +248,15 @@ def main() -> None:
     pstats.Stats(profile, stream=buffer).sort_stats("tottime").print_stats(args.profile)
     print("top costs by own time (the model's own lines included):")
     print("\n".join(line for line in buffer.getvalue().splitlines()[6:] if line.strip()))
+    from pymatgen.io.ase import AseAtomsAdaptor
+
     with threadpool_limits(limits=1, user_api="blas"):
-        cuts = cuts_side_by_side(items)
+        cuts = cuts_side_by_side([AseAtomsAdaptor.get_atoms(i.unpacked().structure) for i in items[:12]])
     print(f"the cuts, old and new way on the same force constants ({cuts['n']} structures, CPU s per structure):")
     for name, seconds in cuts["cpu_s_per_structure"].items():
         print(f"  {seconds:7.4f}  {name}")
-    print(f"  largest difference in the lowest frequency: {cuts['largest_lowest_frequency_difference_thz']} THz")
+    print(f"  largest difference in the lowest frequency: {cuts['largest_lowest_frequency_difference_thz']} THz; "
+          f"verdicts that differ: {cuts['verdicts_that_differ']}")
     print(json.dumps({"engine": args.engine, "n_structures": n, "cuts": cuts, "cpu_s_per_structure": round(outside, 4),
                       "model_cpu_s_per_structure": round(model / n, 4), "wall_s": round(wall, 1),
                       "relax_steps_median": float(np.median(steps)), "statuses": statuses,

@@ -129,7 +129,7 @@ def run(
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Stability threshold in THz (repeatable; first is the headline). Default -0.1 and -0.001.")] = None,
     limit: Limit = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen), bulk (sets aside structures that relax into molecules, chains or layers in vacuum) or accurate (supercells by length, the Brillouin-zone verdict as the headline).")] = "published",
+    preset: Annotated[str, typer.Option(help="ProtocolSettings preset: published, tiered (Gamma screen), bulk (sets aside structures that relax into molecules, chains or layers in vacuum) or accurate (supercells by length, the Brillouin-zone verdict as the headline).")] = "published",
     max_atoms: MaxAtoms = None,
     supercell: Supercell = None,
     max_supercell_atoms: Annotated[Optional[int], typer.Option(help="Skip (phonon_failed, saying so) a structure whose supercell has more atoms (default: the preset's; accurate 1000).")] = None,
@@ -204,7 +204,7 @@ def dedup(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; `phononbench run` with the same inputs into it takes it up.")],
     limit: Limit = None,
     max_atoms: MaxAtoms = None,
-    preset: Annotated[str, typer.Option(help="Protocol preset whose ingest settings apply (as run).")] = "published",
+    preset: Annotated[str, typer.Option(help="ProtocolSettings preset whose ingest settings apply (as run).")] = "published",
     ray_address: RayAddress = None,
     workers: Annotated[Optional[int], typer.Option(help="Task slots (default: all CPUs).")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray.")] = False,
@@ -240,7 +240,7 @@ def validate(
     checkpoint: Annotated[Optional[str], typer.Option(help="Local checkpoint file for the potential.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/validate-MODEL-PRESET[-SUPERCELL]); resumes if it exists.")] = None,
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Thresholds in THz (repeatable).")] = None,
-    preset: Annotated[str, typer.Option(help="Protocol preset (see run).")] = "published",
+    preset: Annotated[str, typer.Option(help="ProtocolSettings preset (see run).")] = "published",
     supercell: Supercell = None,
     engine: Annotated[str, typer.Option(help="batched, torchsim or serial (see run).")] = "batched",
     workers: Annotated[Optional[int], typer.Option(help="Worker slots of the local Ray (default: all CPUs).")] = None,
@@ -405,14 +405,14 @@ def plot_bands(
         from phononbench.science.phonons import band_path
         from phononbench.reading.plots import band_structure_figure
         from phononbench.running.run_folder import read_structures, read_verdict_run_info
-        from phononbench.settings import Protocol
+        from phononbench.settings import ProtocolSettings
 
         info = read_verdict_run_info(out)
         try:
             row = explore.row_of(read_structures(out), structure_id)
         except KeyError:
             raise SetupError(f"no structure {structure_id!r} in {out}") from None
-        protocol = Protocol.from_dict(info["protocol"])
+        protocol = ProtocolSettings.from_dict(info["protocol"])
         phonon = explore.force_constants(out, row, info, lambda described: explore.run_potential(described, device))
         target = output or explore.bands_folder(out, row, info) / explore.FIGURES["published"]
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,14 @@
-"""Errors that stop a run, and the one way a structure's failure is put into words.
+"""Errors that stop a run, the one way a structure's failure is put into words, and the one way a batched
+call's failure is pinned on the structure that caused it.
 
 Structure-level failures never raise out of the method: they become a status and a reason on a row.
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class SetupError(RuntimeError):
@@ -35,3 +40,30 @@ def reason(exc: BaseException, limit: int = 500) -> str:
     """A structure's failure as one line: the exception's type and message, white space folded."""
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}"[:limit] if message else type(exc).__name__
+
+
+def isolating_failures(groups: list[list], call, what: str) -> list[list | Exception]:
+    """``call`` (items -> one result per item) on every group's items at once, handed back group by group.
+    If that call raises, one call per group, so only the group that causes it fails: its exception stands in
+    its place and the others go on (a structure's supercells are one group; one structure is a group of one)."""
+    flat = [item for group in groups for item in group]
+    try:
+        results = call(flat) if flat else []
+        out, start = [], 0
+        for group in groups:
+            out.append(results[start:start + len(group)])
+            start += len(group)
+        return out
+    except Exception as exc:
+        if len(groups) == 1:
+            return [exc]
+        # a systematic bug here would otherwise be a silent slow path: say so
+        log.warning("batched %s of %d structures failed (%s); retrying one structure at a time",
+                    what, len(groups), exc, exc_info=True)
+    out = []
+    for group in groups:
+        try:
+            out.append(call(group))
+        except Exception as exc:
+            out.append(exc)
+    return out

@@ -1,4 +1,4 @@
-"""Protocol presets: every knob of the benchmark, with its unit and default, in one frozen object."""
+"""ProtocolSettings presets: every knob of the benchmark, with its unit and default, in one frozen object."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from phononbench.records import verdict_column
 
 
 @dataclass(frozen=True)
-class Protocol:
+class ProtocolSettings:
     """One benchmark protocol. ``PUBLISHED`` reproduces the PhononBench paper."""
 
     name: str = "published"
@@ -77,7 +77,7 @@ class Protocol:
             return "x".join(str(n) for n in self.supercell)
         return f">={self.supercell_min_length_a:g} A"
 
-    def check(self) -> "Protocol":
+    def check(self) -> "ProtocolSettings":
         """Refuse settings that make no sense, before any work, one line each (SetupError)."""
         thresholds = self.thresholds_thz
         if not thresholds:
@@ -136,14 +136,14 @@ class Protocol:
             raise SetupError(f"min_distance_a must be zero or more (got {self.min_distance_a})", setting="min_distance_a")
         return self
 
-    def with_overrides(self, **changes) -> "Protocol":
+    def with_overrides(self, **changes) -> "ProtocolSettings":
         """A copy with the given fields changed; ``None`` values are ignored."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if "thresholds_thz" in changes:
             changes["thresholds_thz"] = tuple(float(t) for t in changes["thresholds_thz"])
         return dataclasses.replace(self, **changes)
 
-    def with_supercell(self, text: str | None) -> "Protocol":
+    def with_supercell(self, text: str | None) -> "ProtocolSettings":
         """A copy with the supercell given as on the command line: ``2x2x2`` (a diagonal supercell) or a
         minimum width in A (``15`` or ``15A``); None keeps the preset's."""
         if text is None:
@@ -168,7 +168,7 @@ class Protocol:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Protocol":
+    def from_dict(cls, data: dict) -> "ProtocolSettings":
         data = dict(data)
         for key in ("supercell", "thresholds_thz"):
             if data.get(key) is not None:
@@ -181,7 +181,7 @@ MIN_SUPERCELL_LENGTH_A, MAX_SUPERCELL_LENGTH_A = 3.0, 50.0  # a supercell by len
 MAX_SUPERCELL_REPEATS = 20  # per axis, for NxNxN
 MIN_LENGTH_FOR_CUTOFF_A = 10.0  # half of it (5 A) keeps every first and second neighbour
 
-PUBLISHED = Protocol()
+PUBLISHED = ProtocolSettings()
 
 # The published protocol plus the Gamma screen: same verdicts, fewer supercells. The margin is the largest
 # difference between a unit cell's and its supercell's optical Gamma frequencies measured near a threshold
@@ -202,10 +202,10 @@ ACCURATE = dataclasses.replace(PUBLISHED, name="accurate", supercell=None, super
                                max_supercell_atoms=1000, force_constants_cutoff_at_half_width=True,
                                headline_verdict="brillouin_zone")
 
-PRESETS: dict[str, Protocol] = {"published": PUBLISHED, "tiered": TIERED, "bulk": BULK, "accurate": ACCURATE}
+PRESETS: dict[str, ProtocolSettings] = {"published": PUBLISHED, "tiered": TIERED, "bulk": BULK, "accurate": ACCURATE}
 
 
-def preset(name: str) -> Protocol:
+def preset(name: str) -> ProtocolSettings:
     try:
         return PRESETS[name]
     except KeyError:

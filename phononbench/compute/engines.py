@@ -16,7 +16,7 @@ TorchSim's autobatcher. The stages do not change.
 
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
+from typing import Protocol
 
 import numpy as np
 from ase import Atoms
@@ -24,18 +24,18 @@ from ase import Atoms
 from phononbench.errors import SetupError
 from phononbench.compute.potentials import Potential, batches_by_atoms
 from phononbench.science.relax import Recipe, Relaxation, relax_structures
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 
 
-class Engine(TypingProtocol):
+class Engine(Protocol):
     name: str
 
-    def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]: ...
+    def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]: ...
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]: ...
 
 
-def recipe(protocol: Protocol) -> Recipe:
+def recipe(protocol: ProtocolSettings) -> Recipe:
     """The protocol's relaxation knobs, for ``relax.relax_structures``."""
     return Recipe(fmax_ev_per_a=protocol.relax_fmax_ev_per_a,
                   target_fmax_ev_per_a=protocol.relax_target_fmax_ev_per_a, cycles=protocol.relax_cycles,
@@ -54,7 +54,7 @@ class SerialEngine(_OnePotential):
 
     name = "serial"
 
-    def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
+    def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]:
         return relax_structures(structures, self.potential.predict_with_calculator, recipe(protocol),
                                 max_structures_in_flight=1)
 
@@ -67,7 +67,7 @@ class BatchedEngine(_OnePotential):
 
     name = "batched"
 
-    def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
+    def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]:
         return relax_structures(structures, self.potential.predict, recipe(protocol),
                                 max_atoms_in_flight=self.potential.max_atoms_per_batch)
 
@@ -92,7 +92,7 @@ class TorchSimEngine(_OnePotential):
                              setting="engine")
         self._memory_scaler: float | None = None  # the autobatcher's measure of a GPU's room, once known
 
-    def relax(self, structures: list[Atoms], protocol: Protocol) -> list[Relaxation | Exception]:
+    def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]:
         from phononbench.compute import relax_torchsim
 
         return relax_torchsim.relax_structures(structures, self.model, recipe(protocol),

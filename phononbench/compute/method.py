@@ -36,7 +36,7 @@ from phononbench.science.phonons import (
 )
 from phononbench.records import Status, StructureResult
 from phononbench.science.relax import Relaxation
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 from phononbench.science.stability import (
     StabilityVerdict,
     assess,
@@ -46,7 +46,7 @@ from phononbench.science.stability import (
 )
 
 
-def compute(items: list[InputStructure], engine: Engine, protocol: Protocol) -> list[StructureResult]:
+def compute(items: list[InputStructure], engine: Engine, protocol: ProtocolSettings) -> list[StructureResult]:
     """One row per structure: relaxed with the engine, phonons, verdict at every threshold."""
     rows = [StructureResult.for_input(item) for item in items]
     for row, item in zip(rows, items):
@@ -75,7 +75,7 @@ def symmetry(structure: Structure) -> tuple[int | None, str | None]:
 # The stages, each over every structure still in the running
 
 
-def _relax(items, rows, engine: Engine, protocol: Protocol) -> dict[int, Relaxation]:
+def _relax(items, rows, engine: Engine, protocol: ProtocolSettings) -> dict[int, Relaxation]:
     """Relax all; returns the converged ones by position."""
     start = time.perf_counter()
     outcomes = engine.relax([AseAtomsAdaptor.get_atoms(i.structure) for i in items], protocol)
@@ -92,7 +92,7 @@ def _relax(items, rows, engine: Engine, protocol: Protocol) -> dict[int, Relaxat
     return relaxed
 
 
-def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Protocol) -> list[int]:
+def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: ProtocolSettings) -> list[int]:
     """Tiered preset: the unit cell's own displacements give its Gamma frequencies (exact at Gamma); an
     optical mode there below every threshold (minus the margin) is unstable without the supercell.
     Returns the structures the screen could not decide."""
@@ -120,7 +120,7 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
     return undecided
 
 
-def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol: Protocol) -> None:
+def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol: ProtocolSettings) -> None:
     """The published phonon calculation: supercell force constants, then both verdicts from them."""
     if not todo:
         return
@@ -165,7 +165,7 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
 # Filling the row
 
 
-def _record_relaxation(row: StructureResult, relaxation: Relaxation, protocol: Protocol) -> bool:
+def _record_relaxation(row: StructureResult, relaxation: Relaxation, protocol: ProtocolSettings) -> bool:
     """The relaxed-structure columns; True if the relaxation converged."""
     relaxed = AseAtomsAdaptor.get_structure(relaxation.atoms)
     row.relaxed_cif = str(CifWriter(relaxed))
@@ -201,7 +201,7 @@ def _record_verdict(row: StructureResult, verdict: StabilityVerdict, n_displacem
     row.verdicts = verdict.stable
 
 
-def _phonon_settings(protocol: Protocol) -> dict:
+def _phonon_settings(protocol: ProtocolSettings) -> dict:
     return dict(displacement_a=protocol.displacement_a, subtract_drift=protocol.subtract_drift,
                 symmetrize=protocol.symmetrize_force_constants,
                 cutoff_at_half_width=protocol.force_constants_cutoff_at_half_width)

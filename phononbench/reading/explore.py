@@ -23,7 +23,7 @@ import pandas as pd
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, bz_verdict_column, is_relaxed, is_stable, is_stable_bz, verdict_column
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 
 BANDS_DIR = "bands"
 FORCE_CONSTANTS_FILE = "force_constants.npy"
@@ -148,7 +148,7 @@ def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callab
     with ``potential_for(run.json's potential)`` and the run's protocol, then cached."""
     from phononbench.science.phonons import displace, displaced_supercells, produce_force_constants, supercell_matrix
 
-    protocol = Protocol.from_dict(info["protocol"])
+    protocol = ProtocolSettings.from_dict(info["protocol"])
     unitcell = relaxed_unitcell(row)
     recorded = row.get(Col.SUPERCELL_MATRIX)
     matrix = (np.asarray(recorded, dtype=int).reshape(3, 3) if isinstance(recorded, (list, np.ndarray)) and len(recorded) == 9 else
@@ -180,7 +180,7 @@ def band_figures(out: Path, row: pd.Series, info: dict, potential_for: Callable[
     paths = {kind: folder / name for kind, name in FIGURES.items()}
     if all(p.exists() for p in paths.values()):
         return paths
-    protocol = Protocol.from_dict(info["protocol"])
+    protocol = ProtocolSettings.from_dict(info["protocol"])
     phonon = force_constants(out, row, info, potential_for)
     name = f"{row[Col.STRUCTURE_ID]} ({row[Col.FORMULA]})"
     for kind, bands, where in (("published", band_path, "published q-points"),

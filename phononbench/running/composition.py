@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 from phononbench.running.worker import WorkerSpec
 
 
@@ -20,7 +20,7 @@ class Composition:
 
 def protocol_for(preset: str = "published", *, model: str | None = None, thresholds=None, max_atoms: int | None = None,
                  supercell: str | None = None, max_supercell_atoms: int | None = None,
-                 allow_positive_thresholds: bool | None = None) -> Protocol:
+                 allow_positive_thresholds: bool | None = None) -> ProtocolSettings:
     """A preset with the settings given (None keeps the preset's), checked."""
     from phononbench.settings import preset as get_preset
 
@@ -30,7 +30,7 @@ def protocol_for(preset: str = "published", *, model: str | None = None, thresho
     ).with_supercell(supercell).check()
 
 
-def compose(protocol: Protocol, device: str = "cpu", checkpoint: str | None = None, batch_atoms: int | None = None,
+def compose(protocol: ProtocolSettings, device: str = "cpu", checkpoint: str | None = None, batch_atoms: int | None = None,
             engine: str = "batched", in_process: bool = True, ray_address: str | None = None,
             workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
             timeout_per_structure: float | None = None, max_retries: int = 2, potential=None) -> Composition:

@@ -17,7 +17,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol as TypingProtocol
+from typing import Protocol
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
@@ -29,7 +29,7 @@ from phononbench.errors import SetupError
 from phononbench.running.executors import InProcessExecutor
 from phononbench.science.ingest import READER_VERSION, InputStructure, SkippedFiles, read_inputs, split_input
 from phononbench.records import ALL_GENERATORS, COMPUTED_STATUSES, RETRYABLE_STATUSES, Col, Status, StructureResult
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 from phononbench.running.worker import WorkerSpec, attach_log_file
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 ROWS_PER_PART = 5000
 
 
-class Reporter(TypingProtocol):
+class Reporter(Protocol):
     def start(self, total: int, done: int = 0) -> None: ...
     def advance(self, result: StructureResult) -> None: ...
     def stop(self) -> None: ...
@@ -160,7 +160,7 @@ def run_benchmark(
 def deduplicate_inputs(
     inputs: list[str],
     out: str | Path,
-    protocol: Protocol,
+    protocol: ProtocolSettings,
     executor=None,
     limit_per_generator: int | None = None,
     reporter: Reporter | None = None,
@@ -253,7 +253,7 @@ def _in_run_folder(out: Path, info: dict, executor, spec: WorkerSpec | None, bod
         raise
 
 
-def _prepare(out: Path, info: dict, protocol: Protocol, executor, limit_per_generator, reporter):
+def _prepare(out: Path, info: dict, protocol: ProtocolSettings, executor, limit_per_generator, reporter):
     """Ingest (tasks on the executor, structures kept packed), dedup (unchanged buckets reused), the rows
     already written; records the manifest and the skipped files."""
     skipped = SkippedFiles()

@@ -16,7 +16,7 @@ from phononbench.errors import reason
 from phononbench.science.ingest import InputStructure
 from phononbench.compute.potentials import Potential, load_potential
 from phononbench.records import StructureResult
-from phononbench.settings import Protocol
+from phononbench.settings import ProtocolSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class WorkerSpec:
     device: str
     checkpoint: str | None
     max_atoms_per_batch: int | None
-    protocol: Protocol
+    protocol: ProtocolSettings
     engine: str = "batched"  # a name in engines.ENGINES
     threads: int | None = None  # torch threads in the worker's process
     log_file: str | None = None  # the run's log (OUT/run.log), appended to by every worker

@@ -17,7 +17,6 @@ constants, two samplings of the Brillouin zone:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from phonopy import Phonopy
 from phonopy.phonon.band_structure import get_band_qpoints_by_seekpath
 from phonopy.structure.atoms import PhonopyAtoms
 
-log = logging.getLogger(__name__)
+from phononbench.errors import isolating_failures
 
 
 @dataclass
@@ -238,7 +237,7 @@ def force_constants_many(
             cells[k] = displaced_supercells(phonons[k])
         except Exception as exc:
             outcome[k] = exc
-    forces = _forces_isolating_failures(cells, forces_of)
+    forces = dict(zip(cells, isolating_failures(list(cells.values()), forces_of, "forces")))
     for k, phonon in phonons.items():
         try:
             if isinstance(forces[k], Exception):
@@ -248,33 +247,6 @@ def force_constants_many(
         except Exception as exc:
             outcome[k] = exc
     return outcome
-
-
-def _forces_isolating_failures(cells: dict[int, list[Atoms]], forces_of) -> dict[int, list | Exception]:
-    """All structures' supercells in one call; if it raises, one call per structure."""
-    order = list(cells)
-    flat = [atoms for k in order for atoms in cells[k]]
-    try:
-        forces = forces_of(flat) if flat else []
-        out, start = {}, 0
-        for k in order:
-            out[k] = forces[start:start + len(cells[k])]
-            start += len(cells[k])
-        return out
-    except Exception as exc:
-        if len(order) == 1:
-            return {order[0]: exc}
-        # a systematic bug here would otherwise be a silent slow path: say so
-        log.warning("batched forces for %d structures failed (%s); retrying one structure at a time",
-                    len(order), exc, exc_info=True)
-    return {k: _call(forces_of, cells[k]) for k in order}
-
-
-def _call(forces_of, cells: list[Atoms]) -> list | Exception:
-    try:
-        return forces_of(cells)
-    except Exception as exc:
-        return exc
 
 
 def gamma_frequencies(phonon: Phonopy) -> BandStructure:

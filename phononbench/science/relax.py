@@ -21,7 +21,6 @@ engine's choice (``engines.py``); the recipe is written once, here.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,7 +33,7 @@ from ase.constraints import FixSymmetry
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 
-log = logging.getLogger(__name__)
+from phononbench.errors import isolating_failures
 
 
 class NonFiniteForces(RuntimeError):
@@ -47,7 +46,7 @@ class ForcesDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """The relaxation's knobs (``settings.Protocol`` holds the published values)."""
+    """The relaxation's knobs (``settings.ProtocolSettings`` holds the published values)."""
 
     fmax_ev_per_a: float = 0.005  # acceptance after the cycles
     target_fmax_ev_per_a: float = 0.0025  # each cycle's FIRE target
@@ -201,7 +200,8 @@ def relax_structures(
             except Exception as exc:  # e.g. FixSymmetry on a pathological cell
                 outcome[index] = exc
 
-        predictions = _predict_isolating_failures([r.atoms for r in active], predict)
+        predictions = [p if isinstance(p, Exception) else p[0]
+                       for p in isolating_failures([[r.atoms] for r in active], predict, "prediction")]
         still_active = []
         for run, prediction in zip(active, predictions):
             try:
@@ -217,24 +217,3 @@ def relax_structures(
                 still_active.append(advanced)
         active = still_active
     return outcome
-
-
-def _predict_isolating_failures(structures: list[Atoms], predict) -> list:
-    """One call for all; if it raises, one call per structure so only the culprit fails."""
-    if not structures:
-        return []
-    try:
-        return predict(structures)
-    except Exception as exc:
-        if len(structures) == 1:
-            return [exc]
-        # a systematic bug here would otherwise be a silent slow path: say so
-        log.warning("batched prediction of %d structures failed (%s); retrying one structure at a time",
-                    len(structures), exc, exc_info=True)
-    out = []
-    for atoms in structures:
-        try:
-            out.append(predict([atoms])[0])
-        except Exception as exc:
-            out.append(exc)
-    return out
