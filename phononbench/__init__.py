@@ -60,7 +60,7 @@ class Results:
 
 
 def load(out) -> Results:
-    """The run in ``out``: its rows (``results.read_structures``), summary (None while the run has not
+    """The run in ``out``: its rows (``run_folder.read_structures``), summary (None while the run has not
     finished) and settings. An incomplete run (a part file lost) raises, naming the file."""
     from phononbench.running.run_folder import read_structures, read_summary, read_verdict_run_info
 

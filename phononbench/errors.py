@@ -44,11 +44,13 @@ def reason(exc: BaseException, limit: int = 500) -> str:
 
 def isolating_failures(groups: list[list], call, what: str) -> list[list | Exception]:
     """``call`` (items -> one result per item) on every group's items at once, handed back group by group.
-    If that call raises, one call per group, so only the group that causes it fails: its exception stands in
-    its place and the others go on (a structure's supercells are one group; one structure is a group of one)."""
+    If that call raises, or hands back another number of results than it was given items (they could not be
+    matched to their items), one call per group, so only the group that causes it fails: its exception stands
+    in its place and the others go on (a structure's supercells are one group; one structure is a group of
+    one). An empty group gets no results and no call."""
     flat = [item for group in groups for item in group]
     try:
-        results = call(flat) if flat else []
+        results = _one_per_item(call, flat) if flat else []
         out, start = [], 0
         for group in groups:
             out.append(results[start:start + len(group)])
@@ -63,7 +65,18 @@ def isolating_failures(groups: list[list], call, what: str) -> list[list | Excep
     out = []
     for group in groups:
         try:
-            out.append(call(group))
+            out.append(_one_per_item(call, group) if group else [])
         except Exception as exc:
             out.append(exc)
     return out
+
+
+class ResultCountMismatch(RuntimeError):
+    """A batched call handed back another number of results than it was given items."""
+
+
+def _one_per_item(call, items: list) -> list:
+    results = list(call(items))
+    if len(results) != len(items):
+        raise ResultCountMismatch(f"asked for {len(items)} results, got {len(results)}")
+    return results

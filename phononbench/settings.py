@@ -1,4 +1,4 @@
-"""ProtocolSettings presets: every knob of the benchmark, with its unit and default, in one frozen object."""
+"""Protocol presets (ProtocolSettings): every knob of the benchmark, with its unit and default, in one frozen object."""
 
 from __future__ import annotations
 

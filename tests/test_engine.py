@@ -96,3 +96,32 @@ def test_tiered_screen_fires_on_batio3_and_agrees_with_full_protocol():
     assert tiered[0].n_displacements == full[0].n_displacements  # same displacements, in an 8x smaller cell
     assert tiered[1].phonon_method == "supercell"  # stable silicon is not screened out
     assert np.isclose(tiered[1].min_frequency_thz, full[1].min_frequency_thz)
+
+
+def _drops_one_when_batched(call):
+    """A batched call that loses its middle result whenever it is given more than one structure's worth."""
+    def lossy(items):
+        results = list(call(items))
+        return results[:len(results) // 2] + results[len(results) // 2 + 1:] if len(items) > 8 else results
+    return lossy
+
+
+def test_a_batched_call_that_loses_a_result_never_hands_a_structure_anothers_numbers():
+    """Results are matched to structures by position: a batched call that hands back one result too few would
+    shift every later structure's forces onto its neighbour. It is refused and each structure is computed
+    alone: the same relaxations and force constants as one structure at a time."""
+    from phononbench.science.phonons import force_constants_many
+
+    emt = load_potential("emt")
+    cells = [bulk("Cu", "fcc", a=3.7), bulk("Al", "fcc", a=4.0), bulk("Ni", "fcc", a=3.6),
+             bulk("Ag", "fcc", a=4.1), bulk("Pd", "fcc", a=3.9), bulk("Au", "fcc", a=4.1),
+             bulk("Pt", "fcc", a=4.0), bulk("Cu", "bcc", a=2.9), bulk("Al", "bcc", a=3.2)]
+    recipe = Recipe(cycles=1, steps_per_cycle=5)
+    alone = [relax_structures([c], emt.predict, recipe)[0] for c in cells]
+    lossy = relax_structures(cells, _drops_one_when_batched(emt.predict), recipe)
+    for one, other in zip(alone, lossy):
+        assert not isinstance(other, Exception), other
+        assert np.allclose(one.atoms.positions, other.atoms.positions) and np.allclose(one.atoms.cell, other.atoms.cell)
+    reference = [force_constants_many([c], emt.forces)[0].force_constants for c in cells[:3]]
+    shifted = force_constants_many(cells[:3], _drops_one_when_batched(emt.forces))
+    assert all(np.allclose(r, s.force_constants) for r, s in zip(reference, shifted))

@@ -21,6 +21,7 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
+from phononbench.errors import SetupError
 from phononbench.running.executors import SHARE_GPUS, RayExecutor, workers_per_gpu
 from phononbench.running.worker import WorkerSpec
 from phononbench.running.pipeline import run_benchmark
@@ -191,6 +192,16 @@ def test_a_gpu_shared_by_workers_runs_every_structure(tmp_path, local_ray):
     described = json.loads((tmp_path / "out" / "run.json").read_text())["executor"]
     assert described["workers_per_gpu"] == 3 and abs(described["gpus_per_worker"] - 1 / 3) < 1e-9
     assert set(read_structures(tmp_path / "out")[Col.STATUS]) == {Status.OK}
+
+    # workers asked for share the GPUs between them; what cannot be placed is refused before any work
+    asked = RayExecutor(workers=4, gpus_per_worker=SHARE_GPUS)
+    asked.check(spec)
+    assert asked.slots() == 4 and asked.describe()["workers_per_gpu"] == 4
+    with pytest.raises(SetupError, match=r"2 workers with 0.6 GPUs each do not fit .*; 1 such workers do"):
+        RayExecutor(workers=2, gpus_per_worker=0.6).check(spec)
+    assert RayExecutor(gpus_per_worker=0.6).slots() == 1 and RayExecutor(gpus_per_worker=0.6).describe()["workers_per_gpu"] == 1
+    with pytest.raises(SetupError, match="gpus_per_worker must be zero or more"):
+        RayExecutor(gpus_per_worker=-1.0)
 
 
 def test_gpu_workers_where_no_node_has_a_gpu_are_refused_in_one_line(tmp_path):

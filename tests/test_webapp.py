@@ -204,6 +204,25 @@ def test_checked_fcc_copper_is_stable_and_bcc_copper_unstable(server, browser, t
     assert listed == ["Cu_bcc.cif", "Cu_fcc.cif"]  # newest first
 
 
+def test_a_check_page_whose_check_is_removed_says_so_and_stops_looking(server, browser, tmp_path):
+    """The page polls the check's state; a check removed meanwhile (or a server restarted on other checks)
+    answers 404, and the page says the check is gone instead of polling a blank state for ever."""
+    import shutil
+    from ase.build import bulk
+
+    pages = []
+    for name, a in (("first", 3.62), ("second", 3.64)):  # the second waits behind the first
+        bulk("Cu", "fcc", a=a).write(tmp_path / f"Cu_{name}.cif")
+        _check(browser, server, tmp_path / f"Cu_{name}.cif")
+        pages.append(browser.evaluate("location.pathname"))
+    shutil.rmtree(server["checks"] / pages[1].split("/")[-1])
+    said = browser.wait_for("document.querySelector('#state strong').textContent === 'gone' && "
+                            "document.getElementById('stage').textContent", timeout=60)
+    assert "this check is no longer on the server" in said
+    assert browser.evaluate("location.pathname") == pages[1]
+    browser.wait_for(f"fetch('{pages[0]}/state').then(r => r.json()).then(s => s.state === 'done')", timeout=120)
+
+
 @pytest.mark.parametrize("what", ["not a structure", "too large", "too many atoms"])
 def test_a_refused_upload_says_why_and_starts_nothing(server, browser, tmp_path, what):
     from ase.build import bulk

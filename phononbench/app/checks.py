@@ -26,6 +26,7 @@ from phononbench.app.uploads import Limits, QueueFull, UploadReader, UploadRefus
 log = logging.getLogger(__name__)
 
 CHECK_FILE = "check.json"
+CHECK_STATES = ("queued", "running", "done", "failed")
 UPLOAD_DIR = "upload"
 CHECK_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")  # the only names a check folder has
 # registry names that need nothing but their name (``mattersim`` alone needs a checkpoint path); a
@@ -72,14 +73,16 @@ class Checks:
     def meta(self, check_id: str) -> dict:
         """check.json; one that cannot be read makes the check failed, saying so (the app still starts)."""
         path = self.folder(check_id) / CHECK_FILE
+        shown = {"filename": "?", "model": "?", "formula": "?", "n_atoms": 0, "submitted": "?"}  # what a page names
         try:
             meta = json.loads(path.read_text())
             if not isinstance(meta, dict):
                 raise ValueError("not a JSON object")
-            return meta
+            if meta.get("state") not in CHECK_STATES:
+                raise ValueError(f"no state of a check ({meta.get('state')!r})")
+            return {**shown, **meta}
         except (OSError, ValueError) as exc:
-            return {"state": "failed", "error": f"{path} cannot be read ({reason(exc, 120)})", "filename": "?",
-                    "model": "?", "formula": "?", "n_atoms": 0, "submitted": "?"}
+            return {**shown, "state": "failed", "error": f"{path} cannot be read ({reason(exc, 120)})"}
 
     def _write_meta(self, check_id: str, **changes) -> None:
         path = self.root / check_id / CHECK_FILE

@@ -1,6 +1,6 @@
 """Reading a run: stability rates with their uncertainty, and where generators succeed or fail.
 
-Plain functions over the structures table (``results.read_structures``); notebooks and the leaderboard
+Plain functions over the structures table (``run_folder.read_structures``); notebooks and the leaderboard
 call these, so a number means the same thing everywhere.
 """
 

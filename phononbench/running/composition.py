@@ -53,9 +53,9 @@ def compose(protocol: ProtocolSettings, device: str = "cpu", checkpoint: str | N
         return Composition(described, spec, InProcessExecutor(potential))
     if device.startswith("cuda") and not gpus_per_worker:
         gpus_per_worker = SHARE_GPUS  # GPU workers when a GPU is asked for, several on each (executors.workers_per_gpu)
-    if device.startswith("cuda") and gpus_per_worker < 1 and not batch_atoms:
+    if device.startswith("cuda") and (gpus_per_worker is SHARE_GPUS or gpus_per_worker < 1) and not batch_atoms:
         described["max_atoms_per_batch"] = (f"{DEFAULT_MAX_ATOMS_PER_BATCH['cuda']} per GPU, split between "
-                                            "the workers that share it")
+                                            "the workers that share it (executor: workers_per_gpu)")
     return Composition(described, spec, RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker,
                                                     timeout_per_structure, max_retries))
 

@@ -60,7 +60,7 @@ class InProcessExecutor(LocalTasks):
         return {"executor": "in-process"}
 
 
-SHARE_GPUS = -1.0  # gpus_per_worker: share each GPU among as many workers as its node has CPUs for
+SHARE_GPUS = None  # gpus_per_worker: share each GPU among as many workers as its node has CPUs for (or as asked)
 MOST_WORKERS_PER_GPU = 8
 
 
@@ -79,7 +79,8 @@ class RayExecutor:
 
     ``address``: None starts a local Ray (or joins the one this process has); "auto" or "HOST:PORT"
     joins a cluster. GPU workers take ``gpus_per_worker`` (fractional shares a GPU between workers);
-    ``SHARE_GPUS`` shares each GPU among as many workers as its node has CPUs for (``workers_per_gpu``).
+    ``SHARE_GPUS`` shares each GPU among as many workers as its node has CPUs for (``workers_per_gpu``), or
+    among ``workers`` where they are given.
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class RayExecutor:
         address: str | None = None,
         workers: int | None = None,
         cpus_per_worker: float = 1.0,
-        gpus_per_worker: float = 0.0,
+        gpus_per_worker: float | None = 0.0,
         timeout_per_structure_s: float | None = None,
         max_retries: int = 2,
         poll_s: float = 1.0,
@@ -99,7 +100,7 @@ class RayExecutor:
             if value is not None and not value >= least:
                 raise SetupError(f"{name} must be {'positive' if least else 'zero or more'} (got {value})",
                                  setting=name)
-        if gpus_per_worker != SHARE_GPUS and not gpus_per_worker >= 0:
+        if gpus_per_worker is not SHARE_GPUS and not gpus_per_worker >= 0:
             raise SetupError(f"gpus_per_worker must be zero or more (got {gpus_per_worker})", setting="gpus_per_worker")
         self.address = address
         self.workers = workers
@@ -113,8 +114,9 @@ class RayExecutor:
     def describe(self) -> dict:
         return {"executor": "ray", "address": self.address, "workers": self.workers,
                 "cpus_per_worker": self.cpus_per_worker,
-                "gpus_per_worker": "shared by CPUs" if self.gpus_per_worker == SHARE_GPUS else self.gpus_per_worker,
-                **({"workers_per_gpu": round(1 / self.gpus_per_worker)} if 0 < self.gpus_per_worker < 1 else {}),
+                "gpus_per_worker": "shared" if self.gpus_per_worker is SHARE_GPUS else self.gpus_per_worker,
+                **({"workers_per_gpu": math.floor(1 / self.gpus_per_worker + 1e-9)}
+                   if self.gpus_per_worker and self.gpus_per_worker < 1 else {}),
                 "timeout_per_structure_s": self.timeout_per_structure_s, "max_retries": self.max_retries}
 
     def _ray(self):
@@ -139,7 +141,7 @@ class RayExecutor:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         total = ray.cluster_resources()
         has = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs"
-        if self._gpus_per_worker() == SHARE_GPUS:
+        if self._gpus_per_worker() is SHARE_GPUS:
             raise SetupError(f"GPU workers were asked for (--device cuda) but no node has a GPU ({has})",
                              setting="device")
         most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
@@ -150,18 +152,25 @@ class RayExecutor:
         if self.gpus_per_worker and self.gpus_per_worker > most_gpus:
             raise SetupError(f"a worker asks for {self.gpus_per_worker:g} GPUs but no node has that many ({has})",
                              setting="gpus_per_worker")
-        if self.gpus_per_worker and self.workers and self.gpus_per_worker * self.workers > total.get("GPU", 0) + 1e-9:
-            raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has})",
-                             setting="workers")
+        if self.gpus_per_worker and self.workers and self.workers > self._capacity():
+            raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has}; "
+                             f"{self._capacity()} such workers do)", setting="workers")
 
-    def _gpus_per_worker(self) -> float:
-        """``gpus_per_worker``, ``SHARE_GPUS`` resolved against the cluster's nodes once Ray is up (it stays
-        ``SHARE_GPUS`` where no node has a GPU: ``check`` refuses that)."""
-        if self.gpus_per_worker == SHARE_GPUS:
-            nodes = [n.get("Resources", {}) for n in self._ray().nodes() if n.get("Alive")]
-            if any(n.get("GPU", 0) for n in nodes):
+    def _gpus_per_worker(self) -> float | None:
+        """``gpus_per_worker``, ``SHARE_GPUS`` resolved against the cluster once Ray is up: the ``workers``
+        asked for spread over its GPUs, else ``workers_per_gpu`` (it stays ``SHARE_GPUS`` where no node has a
+        GPU: ``check`` refuses that)."""
+        if self.gpus_per_worker is SHARE_GPUS:
+            nodes = self._nodes()
+            gpus = sum(n.get("GPU", 0) for n in nodes)
+            if gpus and self.workers:
+                self.gpus_per_worker = 1 / math.ceil(self.workers / gpus - 1e-9)
+            elif gpus:
                 self.gpus_per_worker = 1 / workers_per_gpu(nodes, self.cpus_per_worker)
         return self.gpus_per_worker
+
+    def _nodes(self) -> list[dict]:
+        return [n.get("Resources", {}) for n in self._ray().nodes() if n.get("Alive")]
 
     def map_tasks(self, function, arguments, shared=None) -> Iterator:
         """``function(*a)`` (``shared`` first when given, put once in the object store) for each ``a`` of
@@ -208,10 +217,17 @@ class RayExecutor:
         """How many workers run at once: as asked, or as many as the cluster's CPUs or GPUs allow."""
         if self.workers:
             return self.workers
-        resources = self._ray().cluster_resources()
-        if self._gpus_per_worker() > 0:
-            return max(1, int(resources.get("GPU", 0) / self.gpus_per_worker + 1e-9))
-        return max(1, int(resources.get("CPU", 1) / self.cpus_per_worker))
+        return self._capacity()
+
+    def _capacity(self) -> int:
+        """How many workers the cluster can place at once: on each node, as many as its CPUs and its GPUs
+        both allow."""
+        share = self._gpus_per_worker() or 0.0
+        fits = 0
+        for node in self._nodes():  # the actors each node can place: its CPUs and its GPUs both bound them
+            by_cpus = math.floor(node.get("CPU", 0) / self.cpus_per_worker + 1e-9)
+            fits += min(by_cpus, math.floor(node.get("GPU", 0) / share + 1e-9)) if share else by_cpus
+        return max(1, fits)
 
     def map(self, spec: WorkerSpec, chunks: list[list[InputStructure]]) -> Iterator[list[StructureResult]]:
         if not chunks:
@@ -220,12 +236,13 @@ class RayExecutor:
         from ray.exceptions import RayActorError
 
         spec = dataclasses.replace(spec, threads=spec.threads or max(1, int(self.cpus_per_worker)))
-        if self.gpus_per_worker > 0 and spec.max_atoms_per_batch is None:
+        share = self._gpus_per_worker() or 0.0
+        if share > 0 and spec.max_atoms_per_batch is None:
             # a GPU's batch; workers sharing a GPU share its memory: the atoms one call may hold, split between them
             spec = dataclasses.replace(spec, max_atoms_per_batch=max(
-                DEFAULT_MAX_ATOMS_PER_BATCH["cpu"], int(DEFAULT_MAX_ATOMS_PER_BATCH["cuda"] * min(1.0, self.gpus_per_worker))))
+                DEFAULT_MAX_ATOMS_PER_BATCH["cpu"], int(DEFAULT_MAX_ATOMS_PER_BATCH["cuda"] * min(1.0, share))))
         actor_class = ray.remote(Worker).options(
-            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+            num_cpus=self.cpus_per_worker, num_gpus=share,
             max_restarts=self.max_retries, max_task_retries=self.max_retries,
         )
         idle = [actor_class.remote(spec) for _ in range(min(self.slots(), len(chunks)))]
