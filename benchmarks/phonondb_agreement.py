@@ -14,13 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
-from phononbench.running.executors import InProcessExecutor
-from phononbench.running.pipeline import run_benchmark
-from phononbench.compute.potentials import load_potential
-from phononbench.running.run_folder import read_structures
-from phononbench.settings import PUBLISHED
-from phononbench.running.worker import WorkerSpec
 from phononbench.reading.validation import load_labels, validate
+from phononbench.running.composition import compose, protocol_for
+from phononbench.running.pipeline import run_benchmark
+from phononbench.running.run_folder import read_structures
 
 
 def main() -> None:
@@ -35,12 +32,11 @@ def main() -> None:
     parser.add_argument("--only-ids", help="file of label ids to score (to compare potentials on one set)")
     args = parser.parse_args()
 
-    protocol = PUBLISHED.with_overrides(model=args.model)
+    protocol = protocol_for("published", model=args.model)
     if not args.score_only:
-        potential = load_potential(args.model, args.device)
-        spec = WorkerSpec(args.model, args.device, None, None, protocol)
-        run_benchmark([f"phonondb={args.structures}"], args.out, spec, potential.describe(),
-                      InProcessExecutor(potential), limit_per_generator=args.limit)
+        run = compose(protocol, args.device)  # the composition root, as the command line builds a run
+        run_benchmark([f"phonondb={args.structures}"], args.out, run.spec, run.described, run.executor,
+                      limit_per_generator=args.limit)
     labels = load_labels(args.labels)
     if args.only_ids:
         labels = labels[labels["label_id"].isin(Path(args.only_ids).read_text().split())]
