@@ -284,6 +284,9 @@ def validate(
         if not folders:
             raise SetupError("give --structures to compute, or --runs with finished validation folders to score")
         board = phononbench.validate(labels, folders)
+        for name in board.loc[~board["complete"], "run"].unique():
+            err_console.print(f"warning: {name} has not finished: scored on the rows it has so far",
+                              markup=False, highlight=False)
         for name in board.loc[board["n"] == 0, "run"].unique():
             err_console.print(f"warning: no structure of {name} matches a label id (file names like mp-1190.POSCAR)",
                               markup=False, highlight=False)
@@ -299,12 +302,14 @@ def _validation_table(board, title: str):
     from rich.table import Table
     from rich.text import Text
 
+    from phononbench.reading import validation
+
     table = Table(title=Text(title))
     for name in ("run", "potential", "supercell", "verdict", "THz", "n", "accuracy (95% CI)", "F1 stable",
                  "F1 imaginary", "false unstable", "TP", "FP", "FN", "TN", "atoms", "wall s"):
         table.add_column(name, justify="left" if name in ("run", "potential", "supercell", "verdict") else "right")
     for r in board.itertuples(index=False):
-        table.add_row(Text(r.run), r.potential, r.supercell, r.verdict, f"{r.threshold_thz:g}", str(r.n),
+        table.add_row(Text(validation.run_label(r)), r.potential, r.supercell, r.verdict, f"{r.threshold_thz:g}", str(r.n),
                       f"{r.accuracy:.3f} ({r.accuracy_low:.2f}-{r.accuracy_high:.2f})", f"{r.f1_stable:.3f}",
                       f"{r.f1_unstable:.3f}", f"{r.false_unstable_rate:.3f}", str(r.tp), str(r.fp), str(r.fn),
                       str(r.tn), f"{r.mean_supercell_atoms:.0f}", f"{r.wall_s_per_structure:.1f}")

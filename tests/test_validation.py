@@ -38,6 +38,19 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     assert f"{headline['accuracy']:.3f}" in result.output
     assert (out / "validation_scatter.png").stat().st_size > 1000
 
+    # a run still going is scored on its rows so far, and every table says so
+    import phononbench as pb
+    from phononbench.reading.validation import to_markdown
+
+    assert pb.validate(subset / "labels.csv", out)["complete"].all()
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    board = pb.validate(subset / "labels.csv", out)
+    assert not board["complete"].any() and set(board["n_inputs"]) == {4}
+    assert "| validate (unfinished: 4 inputs) |" in to_markdown(board)
+    again = CliRunner().invoke(app, ["validate", "--labels", str(subset / "labels.csv"), "--runs", str(out)])
+    assert again.exit_code == 0 and "warning: validate has not finished" in again.output
+
 
 def test_scores_of_a_hand_made_verdict_table():
     """7 materials: 4 DFT-stable (3 called stable, 1 not), 3 DFT-unstable (1 called stable, 2 not)."""

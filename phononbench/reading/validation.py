@@ -151,7 +151,9 @@ def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> p
                 if f"{prefix}{t:g}" not in report:
                     continue
                 r = report[f"{prefix}{t:g}"]
-                out.append({"run": name, "potential": potential_label(info["potential"]), "supercell": supercell,
+                out.append({"run": name, "complete": info.get("status") == "complete",
+                            "n_inputs": info.get("n_inputs", len(rows)),
+                            "potential": potential_label(info["potential"]), "supercell": supercell,
                             "verdict": verdict, "threshold_thz": t, "n": r["n"], "accuracy": r["accuracy"],
                             "accuracy_low": r["accuracy_ci"][0], "accuracy_high": r["accuracy_ci"][1],
                             "f1_stable": r["f1"], "f1_unstable": r["f1_unstable"],
@@ -161,13 +163,18 @@ def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> p
     return pd.DataFrame(out)
 
 
+def run_label(row) -> str:
+    """A run as the table names it: an unfinished one says so, with how many inputs it has."""
+    return row.run if row.complete else f"{row.run} (unfinished: {row.n_inputs} inputs)"
+
+
 def to_markdown(board: pd.DataFrame) -> str:
     """The validation table (``table``) as Markdown, as docs/VALIDATION.md shows it."""
     lines = ["| run | potential | supercell | verdict | threshold (THz) | n | accuracy (95% Wilson) | F1 stable | "
              "F1 imaginary | false unstable | TP | FP | FN | TN | supercell atoms | wall s / structure |",
              "|" + "---|" * 16]
     for r in board.itertuples(index=False):
-        lines.append(f"| {r.run} | {r.potential} | {r.supercell} | {r.verdict} | {r.threshold_thz:g} | {r.n} | "
+        lines.append(f"| {run_label(r)} | {r.potential} | {r.supercell} | {r.verdict} | {r.threshold_thz:g} | {r.n} | "
                      f"{r.accuracy:.3f} ({r.accuracy_low:.3f}-{r.accuracy_high:.3f}) | {r.f1_stable:.3f} | "
                      f"{r.f1_unstable:.3f} | {r.false_unstable_rate:.3f} | {r.tp} | {r.fp} | {r.fn} | {r.tn} | "
                      f"{r.mean_supercell_atoms:.0f} | {r.wall_s_per_structure:.1f} |")
