@@ -137,9 +137,8 @@ class RayExecutor:
 
     def check(self, spec: WorkerSpec) -> None:
         """Refuse, before any work, a worker the cluster cannot place (it would wait forever)."""
-        ray = self._ray()
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        total = ray.cluster_resources()
+        nodes = self._nodes()
+        total = self._ray().cluster_resources()
         has = f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs"
         if self._gpus_per_worker() is SHARE_GPUS:
             raise SetupError(f"GPU workers were asked for (--device cuda) but no node has a GPU ({has})",
@@ -152,9 +151,9 @@ class RayExecutor:
         if self.gpus_per_worker and self.gpus_per_worker > most_gpus:
             raise SetupError(f"a worker asks for {self.gpus_per_worker:g} GPUs but no node has that many ({has})",
                              setting="gpus_per_worker")
-        if self.gpus_per_worker and self.workers and self.workers > self._capacity():
+        if self.gpus_per_worker and self.workers and self.workers > (fits := self._capacity()):
             raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has}; "
-                             f"{self._capacity()} such workers do)", setting="workers")
+                             f"{fits} such workers do)", setting="workers")
 
     def _gpus_per_worker(self) -> float | None:
         """``gpus_per_worker``, ``SHARE_GPUS`` resolved against the cluster once Ray is up: the ``workers``
@@ -195,7 +194,8 @@ class RayExecutor:
                 return True
             return False
 
-        while len(pending) < 2 * self.slots() and submit():
+        in_flight = 2 * self.slots()  # asked of the cluster once, not per task
+        while len(pending) < in_flight and submit():
             pass
         while pending:
             ref = pending.popleft()
