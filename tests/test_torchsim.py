@@ -109,6 +109,28 @@ def test_a_structure_with_nan_forces_fails_alone_in_the_state():
     assert [o.n_steps for o in outcome[1:]] == [o.n_steps for o in clean]  # the others did not notice
 
 
+class RaisesForLargeCells(NaNForLargeCells):
+    """TorchSim's LJ, except that a call with a structure above a size in it raises."""
+
+    def forward(self, state, **kwargs):
+        if bool((state.n_atoms_per_system > self.above).any()):
+            raise ValueError("no neighbour list for this cell")
+        return self.inner(state)
+
+
+def test_a_structure_whose_model_call_raises_fails_alone_at_the_cycle_start(caplog):
+    """The cycle's first model call is batched; when it raises, one call per structure pins it on the one
+    that causes it (errors.isolating_failures), and the others relax as if it had never been there."""
+    structures = _argon_like()  # 4, 2, 1 and 2 atoms
+    with caplog.at_level("WARNING", logger="phononbench.errors"):
+        outcome = relax_in_torchsim([a.copy() for a in structures], RaisesForLargeCells(above_atoms=3), Recipe())
+    assert isinstance(outcome[0], ValueError) and "neighbour list" in str(outcome[0])
+    assert all(not isinstance(o, Exception) and o.converged for o in outcome[1:])
+    clean = relax_in_torchsim([a.copy() for a in structures[1:]], _lj_model(), Recipe())
+    assert [o.n_steps for o in outcome[1:]] == [o.n_steps for o in clean]
+    assert any("FIRE start of 4 structures failed" in r.getMessage() for r in caplog.records)
+
+
 def _items(named):
     return [InputStructure(f"t/{n}", "t", n, AseAtomsAdaptor.get_structure(a)) for n, a in named]
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from phononbench.errors import reason
+from phononbench.errors import isolating_failures, reason
 from phononbench.compute.potentials import empty_cuda_cache, unconstrained, out_of_memory, to_state
 from phononbench.science.relax import ForcesDiverged, Move, NonFiniteForces, Recipe, Relaxation, next_move
 
@@ -232,27 +232,37 @@ def _start_cycles(newcomers, ask: _AskOnce, recipe: Recipe):
 
 
 def _init_fire(ready, ask: _AskOnce):
+    """One FIRE state for the structures ready to start a cycle, in one model call; a structure whose call
+    raises fails alone (``errors.isolating_failures``). Returns the state, its slots in state order, and the
+    (slot, exception) of those that failed."""
+    if not ready:
+        return None, [], []
+    starts = isolating_failures([[entry] for entry in ready], lambda entries: _fresh_fire(entries, ask),
+                                "FIRE start")
+    failed = [(entry[0], start) for entry, start in zip(ready, starts) if isinstance(start, Exception)]
+    started = [(entry[0], start[0]) for entry, start in zip(ready, starts) if not isinstance(start, Exception)]
+    states = list({id(state): state for _, state in started}.values())  # one per call that went through, in order
+    state = None if not states else states[0] if len(states) == 1 else _join(states)
+    return state, [slot for slot, _ in started], failed
+
+
+def _fresh_fire(entries, ask: _AskOnce) -> list:
+    """A fresh FIRE on a fresh Frechet cell filter for the (slot, state, symmetry) entries, all in one
+    state; that state once per entry."""
     import torch_sim as ts
     from torch_sim.optimizers import fire_init
     from torch_sim.optimizers.cell_filters import CellFilter
 
-    if not ready:
-        return None, [], []
-    batch = ts.concatenate_states([single for _, single, _ in ready])
-    if ready[0][2] is not None:
-        batch._constraints = [BatchedFixSymmetry(_Symmetry([s[0] for _, _, s in ready], [s[1] for _, _, s in ready]))]
+    batch = ts.concatenate_states([single for _, single, _ in entries])
+    if entries[0][2] is not None:
+        batch._constraints = [BatchedFixSymmetry(_Symmetry([s[0] for _, _, s in entries],
+                                                           [s[1] for _, _, s in entries]))]
+    ask.forget()
     try:
         state = fire_init(batch, ask, cell_filter=CellFilter.frechet, dt_start=DT_START, alpha_start=ALPHA_START,
                           fire_flavor="ase_fire")
-    except Exception as exc:
+    finally:
         ask.forget()
-        if len(ready) == 1:
-            return None, [], [(ready[0][0], exc)]
-        parts = [_init_fire([one], ask) for one in ready]  # one call per structure: only the culprit fails
-        states = [state for state, _, _ in parts if state is not None]
-        return ((_join(states) if states else None), [slot for _, slots, _ in parts for slot in slots],
-                [f for _, _, failed in parts for f in failed])
-    ask.forget()
     # the forces the optimizer sees are the constrained ones, as ASE's FixSymmetry hands them over
     state.set_constrained_forces(state.forces)
     # A fresh ASE FIRE starts at rest with dt = dt_start. TorchSim's step halves dt for a system with zero
@@ -263,7 +273,7 @@ def _init_fire(ready, ask: _AskOnce):
     state.dt = torch.full_like(state.dt, DT_START / F_DEC)
     state.alpha = torch.full_like(state.alpha, ALPHA_START)
     state.n_pos = torch.zeros_like(state.n_pos)
-    return state, [slot for slot, _, _ in ready], []
+    return [state] * len(entries)
 
 
 def _per_structure_max(values: torch.Tensor, system_idx: torch.Tensor, n: int) -> torch.Tensor:
