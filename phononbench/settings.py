@@ -77,7 +77,7 @@ class ProtocolSettings:
             return "x".join(str(n) for n in self.supercell)
         return f">={self.supercell_min_length_a:g} A"
 
-    def check(self) -> "ProtocolSettings":
+    def ensure_runnable(self) -> "ProtocolSettings":
         """Refuse settings that make no sense, before any work, one line each (SetupError)."""
         thresholds = self.thresholds_thz
         if not thresholds:

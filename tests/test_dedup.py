@@ -77,6 +77,7 @@ def _owners_from_pymatgen(structures) -> list[int]:
 
 def test_blocked_grouping_in_tasks_is_pymatgen_group_structures(data_dir):
     from phononbench.science import dedup
+    from phononbench.tasks import LocalTasks
 
     for formula_items in (_variants(data_dir)[:30], _variants(data_dir)[30:]):
         structures = [i.structure for i in formula_items]
@@ -85,7 +86,7 @@ def test_blocked_grouping_in_tasks_is_pymatgen_group_structures(data_dir):
         assert dedup.group_in_order(dedup.reduce(formula_items)) == expected
         # the large-bucket path: several task slices, blocks of 4 structures
         reduced = dedup.reduce(formula_items)
-        assert dedup._group_blocks(reduced, dedup.LocalTasks(), parts=3, block=4) == expected
+        assert dedup._group_blocks(reduced, LocalTasks(), parts=3, block=4) == expected
 
 
 def test_cells_whose_reduced_sizes_differ_never_fit(data_dir):

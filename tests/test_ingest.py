@@ -12,7 +12,7 @@ from ase.io import write
 from pymatgen.core import Lattice, Structure
 
 from phononbench.errors import SetupError
-from phononbench.science.ingest import check_structure, parse_structure_text, read_inputs
+from phononbench.science.ingest import input_problem, parse_structure_text, read_inputs
 
 CU_FCC_POSCAR = bulk("Cu", "fcc", a=3.6)
 
@@ -70,7 +70,7 @@ def test_unparseable_text(text, reason):
 
 
 def _structure_reason(structure, max_atoms=40):
-    return check_structure(structure, max_atoms=max_atoms, min_distance_a=0.5)
+    return input_problem(structure, max_atoms=max_atoms, min_distance_a=0.5)
 
 
 def test_each_invalid_kind_has_its_reason():

@@ -6,6 +6,7 @@ tests/potentials_for_tests.py are EMT with a delay on Pd (slow) or Au (hangs).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -192,14 +193,18 @@ def test_a_gpu_shared_by_workers_runs_every_structure(tmp_path, local_ray):
     assert executor.slots() == 3
     described = json.loads((tmp_path / "out" / "run.json").read_text())["executor"]
     assert described["workers_per_gpu"] == 3 and abs(described["gpus_per_worker"] - 1 / 3) < 1e-9
+    # each worker's model calls hold a third of a GPU's 16,384 atoms, as run.json records
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["potential"]["max_atoms_per_batch"] == 5461
     assert set(read_structures(tmp_path / "out")[Col.STATUS]) == {Status.OK}
 
     # workers asked for share the GPUs between them; what cannot be placed is refused before any work
     asked = RayExecutor(workers=4, gpus_per_worker=SHARE_GPUS)
-    asked.check(spec)
+    asked.ensure_runnable(spec)
     assert asked.slots() == 4 and asked.describe()["workers_per_gpu"] == 4
+    assert asked.worker_spec(spec).max_atoms_per_batch == 4096
+    assert asked.worker_spec(dataclasses.replace(spec, max_atoms_per_batch=100)).max_atoms_per_batch == 100  # as asked
     with pytest.raises(SetupError, match=r"2 workers with 0.6 GPUs each do not fit .*; 1 such workers do"):
-        RayExecutor(workers=2, gpus_per_worker=0.6).check(spec)
+        RayExecutor(workers=2, gpus_per_worker=0.6).ensure_runnable(spec)
     assert RayExecutor(gpus_per_worker=0.6).slots() == 1 and RayExecutor(gpus_per_worker=0.6).describe()["workers_per_gpu"] == 1
     with pytest.raises(SetupError, match="gpus_per_worker must be zero or more"):
         RayExecutor(gpus_per_worker=-1.0)

@@ -74,9 +74,9 @@ def test_supercell_setting_is_checked_before_any_work():
     for bad in ("2x2", "0x1x1", "-5", "abc", "1e9", "1e-300", "100x100x100"):
         with pytest.raises(SetupError, match="supercell"):
             PUBLISHED.with_supercell(bad)
-    assert preset("accurate") is ACCURATE and ACCURATE.check() and ACCURATE.headline_verdict == "brillouin_zone"
+    assert preset("accurate") is ACCURATE and ACCURATE.ensure_runnable() and ACCURATE.headline_verdict == "brillouin_zone"
     with pytest.raises(SetupError, match="cutoff"):  # half of a 2x2x2's width would cut real neighbours off
-        ACCURATE.with_supercell("2x2x2").check()
+        ACCURATE.with_supercell("2x2x2").ensure_runnable()
 
 
 def _item(name, atoms):

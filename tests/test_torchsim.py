@@ -168,10 +168,10 @@ def test_torchsim_engine_verdicts_agree_with_the_ase_engine_with_sevennet(sevenn
 
 
 def test_torchsim_engine_refused_before_work_for_a_potential_without_a_torchsim_model():
-    from phononbench.compute.engines import check_engine
+    from phononbench.compute.engines import ensure_engine
 
     with pytest.raises(SetupError, match="torchsim engine needs"):
-        check_engine("torchsim", "chgnet")
+        ensure_engine("torchsim", "chgnet")
     with pytest.raises(SetupError, match="torchsim engine needs"):
         make_engine("torchsim", load_potential("emt"))
 

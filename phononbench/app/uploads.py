@@ -112,7 +112,7 @@ class UploadReader:
 def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: float = 0.5):
     """The uploaded structure and the suffix its file is kept under (.cif or .vasp); UploadRefused if it
     is too large, not a CIF or POSCAR, not a valid crystal or has too many atoms."""
-    from phononbench.science.ingest import looks_like_cif, check_structure, parse_structure_text, precheck_cif
+    from phononbench.science.ingest import looks_like_cif, input_problem, parse_structure_text, precheck_cif
 
     if len(data) > limits.max_upload_bytes:
         raise UploadRefused(f"the file is {len(data) / 1024:.0f} KiB; the limit is {limits.max_upload_bytes // 1024} KiB")
@@ -131,7 +131,7 @@ def read_upload(filename: str, data: bytes, limits: Limits, min_distance_a: floa
         read_as = "CIF" if looks_like_cif(text) else "POSCAR (it has no CIF data block)"
         raise UploadRefused(f"{filename or 'the file'} is not a CIF or POSCAR structure: read as a {read_as}, "
                             f"{reason(exc, 200)}") from None
-    problem = check_structure(structure, limits.max_atoms, min_distance_a)
+    problem = input_problem(structure, limits.max_atoms, min_distance_a)
     if problem:
         raise UploadRefused(f"{filename or 'the structure'}: {problem}")
     return structure, ".cif" if looks_like_cif(text) else ".vasp"

@@ -87,7 +87,7 @@ class TorchSimEngine(_OnePotential):
         super().__init__(potential)
         self.model = potential.torchsim_model()
         if self.model is None:
-            check_engine(self.name, potential.name)  # says which potentials have one
+            ensure_engine(self.name, potential.name)  # says which potentials have one
             raise SetupError(f"the potential {potential.name} has no TorchSim model: use --engine batched",
                              setting="engine")
         self._memory_scaler: float | None = None  # the autobatcher's measure of a GPU's room, once known
@@ -139,7 +139,7 @@ ENGINES = {"batched": BatchedEngine, "serial": SerialEngine, "torchsim": TorchSi
 TORCHSIM_MODELS = ("mattersim-5m", "mattersim-1m", "mattersim", "sevennet", "sevennet-0", "sevennet-l3i5", "sevennet-mf-0")
 
 
-def check_engine(name: str, model: str | None = None) -> str:
+def ensure_engine(name: str, model: str | None = None) -> str:
     if name not in ENGINES:
         raise SetupError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}", setting="engine")
     if name == "torchsim" and model is not None and not model.startswith("python:") and model not in TORCHSIM_MODELS:
@@ -149,4 +149,4 @@ def check_engine(name: str, model: str | None = None) -> str:
 
 
 def make_engine(name: str, potential: Potential) -> Engine:
-    return ENGINES[check_engine(name)](potential)
+    return ENGINES[ensure_engine(name)](potential)

@@ -399,6 +399,15 @@ def _plugin(name: str):
 DEFAULT_MAX_ATOMS_PER_BATCH = {"cpu": 256, "cuda": 16384}
 
 
+def default_batch_atoms(device: str, gpu_share: float = 1.0) -> int:
+    """Atoms one model call may hold when not asked: a CPU core's, or a GPU's split between the workers
+    that share it (``gpu_share`` of it each: they share its memory), never fewer than a CPU core's."""
+    kind = device.split(":")[0]
+    if kind != "cuda":
+        return DEFAULT_MAX_ATOMS_PER_BATCH[kind]
+    return max(DEFAULT_MAX_ATOMS_PER_BATCH["cpu"], int(DEFAULT_MAX_ATOMS_PER_BATCH["cuda"] * min(1.0, gpu_share)))
+
+
 def load_potential(
     name: str, device: str = "cpu", checkpoint: str | None = None, max_atoms_per_batch: int | None = None
 ) -> Potential:
@@ -412,5 +421,5 @@ def load_potential(
     if max_atoms_per_batch is not None and max_atoms_per_batch < 1:
         raise SetupError(f"atoms per batch must be at least 1 (got {max_atoms_per_batch})", setting="max_atoms_per_batch")
     potential = factory(name, _check_device(device), checkpoint)
-    potential.max_atoms_per_batch = max_atoms_per_batch or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]
+    potential.max_atoms_per_batch = max_atoms_per_batch or default_batch_atoms(device)
     return potential

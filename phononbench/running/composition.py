@@ -27,7 +27,7 @@ def protocol_for(preset: str = "published", *, model: str | None = None, thresho
     return get_preset(preset).with_overrides(
         model=model, thresholds_thz=tuple(thresholds) if thresholds else None, max_atoms=max_atoms,
         max_supercell_atoms=max_supercell_atoms, allow_positive_thresholds=allow_positive_thresholds,
-    ).with_supercell(supercell).check()
+    ).with_supercell(supercell).ensure_runnable()
 
 
 def compose(protocol: ProtocolSettings, device: str = "cpu", checkpoint: str | None = None, batch_atoms: int | None = None,
@@ -38,24 +38,21 @@ def compose(protocol: ProtocolSettings, device: str = "cpu", checkpoint: str | N
     stops the run before any work. With Ray the driver loads it on the CPU only: the model goes onto a GPU
     in the workers, never in the driver (which may have none: Ray checks that the cluster has the GPUs the
     workers ask for)."""
-    from phononbench.compute.engines import check_engine
+    from phononbench.compute.engines import ensure_engine
     from phononbench.running.executors import SHARE_GPUS, InProcessExecutor, RayExecutor
-    from phononbench.compute.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, load_potential
+    from phononbench.compute.potentials import default_batch_atoms, load_potential
 
-    check_engine(engine, protocol.model)
+    ensure_engine(engine, protocol.model)
     if potential is None:
         potential = load_potential(protocol.model, device=device if in_process else "cpu", checkpoint=checkpoint,
                                    max_atoms_per_batch=batch_atoms)
     described = {**potential.describe(), "device": device,
-                 "max_atoms_per_batch": batch_atoms or DEFAULT_MAX_ATOMS_PER_BATCH[device.split(":")[0]]}
+                 "max_atoms_per_batch": batch_atoms or default_batch_atoms(device)}  # a shared GPU's: the executor's
     spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
     if in_process:
         return Composition(described, spec, InProcessExecutor(potential))
     if device.startswith("cuda") and not gpus_per_worker:
         gpus_per_worker = SHARE_GPUS  # GPU workers when a GPU is asked for, several on each (executors.workers_per_gpu)
-    if device.startswith("cuda") and (gpus_per_worker is SHARE_GPUS or gpus_per_worker < 1) and not batch_atoms:
-        described["max_atoms_per_batch"] = (f"{DEFAULT_MAX_ATOMS_PER_BATCH['cuda']} per GPU, split between "
-                                            "the workers that share it (executor: workers_per_gpu)")
     return Composition(described, spec, RayExecutor(ray_address, workers, cpus_per_worker, gpus_per_worker,
                                                     timeout_per_structure, max_retries))
 

@@ -23,8 +23,9 @@ import time
 from collections.abc import Iterator
 
 from phononbench.errors import RunAborted, SetupError, reason
-from phononbench.science.ingest import InputStructure, LocalTasks
-from phononbench.compute.potentials import DEFAULT_MAX_ATOMS_PER_BATCH, Potential
+from phononbench.science.ingest import InputStructure
+from phononbench.tasks import LocalTasks
+from phononbench.compute.potentials import Potential, default_batch_atoms
 from phononbench.records import Status, StructureResult
 from phononbench.running.worker import Worker, WorkerSpec
 
@@ -40,8 +41,11 @@ class InProcessExecutor(LocalTasks):
     def slots(self) -> int:
         return 1
 
-    def check(self, spec: WorkerSpec) -> None:
+    def ensure_runnable(self, spec: WorkerSpec) -> None:
         """Nothing to ask of this process."""
+
+    def worker_spec(self, spec: WorkerSpec) -> WorkerSpec:
+        return spec
 
     def map(self, spec: WorkerSpec, chunks: list[list[InputStructure]]) -> Iterator[list[StructureResult]]:
         if not chunks:
@@ -135,7 +139,7 @@ class RayExecutor:
                 ray.init(num_cpus=cpus, **kwargs)
         return ray
 
-    def check(self, spec: WorkerSpec) -> None:
+    def ensure_runnable(self, spec: WorkerSpec) -> None:
         """Refuse, before any work, a worker the cluster cannot place (it would wait forever)."""
         nodes = self._nodes()
         total = self._ray().cluster_resources()
@@ -155,10 +159,19 @@ class RayExecutor:
             raise SetupError(f"{self.workers} workers with {self.gpus_per_worker:g} GPUs each do not fit ({has}; "
                              f"{fits} such workers do)", setting="workers")
 
+    def worker_spec(self, spec: WorkerSpec) -> WorkerSpec:
+        """The spec as these workers run it: BLAS threads for their CPUs, and on a GPU, unless asked, their
+        share of its batch (``potentials.default_batch_atoms``)."""
+        spec = dataclasses.replace(spec, threads=spec.threads or max(1, int(self.cpus_per_worker)))
+        share = self._gpus_per_worker() or 0.0
+        if share > 0 and spec.max_atoms_per_batch is None:
+            spec = dataclasses.replace(spec, max_atoms_per_batch=default_batch_atoms("cuda", share))
+        return spec
+
     def _gpus_per_worker(self) -> float | None:
         """``gpus_per_worker``, ``SHARE_GPUS`` resolved against the cluster once Ray is up: the ``workers``
         asked for spread over its GPUs, else ``workers_per_gpu`` (it stays ``SHARE_GPUS`` where no node has a
-        GPU: ``check`` refuses that)."""
+        GPU: ``ensure_runnable`` refuses that)."""
         if self.gpus_per_worker is SHARE_GPUS:
             nodes = self._nodes()
             gpus = sum(n.get("GPU", 0) for n in nodes)
@@ -235,12 +248,8 @@ class RayExecutor:
         ray = self._ray()
         from ray.exceptions import RayActorError
 
-        spec = dataclasses.replace(spec, threads=spec.threads or max(1, int(self.cpus_per_worker)))
+        spec = self.worker_spec(spec)
         share = self._gpus_per_worker() or 0.0
-        if share > 0 and spec.max_atoms_per_batch is None:
-            # a GPU's batch; workers sharing a GPU share its memory: the atoms one call may hold, split between them
-            spec = dataclasses.replace(spec, max_atoms_per_batch=max(
-                DEFAULT_MAX_ATOMS_PER_BATCH["cpu"], int(DEFAULT_MAX_ATOMS_PER_BATCH["cuda"] * min(1.0, share))))
         actor_class = ray.remote(Worker).options(
             num_cpus=self.cpus_per_worker, num_gpus=share,
             max_restarts=self.max_retries, max_task_retries=self.max_retries,

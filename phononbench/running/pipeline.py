@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from phononbench.running import run_folder as results_io
 from phononbench.science.dedup import buckets_of, find_duplicates
-from phononbench.compute.engines import check_engine
+from phononbench.compute.engines import ensure_engine
 from phononbench.errors import SetupError
 from phononbench.running.executors import InProcessExecutor
 from phononbench.science.ingest import READER_VERSION, InputStructure, SkippedFiles, read_inputs, split_input
@@ -147,8 +147,8 @@ def run_benchmark(
     is taken up (its dedup reused). One run at a time may write to ``out``. ``executor`` decides where
     workers and the ingest and dedup tasks run (in-process by default, or Ray).
     """
-    check_engine(spec.engine)
-    spec.protocol.check()
+    ensure_engine(spec.engine)
+    spec.protocol.ensure_runnable()
     check_run_settings(chunk_size, limit_per_generator)
     executor = executor or InProcessExecutor()
     info = _run_info("run", inputs, spec.protocol, executor, command, limit_per_generator,
@@ -169,7 +169,7 @@ def deduplicate_inputs(
     """Ingest and dedup only (``phononbench dedup``): the rows ``run`` writes for invalid and duplicate
     inputs, the manifest and the dedup decisions, into a folder that a later ``run`` takes up. Returns the
     input / valid / unique counts per generator."""
-    protocol.check()
+    protocol.ensure_runnable()
     check_run_settings(1, limit_per_generator)
     executor = executor or InProcessExecutor()
     info = _run_info("dedup", inputs, protocol, executor, command, limit_per_generator)
@@ -229,8 +229,11 @@ def _in_run_folder(out: Path, info: dict, executor, spec: WorkerSpec | None, bod
     if previous is not None and results_io.has_rows(out):
         results_io.check_resumable(previous, info)  # a folder with no rows yet takes the new settings
     if spec is not None:
-        executor.check(spec)  # resources the executor can provide, before any folder is made
+        executor.ensure_runnable(spec)  # resources the executor can provide, before any folder is made
         info["executor"] = executor.describe()  # as the cluster resolved it (GPUs shared by how many workers)
+        batch_atoms = executor.worker_spec(spec).max_atoms_per_batch
+        if batch_atoms is not None and info.get("potential"):
+            info["potential"]["max_atoms_per_batch"] = batch_atoms  # a worker's, where workers share a GPU
     created = not out.exists()
     results_io.prepare_output(out)
     try:

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable
 from pymatgen.core import Structure
 from pymatgen.core.structure_matcher import StructureMatcher
 
-from phononbench.science.ingest import InputStructure, LocalTasks
+from phononbench.science.ingest import InputStructure
+from phononbench.tasks import LocalTasks
 
 # a bucket larger than this is cut into blocks shared by several tasks; smaller ones are one task each,
 # and many small ones share a task (each task a few hundred structures)

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pymatgen.core import Element, Structure
 
+from phononbench.tasks import LocalTasks
 from phononbench.errors import SetupError
 
 CIF_SUFFIXES = {".cif"}
@@ -248,7 +249,7 @@ def _describe(exc: Exception) -> str:
 # Validation
 
 
-def check_structure(structure: Structure, max_atoms: int | None, min_distance_a: float) -> str | None:
+def input_problem(structure: Structure, max_atoms: int | None, min_distance_a: float) -> str | None:
     """Why this structure cannot enter the benchmark, or None if it can."""
     n = len(structure)
     if n == 0:
@@ -287,7 +288,7 @@ def _finish(item: InputStructure, max_atoms: int | None, min_distance_a: float) 
             item.structure = item.structure.copy()
             if any(getattr(sp, "oxi_state", None) for sp in item.structure.composition):
                 item.structure.remove_oxidation_states()
-            item.error = check_structure(item.structure, max_atoms, min_distance_a)
+            item.error = input_problem(item.structure, max_atoms, min_distance_a)
             item.structure_hash = structure_hash(item.structure)
             item.formula, item.n_atoms = item.structure.composition.reduced_formula, len(item.structure)
         except Exception as exc:  # a structure so broken that checking it fails
@@ -710,23 +711,6 @@ def iter_input(spec: str, walk: Walk | None = None) -> Iterator[InputStructure |
                                  error=f"unreadable file: {type(exc).__name__}: {exc}"[:400])
             return
         yield from _jobs(reader, data, f"{generator}/{name}", generator, str(path.resolve()), key)
-
-
-class LocalTasks:
-    """Tasks one after another in this process: the ``map_tasks`` of an in-process run (and the default of
-    the stages that spread work: ingest, dedup)."""
-
-    def slots(self) -> int:
-        return 1
-
-    def share(self, value):
-        """A handle to pass as ``shared`` to several ``map_tasks`` calls (here: the value itself)."""
-        return value
-
-    def map_tasks(self, function: Callable, arguments, shared=None) -> Iterator:
-        """``function(*a)`` for each ``a`` of ``arguments`` (``shared`` first when given), in order."""
-        for a in arguments:
-            yield function(shared, *a) if shared is not None else function(*a)
 
 
 def _batches(jobs: Iterator, size: int) -> Iterator[list]:
