@@ -3,6 +3,8 @@ tiered screen agrees with the full protocol and screens the same way in every en
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -65,9 +67,10 @@ def test_batched_engine_matches_serial_with_mattersim_model_code(tmp_path):
 
 def test_step_limit_in_lockstep_is_not_converged_and_failures_stay_alone():
     emt = load_potential("emt")
-    tight = Recipe(fmax_ev_per_a=0.001, target_fmax_ev_per_a=0.0005, cycles=1, steps_per_cycle=200)
+    tight = dataclasses.replace(Recipe.of(PUBLISHED), fmax_ev_per_a=0.001, target_fmax_ev_per_a=0.0005, cycles=1,
+                                steps_per_cycle=200)
     relaxed = relax_structures([bulk("Cu", "fcc", a=3.6)], emt.predict, tight)[0].atoms
-    three_steps = Recipe(cycles=1, steps_per_cycle=3)
+    three_steps = dataclasses.replace(Recipe.of(PUBLISHED), cycles=1, steps_per_cycle=3)
     slow, fast = relax_structures([bulk("Cu", "fcc", a=4.0), relaxed], emt.predict, three_steps)
     assert slow.n_steps == 3 and not slow.converged
     assert fast.converged
@@ -116,7 +119,7 @@ def test_a_batched_call_that_loses_a_result_never_hands_a_structure_anothers_num
     cells = [bulk("Cu", "fcc", a=3.7), bulk("Al", "fcc", a=4.0), bulk("Ni", "fcc", a=3.6),
              bulk("Ag", "fcc", a=4.1), bulk("Pd", "fcc", a=3.9), bulk("Au", "fcc", a=4.1),
              bulk("Pt", "fcc", a=4.0), bulk("Cu", "bcc", a=2.9), bulk("Al", "bcc", a=3.2)]
-    recipe = Recipe(cycles=1, steps_per_cycle=5)
+    recipe = dataclasses.replace(Recipe.of(PUBLISHED), cycles=1, steps_per_cycle=5)
     alone = [relax_structures([c], emt.predict, recipe)[0] for c in cells]
     lossy = relax_structures(cells, _drops_one_when_batched(emt.predict), recipe)
     for one, other in zip(alone, lossy):

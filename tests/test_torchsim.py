@@ -4,6 +4,8 @@ finite fails alone while the batch goes on. All on the CPU, TorchSim and the mod
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from phononbench.science.relax import NonFiniteForces, Recipe, relax_structures
 from phononbench.compute.relax_torchsim import relax_structures as relax_in_torchsim
 from phononbench.settings import PUBLISHED
 
+PUBLISHED_RECIPE = Recipe.of(PUBLISHED)
 SIGMA, EPSILON, CUTOFF = 2.3, 1.0, 5.0  # a stiff LJ solid: forces of eV/A, so the cycles have work to do
 
 
@@ -57,9 +60,9 @@ def _predict_lj(structures):
 
 
 @pytest.mark.parametrize("recipe", [
-    Recipe(fmax_ev_per_a=0.005, target_fmax_ev_per_a=0.0025, cycles=15, steps_per_cycle=500),  # published
-    Recipe(fmax_ev_per_a=0.005, target_fmax_ev_per_a=0.0025, cycles=3, steps_per_cycle=7),  # three cycles each
-    Recipe(fmax_ev_per_a=0.005, target_fmax_ev_per_a=0.0025, cycles=2, steps_per_cycle=4),  # cycles run out
+    PUBLISHED_RECIPE,
+    dataclasses.replace(PUBLISHED_RECIPE, cycles=3, steps_per_cycle=7),  # three cycles each
+    dataclasses.replace(PUBLISHED_RECIPE, cycles=2, steps_per_cycle=4),  # cycles run out
 ], ids=["published", "short-cycles", "too-few-cycles"])
 def test_same_trajectories_as_the_ase_recipe_with_torchsims_lennard_jones(recipe):
     structures = _argon_like()
@@ -102,10 +105,10 @@ class NaNForLargeCells(ModelInterface):
 
 def test_a_structure_with_nan_forces_fails_alone_in_the_state():
     structures = _argon_like()  # 4, 2, 1 and 2 atoms
-    outcome = relax_in_torchsim([a.copy() for a in structures], NaNForLargeCells(above_atoms=3), Recipe())
+    outcome = relax_in_torchsim([a.copy() for a in structures], NaNForLargeCells(above_atoms=3), PUBLISHED_RECIPE)
     assert isinstance(outcome[0], NonFiniteForces)
     assert all(not isinstance(o, Exception) and o.converged for o in outcome[1:])
-    clean = relax_in_torchsim([a.copy() for a in structures[1:]], _lj_model(), Recipe())
+    clean = relax_in_torchsim([a.copy() for a in structures[1:]], _lj_model(), PUBLISHED_RECIPE)
     assert [o.n_steps for o in outcome[1:]] == [o.n_steps for o in clean]  # the others did not notice
 
 
@@ -123,10 +126,10 @@ def test_a_structure_whose_model_call_raises_fails_alone_at_the_cycle_start(capl
     that causes it (errors.isolating_failures), and the others relax as if it had never been there."""
     structures = _argon_like()  # 4, 2, 1 and 2 atoms
     with caplog.at_level("WARNING", logger="phononbench.errors"):
-        outcome = relax_in_torchsim([a.copy() for a in structures], RaisesForLargeCells(above_atoms=3), Recipe())
+        outcome = relax_in_torchsim([a.copy() for a in structures], RaisesForLargeCells(above_atoms=3), PUBLISHED_RECIPE)
     assert isinstance(outcome[0], ValueError) and "neighbour list" in str(outcome[0])
     assert all(not isinstance(o, Exception) and o.converged for o in outcome[1:])
-    clean = relax_in_torchsim([a.copy() for a in structures[1:]], _lj_model(), Recipe())
+    clean = relax_in_torchsim([a.copy() for a in structures[1:]], _lj_model(), PUBLISHED_RECIPE)
     assert [o.n_steps for o in outcome[1:]] == [o.n_steps for o in clean]
     assert any("FIRE start of 4 structures failed" in r.getMessage() for r in caplog.records)
 
@@ -224,13 +227,13 @@ def test_out_of_memory_halves_what_is_in_flight_and_fails_no_structure(most_atom
     structures = _argon_like() * 2  # 18 atoms in all
     model = OutOfMemoryAbove(most_atoms, after)
     with caplog.at_level("WARNING", logger="phononbench.compute.relax_torchsim"):
-        outcome = relax_in_torchsim([a.copy() for a in structures], model, Recipe(), max_atoms_in_flight=64)
+        outcome = relax_in_torchsim([a.copy() for a in structures], model, PUBLISHED_RECIPE, max_atoms_in_flight=64)
     assert 1 <= sum("out of memory with" in r.getMessage() for r in caplog.records) <= 2
-    clean = relax_in_torchsim([a.copy() for a in structures], _lj_model(), Recipe(), max_atoms_in_flight=64)
+    clean = relax_in_torchsim([a.copy() for a in structures], _lj_model(), PUBLISHED_RECIPE, max_atoms_in_flight=64)
     assert model.raised >= 1
     assert not any(isinstance(o, Exception) for o in outcome), [o for o in outcome if isinstance(o, Exception)]
     for run, reference in zip(outcome, clean):
         assert run.converged and reference.converged
-        assert run.fmax_ev_per_a <= Recipe().fmax_ev_per_a
+        assert run.fmax_ev_per_a <= PUBLISHED_RECIPE.fmax_ev_per_a
         # the same relaxed cell (another path to it may leave it rigidly rotated by a milliradian)
         assert np.allclose(run.atoms.cell.cellpar(), reference.atoms.cell.cellpar(), atol=2e-3)

@@ -35,15 +35,6 @@ class Engine(Protocol):
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]: ...
 
 
-def recipe(protocol: ProtocolSettings) -> Recipe:
-    """The protocol's relaxation knobs, for ``relax.relax_structures``."""
-    return Recipe(fmax_ev_per_a=protocol.relax_fmax_ev_per_a,
-                  target_fmax_ev_per_a=protocol.relax_target_fmax_ev_per_a, cycles=protocol.relax_cycles,
-                  steps_per_cycle=protocol.relax_steps_per_cycle,
-                  force_guard_ev_per_a=protocol.relax_force_guard_ev_per_a, fix_symmetry=protocol.fix_symmetry,
-                  symprec=protocol.symprec)
-
-
 class _OnePotential:
     def __init__(self, potential: Potential):
         self.potential = potential
@@ -55,7 +46,7 @@ class SerialEngine(_OnePotential):
     name = "serial"
 
     def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]:
-        return relax_structures(structures, self.potential.predict_with_calculator, recipe(protocol),
+        return relax_structures(structures, self.potential.predict_with_calculator, Recipe.of(protocol),
                                 max_structures_in_flight=1)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:
@@ -68,7 +59,7 @@ class BatchedEngine(_OnePotential):
     name = "batched"
 
     def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]:
-        return relax_structures(structures, self.potential.predict, recipe(protocol),
+        return relax_structures(structures, self.potential.predict, Recipe.of(protocol),
                                 max_atoms_in_flight=self.potential.max_atoms_per_batch)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:
@@ -95,7 +86,7 @@ class TorchSimEngine(_OnePotential):
     def relax(self, structures: list[Atoms], protocol: ProtocolSettings) -> list[Relaxation | Exception]:
         from phononbench.compute import relax_torchsim
 
-        return relax_torchsim.relax_structures(structures, self.model, recipe(protocol),
+        return relax_torchsim.relax_structures(structures, self.model, Recipe.of(protocol),
                                                max_atoms_in_flight=self.potential.max_atoms_per_batch)
 
     def forces(self, supercells: list[Atoms]) -> list[np.ndarray]:

@@ -34,6 +34,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 
 from phononbench.errors import isolating_failures
+from phononbench.settings import ProtocolSettings
 
 
 class NonFiniteForces(RuntimeError):
@@ -46,15 +47,23 @@ class ForcesDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """The relaxation's knobs (``settings.ProtocolSettings`` holds the published values)."""
+    """The relaxation's knobs, read off a protocol's settings (``Recipe.of``: the values, published ones
+    included, are written there once)."""
 
-    fmax_ev_per_a: float = 0.005  # acceptance after the cycles
-    target_fmax_ev_per_a: float = 0.0025  # each cycle's FIRE target
-    cycles: int = 15
-    steps_per_cycle: int = 500
-    force_guard_ev_per_a: float = 1e4
-    fix_symmetry: bool = True
-    symprec: float = 0.01
+    fmax_ev_per_a: float  # acceptance after the cycles
+    target_fmax_ev_per_a: float  # each cycle's FIRE target
+    cycles: int
+    steps_per_cycle: int
+    force_guard_ev_per_a: float
+    fix_symmetry: bool
+    symprec: float
+
+    @classmethod
+    def of(cls, protocol: ProtocolSettings) -> "Recipe":
+        return cls(fmax_ev_per_a=protocol.relax_fmax_ev_per_a, target_fmax_ev_per_a=protocol.relax_target_fmax_ev_per_a,
+                   cycles=protocol.relax_cycles, steps_per_cycle=protocol.relax_steps_per_cycle,
+                   force_guard_ev_per_a=protocol.relax_force_guard_ev_per_a, fix_symmetry=protocol.fix_symmetry,
+                   symprec=protocol.symprec)
 
 
 class Move(StrEnum):
@@ -88,7 +97,9 @@ class Relaxation:
 
 
 @dataclass
-class _Run:
+class _Slot:
+    """Where one structure is in the recipe: its atoms under this cycle's FixSymmetry, filter and FIRE."""
+
     index: int
     atoms: Atoms
     cell_filter: FrechetCellFilter
@@ -110,13 +121,13 @@ def _constrained(atoms: Atoms, recipe: Recipe) -> Atoms:
 
 
 def _start(index: int, atoms: Atoms, recipe: Recipe, cycle: int = 1, steps_before: int = 0,
-           final: bool = False) -> _Run:
+           final: bool = False) -> _Slot:
     """A cycle: fresh constraint, fresh filter (its reference cell is the current one), fresh FIRE."""
     atoms = _constrained(atoms, recipe)
     cell_filter = FrechetCellFilter(atoms)
     optimizer = FIRE(cell_filter, logfile=None)
     optimizer.fmax = recipe.target_fmax_ev_per_a
-    return _Run(index, atoms, cell_filter, optimizer, cycle, steps_before, final)
+    return _Slot(index, atoms, cell_filter, optimizer, cycle, steps_before, final)
 
 
 def _largest(forces: np.ndarray) -> float:
@@ -133,7 +144,7 @@ def _same_geometry(a: Atoms, b: Atoms) -> bool:
     return not compare_atoms(a, b, tol=1e-15, excluded_properties={"initial_magmoms", "initial_charges"})
 
 
-def _finish(run: _Run, recipe: Recipe) -> Relaxation:
+def _finish(run: _Slot, recipe: Recipe) -> Relaxation:
     """The acceptance: the largest force with a fresh constraint and filter on the final geometry."""
     residual = _largest(run.cell_filter.get_forces())
     relaxed = run.atoms.copy()
@@ -144,7 +155,7 @@ def _finish(run: _Run, recipe: Recipe) -> Relaxation:
                       float(run.atoms.get_potential_energy()) / len(relaxed))
 
 
-def _advance(run: _Run, prediction, recipe: Recipe) -> _Run | Relaxation:
+def _advance(run: _Slot, prediction, recipe: Recipe) -> _Slot | Relaxation:
     """Take the prediction at the run's geometry: one FIRE step, a new cycle, the acceptance check (each
     returns the run to predict next), or the end (returns the Relaxation). Raises for the structure's sake."""
     values = (prediction.energy_ev, prediction.forces, prediction.stress)
@@ -187,7 +198,7 @@ def relax_structures(
     """
     outcome: list[Relaxation | Exception | None] = [None] * len(structures)
     waiting = list(range(len(structures)))[::-1]
-    active: list[_Run] = []
+    active: list[_Slot] = []
     most = max_structures_in_flight or len(structures)
     while waiting or active:
         n_atoms = sum(len(r.atoms) for r in active)
