@@ -52,8 +52,8 @@ class ProtocolSettings:
     band_npoints: int = 101  # on the longest seekpath segment; constant q-spacing, as published
 
     # Brillouin-zone verdict (beside the published one, from the same force constants): the seekpath path
-    # expressed in the input cell's reciprocal basis, the supercell's commensurate q-points, and a
-    # Gamma-centred mesh with about bz_mesh_length_a / |a_i| points along each reciprocal axis
+    # expressed in the input cell's reciprocal basis, the supercell's commensurate q-points, and a Gamma-centred
+    # mesh with about bz_mesh_length_a x |b_i| / 2 pi points along each reciprocal axis (phonopy's length2mesh)
     bz_mesh_length_a: float = 20.0
 
     # tiered screening: Gamma frequencies from displacements of the unit cell alone (exact at Gamma);
