@@ -161,7 +161,7 @@ def run(
         protocol = protocol_for(preset, model=model, thresholds=threshold, max_atoms=max_atoms, supercell=supercell,
                                 max_supercell_atoms=max_supercell_atoms,
                                 allow_positive_thresholds=allow_positive_threshold or None)
-        _check_before_loading(inputs, out, chunk_size, limit)
+        _ensure_before_loading(inputs, out, chunk_size, limit)
         start = time.time()
         run = compose(protocol, device, checkpoint, batch_atoms, engine, in_process, ray_address, workers,
                       cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
@@ -177,13 +177,13 @@ def run(
     _guarded(action)
 
 
-def _check_before_loading(inputs: list[str], out: Path, chunk_size: int, limit: int | None) -> None:
+def _ensure_before_loading(inputs: list[str], out: Path, chunk_size: int, limit: int | None) -> None:
     """What can be refused before a potential or Ray loads: sizes, the output folder, a typo in a path."""
     from phononbench.science.ingest import split_input
-    from phononbench.running.pipeline import check_output_folder, check_run_settings
+    from phononbench.running.pipeline import ensure_output_folder, ensure_run_settings
 
-    check_run_settings(chunk_size, limit)
-    check_output_folder(out)
+    ensure_run_settings(chunk_size, limit)
+    ensure_output_folder(out)
     for spec in inputs:
         split_input(spec)
 
@@ -219,7 +219,7 @@ def dedup(
         from phononbench.running.composition import protocol_for
 
         protocol = protocol_for(preset, max_atoms=max_atoms)
-        _check_before_loading(inputs, out, 1, limit)
+        _ensure_before_loading(inputs, out, 1, limit)
         start = time.time()
         executor = InProcessExecutor() if in_process else RayExecutor(ray_address, workers)
         counts = deduplicate_inputs(inputs, out, protocol, executor, limit, ProgressReporter(protocol.headline_threshold_thz),

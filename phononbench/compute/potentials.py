@@ -220,7 +220,7 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _check_device(device: str) -> str:
+def _ensure_device(device: str) -> str:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise SetupError(f"unknown device {device!r}: use cpu or cuda", setting="device")
     if device.startswith("cuda"):
@@ -420,6 +420,6 @@ def load_potential(
                          setting="model")
     if max_atoms_per_batch is not None and max_atoms_per_batch < 1:
         raise SetupError(f"atoms per batch must be at least 1 (got {max_atoms_per_batch})", setting="max_atoms_per_batch")
-    potential = factory(name, _check_device(device), checkpoint)
+    potential = factory(name, _ensure_device(device), checkpoint)
     potential.max_atoms_per_batch = max_atoms_per_batch or default_batch_atoms(device)
     return potential

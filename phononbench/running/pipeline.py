@@ -63,14 +63,14 @@ def normalize_input(spec: str) -> str:
     return f"{forced}={path.resolve()}" if forced else str(path.resolve())
 
 
-def check_run_settings(chunk_size: int, limit_per_generator: int | None) -> None:
+def ensure_run_settings(chunk_size: int, limit_per_generator: int | None) -> None:
     if chunk_size < 1:
         raise SetupError(f"chunk size must be at least 1 (got {chunk_size})", setting="chunk_size")
     if limit_per_generator is not None and limit_per_generator < 1:
         raise SetupError(f"the per-generator limit must be at least 1 (got {limit_per_generator})", setting="limit")
 
 
-def check_output_folder(out: str | Path) -> None:
+def ensure_output_folder(out: str | Path) -> None:
     """Refuse, before anything loads, a folder no run of ours can write to: one a live run holds, or one with
     result files but no run.json (nobody's settings to resume under)."""
     out = Path(out)
@@ -149,7 +149,7 @@ def run_benchmark(
     """
     ensure_engine(spec.engine)
     spec.protocol.ensure_runnable()
-    check_run_settings(chunk_size, limit_per_generator)
+    ensure_run_settings(chunk_size, limit_per_generator)
     executor = executor or InProcessExecutor()
     info = _run_info("run", inputs, spec.protocol, executor, command, limit_per_generator,
                      engine=spec.engine, chunk_size=chunk_size, potential=potential_info)
@@ -170,7 +170,7 @@ def deduplicate_inputs(
     inputs, the manifest and the dedup decisions, into a folder that a later ``run`` takes up. Returns the
     input / valid / unique counts per generator."""
     protocol.ensure_runnable()
-    check_run_settings(1, limit_per_generator)
+    ensure_run_settings(1, limit_per_generator)
     executor = executor or InProcessExecutor()
     info = _run_info("dedup", inputs, protocol, executor, command, limit_per_generator)
 
@@ -224,10 +224,10 @@ def _run_info(stage, inputs, protocol, executor, command, limit_per_generator, *
 def _in_run_folder(out: Path, info: dict, executor, spec: WorkerSpec | None, body):
     """Checks (folder, resumability, resources) before anything is made; then ``body(out, info, previous)``
     under the folder's lock and with its log. A setup error before the first row leaves no folder behind."""
-    check_output_folder(out)
+    ensure_output_folder(out)
     previous = results_io.read_run_info(out) if (out / results_io.RUN_FILE).exists() else None
     if previous is not None and results_io.has_rows(out):
-        results_io.check_resumable(previous, info)  # a folder with no rows yet takes the new settings
+        results_io.ensure_resumable(previous, info)  # a folder with no rows yet takes the new settings
     if spec is not None:
         executor.ensure_runnable(spec)  # resources the executor can provide, before any folder is made
         info["executor"] = executor.describe()  # as the cluster resolved it (GPUs shared by how many workers)

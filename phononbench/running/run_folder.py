@@ -69,7 +69,7 @@ def environment() -> dict:
     return {"versions": package_versions(), "python": platform.python_version(), "host": platform.node()}
 
 
-def check_resumable(previous: dict, info: dict) -> None:
+def ensure_resumable(previous: dict, info: dict) -> None:
     """Refuse to resume a run made with other settings: the rows would mix two runs. A folder that
     ``phononbench dedup`` wrote (stage "dedup") is taken up by a run with the same inputs and ingest
     settings; ``dedup`` never writes into a run's folder (its rows hold the dedup already)."""
@@ -175,7 +175,7 @@ def _incomplete(out: Path, problem: str) -> IncompleteRun:
                          f"{out} computes its structures again")
 
 
-def check_parts(out: Path) -> None:
+def ensure_parts_readable(out: Path) -> None:
     """Every part file of the ledger is there with its rows (Parquet footers only, no rows read);
     IncompleteRun naming the first that is not. A folder from before the ledger passes."""
     for name, n_rows in (read_ledger(out) or {}).items():
@@ -600,7 +600,7 @@ def read_summary(out: Path) -> pd.DataFrame:
         raise IncompleteRun(f"the run in {out} has not finished (run.json says "
                             f"{_status(out)!r}); its summary would be an earlier run's: `phononbench run` with the "
                             "same settings finishes it")
-    check_parts(out)  # the summary holds only if the rows it was made from are all still there
+    ensure_parts_readable(out)  # the summary holds only if the rows it was made from are all still there
     return pd.read_parquet(path)
 
 
