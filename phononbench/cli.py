@@ -134,7 +134,7 @@ def run(
     supercell: Supercell = None,
     max_supercell_atoms: Annotated[Optional[int], typer.Option(help="Skip (phonon_failed, saying so) a structure whose supercell has more atoms (default: the preset's; accurate 1000).")] = None,
     engine: Annotated[str, typer.Option(help="batched (default), torchsim (every structure in flight in one TorchSim state on the device; mattersim and sevennet) or serial (one structure and displacement per call, as published).")] = "batched",
-    batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda).")] = None,
+    batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda, split between the workers that share a GPU).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="Structures relaxed and phonon-computed together, per worker call (default 32; 512 for the torchsim engine on cuda, which keeps them all in flight on the GPU).")] = None,
     ray_address: RayAddress = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker slots (default: all CPUs, or GPUs / --gpus-per-worker).")] = None,
