@@ -246,7 +246,7 @@ def validate(
     workers: Annotated[Optional[int], typer.Option(help="Worker slots of the local Ray (default: all CPUs).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray.")] = False,
-    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Finished validation folders to score beside this one (repeatable): one table.")] = None,
+    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Validation folders to score beside this one (repeatable): one table; runs of the same settings are also pooled, each material once.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Also write the table as Markdown to this file.")] = None,
 ) -> None:
     """Relax and compute phonons for DFT-labelled structures; print accuracy (95% Wilson), F1 with either class

@@ -51,6 +51,20 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     again = CliRunner().invoke(app, ["validate", "--labels", str(subset / "labels.csv"), "--runs", str(out)])
     assert again.exit_code == 0 and "warning: validate has not finished" in again.output
 
+    # runs of the same settings are also scored together, each material once; other settings are not pooled
+    import shutil
+
+    shutil.copytree(out, tmp_path / "copy")
+    board = pb.validate(subset / "labels.csv", [out, tmp_path / "copy"])
+    pooled, alone = board[board["run"] == "pooled: validate + copy"], board[board["run"] == "validate"]
+    columns = ["verdict", "threshold_thz", "n", "tp", "fp", "fn", "tn"]
+    assert len(pooled) == len(alone) > 0 and set(pooled["n"]) == {4} and set(pooled["n_inputs"]) == {8}
+    assert pooled[columns].reset_index(drop=True).equals(alone[columns].reset_index(drop=True))
+    info = json.loads((tmp_path / "copy" / "run.json").read_text())
+    info["protocol"]["displacement_a"] = 0.03
+    (tmp_path / "copy" / "run.json").write_text(json.dumps(info))
+    assert not pb.validate(subset / "labels.csv", [out, tmp_path / "copy"])["run"].str.startswith("pooled").any()
+
 
 def test_scores_of_a_hand_made_verdict_table():
     """7 materials: 4 DFT-stable (3 called stable, 1 not), 3 DFT-unstable (1 called stable, 2 not)."""

@@ -104,10 +104,13 @@ def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -
 def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
     """Scores per threshold and verdict. A structure that failed to relax or to give phonons is predicted
     unstable, as the benchmark counts it."""
-    merged = merge_with_labels(rows, labels, thresholds_thz)
+    return _report(merge_with_labels(rows, labels, thresholds_thz), len(labels), thresholds_thz)
+
+
+def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
     dft_stable = merged["label"] == "stable"
     computed = merged[merged[Col.STATUS] == Status.OK]
-    report = {"n_labelled": len(labels), "n_scored": len(merged),
+    report = {"n_labelled": n_labelled, "n_scored": len(merged),
               "status_counts": {str(k): int(v) for k, v in merged[Col.STATUS].value_counts().items()},
               "cost": {"mean_supercell_atoms": _mean(computed, Col.N_SUPERCELL_ATOMS),
                        "max_supercell_atoms": float(computed[Col.N_SUPERCELL_ATOMS].max())
@@ -137,30 +140,61 @@ def potential_label(potential: dict) -> str:
 
 
 def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, verdict, threshold) from finished validation runs: ``runs`` maps a run's name to its
-    run.json and its rows. The columns of docs/VALIDATION.md."""
-    out = []
+    """One row per (run, verdict, threshold) from validation runs: ``runs`` maps a run's name to its run.json
+    and its rows. Runs made with the same settings (protocol, engine, potential and its weights) are also
+    scored together, as one row per verdict and threshold named "pooled: ..." in which each material counts
+    once (the first run's row where two runs hold it). The columns of docs/VALIDATION.md."""
+    out, groups = [], {}
     for name, (info, rows) in runs.items():
-        protocol = info["protocol"]
-        thresholds = tuple(protocol["thresholds_thz"])
-        report = validate(rows, labels, thresholds)
-        supercell = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
-                     else f">={protocol.get('supercell_min_length_a'):g} A")
-        for verdict, prefix in (("path", ""), ("brillouin_zone", "bz "), ("commensurate", "commensurate ")):
-            for t in thresholds:
-                if f"{prefix}{t:g}" not in report:
-                    continue
-                r = report[f"{prefix}{t:g}"]
-                out.append({"run": name, "complete": info.get("status") == "complete",
-                            "n_inputs": info.get("n_inputs", len(rows)),
-                            "potential": potential_label(info["potential"]), "supercell": supercell,
-                            "verdict": verdict, "threshold_thz": t, "n": r["n"], "accuracy": r["accuracy"],
-                            "accuracy_low": r["accuracy_ci"][0], "accuracy_high": r["accuracy_ci"][1],
-                            "f1_stable": r["f1"], "f1_unstable": r["f1_unstable"],
-                            "false_unstable_rate": r["false_unstable_rate"], **r["confusion"],
-                            "mean_supercell_atoms": report["cost"]["mean_supercell_atoms"],
-                            "wall_s_per_structure": report["cost"]["mean_relax_s"] + report["cost"]["mean_phonon_s"]})
+        thresholds = tuple(info["protocol"]["thresholds_thz"])
+        merged = merge_with_labels(rows, labels, thresholds)
+        out += _table_rows(name, info, info.get("status") == "complete", info.get("n_inputs", len(rows)), merged,
+                           len(labels))
+        groups.setdefault(_settings(info), []).append((name, info, merged))
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        merged = pd.concat([m for _, _, m in group], ignore_index=True).drop_duplicates("label_id", keep="first")
+        complete = all(info.get("status") == "complete" for _, info, _ in group)
+        n_inputs = None if any(info.get("n_inputs") is None for _, info, _ in group) else sum(
+            info["n_inputs"] for _, info, _ in group)
+        out += _table_rows("pooled: " + " + ".join(name for name, _, _ in group), group[0][1], complete, n_inputs,
+                           merged, len(labels))
     return pd.DataFrame(out)
+
+
+def _settings(info: dict) -> str:
+    """What must be equal for two runs' verdicts to be scored as one: protocol, engine, potential's weights."""
+    import json
+
+    from phononbench.running.run_folder import RESUME_POTENTIAL_KEYS
+
+    potential = info.get("potential") or {}
+    return json.dumps([info["protocol"], info.get("engine"), [potential.get(k) for k in RESUME_POTENTIAL_KEYS]],
+                      sort_keys=True, default=str)
+
+
+def _table_rows(name: str, info: dict, complete: bool, n_inputs, merged: pd.DataFrame, n_labelled: int) -> list[dict]:
+    protocol = info["protocol"]
+    thresholds = tuple(protocol["thresholds_thz"])
+    report = _report(merged, n_labelled, thresholds)
+    supercell = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
+                 else f">={protocol.get('supercell_min_length_a'):g} A")
+    out = []
+    for verdict, prefix in (("path", ""), ("brillouin_zone", "bz "), ("commensurate", "commensurate ")):
+        for t in thresholds:
+            if f"{prefix}{t:g}" not in report:
+                continue
+            r = report[f"{prefix}{t:g}"]
+            out.append({"run": name, "complete": complete, "n_inputs": n_inputs,
+                        "potential": potential_label(info["potential"]), "supercell": supercell,
+                        "verdict": verdict, "threshold_thz": t, "n": r["n"], "accuracy": r["accuracy"],
+                        "accuracy_low": r["accuracy_ci"][0], "accuracy_high": r["accuracy_ci"][1],
+                        "f1_stable": r["f1"], "f1_unstable": r["f1_unstable"],
+                        "false_unstable_rate": r["false_unstable_rate"], **r["confusion"],
+                        "mean_supercell_atoms": report["cost"]["mean_supercell_atoms"],
+                        "wall_s_per_structure": report["cost"]["mean_relax_s"] + report["cost"]["mean_phonon_s"]})
+    return out
 
 
 def run_label(row) -> str:
