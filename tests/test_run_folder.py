@@ -398,3 +398,16 @@ def test_a_long_run_leaves_few_part_files(tmp_path):
     ids = _raw_ids(out)
     assert len(ids) == len(set(ids)) == len(read_structures(out)) == 18
     assert _run(folder, "--out", out, *EMT_RUN).exit_code == 0 and _info(out)["n_computed_this_time"] == 0
+
+
+def test_a_run_with_no_rows_yet_says_so_and_a_stranger_folder_is_named(tmp_path):
+    """`validate --runs` on a run that has just started: the error says the run has no rows yet, not that
+    the folder is not ours."""
+    from phononbench.errors import SetupError
+    from phononbench.running.run_folder import read_structures
+
+    with pytest.raises(SetupError, match="is .* a PhononBench output folder"):
+        read_structures(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(SetupError, match="has no rows yet: its run has not finished a structure"):
+        read_structures(tmp_path)

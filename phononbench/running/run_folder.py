@@ -517,6 +517,8 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
     A finished run with an input that has no row (a part file lost) is IncompleteRun, naming what is missing."""
     directory = Path(out) / STRUCTURES_DIR
     if not has_rows(out):
+        if (Path(out) / RUN_FILE).exists():
+            raise SetupError(f"{out} has no rows yet: its run has not finished a structure")
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
     manifest = read_manifest(out)  # read once: the current rows and the completeness check both use it
     if current is None:
