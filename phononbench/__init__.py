@@ -82,13 +82,5 @@ def validate(labels, runs):
     ``phononbench validate --runs`` prints, one row per run, verdict and threshold; a run that has not
     finished is scored on its rows so far, with ``complete`` False and ``n_inputs`` its inputs."""
     from phononbench.reading import validation
-    from phononbench.running.run_folder import read_manifest, read_run_info, read_structures
 
-    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    scored = {}
-    for folder in runs:
-        key = Path(folder).name if Path(folder).name not in scored else str(folder)
-        manifest = read_manifest(folder)  # a run still going is scored on its rows so far, and says so
-        info = {**read_run_info(folder), "n_inputs": None if manifest is None else len(manifest)}
-        scored[key] = (info, read_structures(folder))
-    return validation.table(scored, validation.load_labels(labels))
+    return validation.table(validation.read_runs(runs), validation.load_labels(labels))

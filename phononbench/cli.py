@@ -257,7 +257,6 @@ def validate(
     def action():
         import json
 
-        import phononbench
         from phononbench.reading import validation
         from phononbench.running.composition import compose, protocol_for
         from phononbench.running.pipeline import run_benchmark
@@ -283,7 +282,8 @@ def validate(
             folders.insert(0, folder)
         if not folders:
             raise SetupError("give --structures to compute, or --runs with finished validation folders to score")
-        board = phononbench.validate(labels, folders)
+        scored = validation.read_runs(folders)
+        board = validation.table(scored, label_table)
         for name in board.loc[~board["complete"], "run"].unique():
             err_console.print(f"warning: {name} has not finished: scored on the rows it has so far",
                               markup=False, highlight=False)
@@ -291,8 +291,11 @@ def validate(
             err_console.print(f"warning: no structure of {name} matches a label id (file names like mp-1190.POSCAR)",
                               markup=False, highlight=False)
         console.print(_validation_table(board, f"Against DFT labels ({len(label_table)} labelled)"))
+        changes = validation.differing_markdown(scored, label_table)  # between settings, e.g. two supercells
+        if changes:
+            console.print(changes, markup=False, highlight=False)
         if markdown:
-            markdown.write_text(validation.to_markdown(board))
+            markdown.write_text(validation.to_markdown(board) + ("\n" + changes if changes else ""))
             console.print(f"table written to {markdown}", markup=False)
 
     _guarded(action)

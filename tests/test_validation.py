@@ -65,6 +65,24 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     (tmp_path / "copy" / "run.json").write_text(json.dumps(info))
     assert not pb.validate(subset / "labels.csv", [out, tmp_path / "copy"])["run"].str.startswith("pooled").any()
 
+    # materials whose verdict differs between two settings: named, with both frequencies and the q-point
+    from phononbench.records import Col, bz_verdict_column
+    from phononbench.reading import validation
+
+    runs = validation.read_runs([out, tmp_path / "copy"])
+    assert validation.differing_verdicts(runs, load_labels(subset / "labels.csv")).empty  # same rows
+    info, other = runs["copy"]
+    k = other.index[0]
+    flipped = not bool(other.loc[k, bz_verdict_column(-0.1)])
+    other.loc[k, [Col.MIN_FREQUENCY_BZ_THZ, bz_verdict_column(-0.1)]] = [0.5 if flipped else -3.25, flipped]
+    changes = validation.differing_verdicts(runs, load_labels(subset / "labels.csv"), "brillouin_zone", -0.1)
+    assert changes["material"].tolist() == [structure_key(other.loc[k, "source"])]
+    assert [c for c in changes.columns if c.startswith("chgnet 2x2x2 (published) [")] == [
+        "chgnet 2x2x2 (published) [validate]", "chgnet 2x2x2 (published) [copy]"]  # alike in words: runs named
+    text = validation.differing_markdown(runs, load_labels(subset / "labels.csv"), ("brillouin_zone",))
+    assert ("0.5 THz" if flipped else "-3.25 THz") in text and f"{rows.loc[k, Col.MIN_FREQUENCY_BZ_THZ]:.3g} THz" in text
+    assert " at (" in text and ("stable (" if flipped else "unstable (") in text
+
 
 def test_scores_of_a_hand_made_verdict_table():
     """7 materials: 4 DFT-stable (3 called stable, 1 not), 3 DFT-unstable (1 called stable, 2 not)."""

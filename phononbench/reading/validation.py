@@ -7,6 +7,7 @@ file by its stem (``mp-1190.POSCAR-unitcell`` -> ``mp-1190``), a ``label`` colum
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -81,7 +82,7 @@ def _f1(true_positive: int, false_positive: int, false_negative: int) -> float:
 def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     rows = with_duplicate_verdicts(rows, thresholds_thz)
     rows = rows.assign(label_id=rows[Col.SOURCE].map(structure_key))
-    return labels.merge(rows, on="label_id", how="inner")
+    return labels.merge(rows, on="label_id", how="inner", suffixes=("_labels", ""))  # the run's columns keep their names
 
 
 # The verdicts scored: the published q-points; the Brillouin zone (high-symmetry path, commensurate points,
@@ -139,28 +140,135 @@ def potential_label(potential: dict) -> str:
     return name
 
 
+def read_runs(folders) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """Run name -> (its run.json with ``n_inputs``, its rows), for ``table`` and ``differing_verdicts``; a run
+    still going is read as far as it has come (``n_inputs`` says how far it will go)."""
+    from phononbench.running.run_folder import read_manifest, read_run_info, read_structures
+
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    runs = {}
+    for folder in folders:
+        key = Path(folder).name if Path(folder).name not in runs else str(folder)
+        manifest = read_manifest(folder)
+        runs[key] = ({**read_run_info(folder), "n_inputs": None if manifest is None else len(manifest)},
+                     read_structures(folder))
+    return runs
+
+
 def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, verdict, threshold) from validation runs: ``runs`` maps a run's name to its run.json
     and its rows. Runs made with the same settings (protocol, engine, potential and its weights) are also
     scored together, as one row per verdict and threshold named "pooled: ..." in which each material counts
     once (the first run's row where two runs hold it). The columns of docs/VALIDATION.md."""
-    out, groups = [], {}
+    out = []
     for name, (info, rows) in runs.items():
-        thresholds = tuple(info["protocol"]["thresholds_thz"])
-        merged = merge_with_labels(rows, labels, thresholds)
+        merged = merge_with_labels(rows, labels, tuple(info["protocol"]["thresholds_thz"]))
         out += _table_rows(name, info, info.get("status") == "complete", info.get("n_inputs", len(rows)), merged,
                            len(labels))
+    for group in settings_groups(runs, labels):
+        if len(group.names) > 1:
+            out += _table_rows(group.name, group.info, group.complete, group.n_inputs, group.merged, len(labels))
+    return pd.DataFrame(out)
+
+
+@dataclass
+class SettingsGroup:
+    """The runs made with one set of settings, their labelled rows pooled (each material once)."""
+
+    names: list[str]
+    info: dict  # the first run's run.json
+    merged: pd.DataFrame
+    complete: bool
+    n_inputs: int | None
+
+    @property
+    def name(self) -> str:
+        return self.names[0] if len(self.names) == 1 else "pooled: " + " + ".join(self.names)
+
+    @property
+    def setting(self) -> str:
+        """The settings in a few words: potential and supercell (and the preset where it is not these)."""
+        protocol = self.info["protocol"]
+        supercell = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
+                     else f">={protocol.get('supercell_min_length_a'):g} A")
+        return f"{potential_label(self.info['potential'])} {supercell} ({protocol.get('name', '?')})"
+
+
+def settings_groups(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> list[SettingsGroup]:
+    """The runs grouped by their settings (protocol, engine, potential's weights), in the order first met."""
+    groups: dict[str, list] = {}
+    for name, (info, rows) in runs.items():
+        merged = merge_with_labels(rows, labels, tuple(info["protocol"]["thresholds_thz"]))
         groups.setdefault(_settings(info), []).append((name, info, merged))
+    out = []
     for group in groups.values():
-        if len(group) < 2:
-            continue
         merged = pd.concat([m for _, _, m in group], ignore_index=True).drop_duplicates("label_id", keep="first")
-        complete = all(info.get("status") == "complete" for _, info, _ in group)
         n_inputs = None if any(info.get("n_inputs") is None for _, info, _ in group) else sum(
             info["n_inputs"] for _, info, _ in group)
-        out += _table_rows("pooled: " + " + ".join(name for name, _, _ in group), group[0][1], complete, n_inputs,
-                           merged, len(labels))
+        out.append(SettingsGroup([name for name, _, _ in group], group[0][1], merged,
+                                 all(info.get("status") == "complete" for _, info, _ in group), n_inputs))
+    return out
+
+
+# per verdict: the lowest frequency and where it is
+_MINIMUM = {"path": (Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT),
+            "brillouin_zone": (Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_QPOINT),
+            "commensurate": (Col.MIN_FREQUENCY_COMMENSURATE_THZ, None)}
+
+
+def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
+                       verdict: str = "brillouin_zone", threshold_thz: float = -0.1) -> pd.DataFrame:
+    """The materials whose verdict differs between settings (runs of one setting pooled, as ``table`` does):
+    one row per material with its DFT label and, per setting, the lowest frequency (THz), its q-point and
+    whether the verdict is right. Settings whose runs lack the verdict's column, and materials that only one
+    setting computed, are left out."""
+    frequency_column, q_column = _MINIMUM[verdict]
+    groups = [g for g in settings_groups(runs, labels) if frequency_column in g.merged]
+    if len(groups) < 2:
+        return pd.DataFrame()
+    per_setting = []
+    named = [g.setting for g in groups]
+    for group in groups:
+        merged = group.merged.set_index("label_id")
+        stable = predicted_stable(merged, verdict, threshold_thz)
+        # two settings that read alike in a few words (they differ elsewhere): named by their runs too
+        per_setting.append((group.setting if named.count(group.setting) == 1 else f"{group.setting} [{group.name}]",
+                            merged, stable))
+    common = set.intersection(*(set(m.index) for _, m, _ in per_setting))
+    out = []
+    for material in sorted(common):
+        verdicts = {bool(stable[material]) for _, _, stable in per_setting}
+        if len(verdicts) < 2:
+            continue
+        first = per_setting[0][1].loc[material]
+        row = {"material": material, "formula": first.get(Col.FORMULA, ""), "dft": first["label"]}
+        for setting, merged, stable in per_setting:
+            r = merged.loc[material]
+            q = r[q_column] if q_column and q_column in merged else None
+            where = "" if q is None or not hasattr(q, "__len__") else " at (" + ", ".join(f"{x:.3g}" for x in q) + ")"
+            frequency = f"{float(r[frequency_column]):.3g} THz" if r[Col.STATUS] == Status.OK else str(r[Col.STATUS])
+            right = bool(stable[material]) == (r["label"] == "stable")
+            row[setting] = f"{frequency}{where}, {'stable' if stable[material] else 'unstable'} ({'right' if right else 'wrong'})"
+        out.append(row)
     return pd.DataFrame(out)
+
+
+def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
+                       verdicts=("path", "brillouin_zone"), threshold_thz: float = -0.1) -> str:
+    """``differing_verdicts`` per verdict as Markdown, as docs/VALIDATION.md shows it; "" if none differ."""
+    return "\n".join(text for verdict in verdicts if (text := _differing_table(
+        differing_verdicts(runs, labels, verdict, threshold_thz), verdict, threshold_thz)))
+
+
+def _differing_table(changes: pd.DataFrame, verdict: str, threshold_thz: float) -> str:
+    if changes.empty:
+        return ""
+    settings = [c for c in changes.columns if c not in ("material", "formula", "dft")]
+    lines = [f"Verdicts that differ between settings ({verdict}, {threshold_thz:g} THz): lowest frequency, where, verdict",
+             "", "| material | DFT | " + " | ".join(settings) + " |", "|" + "---|" * (2 + len(settings))]
+    for r in changes.to_dict("records"):
+        lines.append(f"| {r['formula']} ({r['material']}) | {r['dft']} | " + " | ".join(r[s] for s in settings) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _settings(info: dict) -> str:
