@@ -282,7 +282,12 @@ def validate(
             folders.insert(0, folder)
         if not folders:
             raise SetupError("give --structures to compute, or --runs with finished validation folders to score")
-        scored = validation.read_runs(folders)
+        left_out: list[str] = []
+        scored = validation.read_runs(folders, left_out)
+        for message in left_out:
+            err_console.print(f"warning: {message}", markup=False, highlight=False)
+        if not scored:
+            raise SetupError("none of the --runs has rows yet: nothing to score")
         board = validation.table(scored, label_table)
         for name in board.loc[~board["complete"], "run"].unique():
             err_console.print(f"warning: {name} has not finished: scored on the rows it has so far",

@@ -58,7 +58,7 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     board = pb.validate(subset / "labels.csv", [out, tmp_path / "copy"])
     pooled, alone = board[board["run"] == "pooled: validate + copy"], board[board["run"] == "validate"]
     columns = ["verdict", "threshold_thz", "n", "tp", "fp", "fn", "tn"]
-    assert len(pooled) == len(alone) > 0 and set(pooled["n"]) == {4} and set(pooled["n_inputs"]) == {8}
+    assert len(pooled) == len(alone) > 0 and set(pooled["n"]) == {4} and set(pooled["n_inputs"]) == {4}
     assert pooled[columns].reset_index(drop=True).equals(alone[columns].reset_index(drop=True))
     info = json.loads((tmp_path / "copy" / "run.json").read_text())
     info["protocol"]["displacement_a"] = 0.03
@@ -66,7 +66,7 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     assert not pb.validate(subset / "labels.csv", [out, tmp_path / "copy"])["run"].str.startswith("pooled").any()
 
     # materials whose verdict differs between two settings: named, with both frequencies and the q-point
-    from phononbench.records import Col, bz_verdict_column
+    from phononbench.records import Col, bz_verdict_column, verdict_column
     from phononbench.reading import validation
 
     runs = validation.read_runs([out, tmp_path / "copy"])
@@ -82,6 +82,34 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     text = validation.differing_markdown(runs, load_labels(subset / "labels.csv"), ("brillouin_zone",))
     assert ("0.5 THz" if flipped else "-3.25 THz") in text and f"{rows.loc[k, Col.MIN_FREQUENCY_BZ_THZ]:.3g} THz" in text
     assert " at (" in text and ("stable (" if flipped else "unstable (") in text
+
+    # the same folder twice (or through a link) is one run; a run with no rows yet is left out, saying so
+    (tmp_path / "link").symlink_to(out)
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "run.json").write_text(json.dumps({"stage": "run", "status": "running"}))
+    left_out = []
+    assert list(validation.read_runs([out, tmp_path / "link", str(out) + "/", tmp_path / "started"], left_out)) == [
+        "validate"] and left_out == [f"{tmp_path / 'started'} has no rows yet: left out"]
+
+    # pooling: a computed row is taken before another run's failed row of the same material, whatever the
+    # order; a verdict that one run's rows predate is not pooled; a threshold a setting lacks is not compared
+    same_info, first = runs["validate"]
+    failed = first.copy()
+    called_stable = first.index[is_stable(first, -0.1)]
+    assert len(called_stable) > 0  # a failure there changes the counts: the test can fail
+    failed.loc[called_stable[0], Col.STATUS] = "worker_died"
+    labels_table = load_labels(subset / "labels.csv")
+    for order in ((("a", failed), ("b", first)), (("b", first), ("a", failed))):
+        board = validation.table({name: (same_info, frame) for name, frame in order}, labels_table)
+        one = board[board["run"].str.startswith("pooled") & (board["verdict"] == "path") & (board["threshold_thz"] == -0.1)]
+        assert one[["tp", "fp", "fn", "tn"]].iloc[0].to_dict() == expected
+    older = first.drop(columns=[Col.MIN_FREQUENCY_COMMENSURATE_THZ])
+    board = validation.table({"a": (same_info, first), "b": (same_info, older)}, labels_table)
+    assert set(board.loc[board["run"].str.startswith("pooled"), "verdict"]) == {"path", "brillouin_zone"}
+    other_threshold = {**info, "protocol": {**info["protocol"], "thresholds_thz": [-0.05]}}
+    at_other = other.rename(columns={verdict_column(-0.1): verdict_column(-0.05),
+                                     bz_verdict_column(-0.1): bz_verdict_column(-0.05)})
+    assert validation.differing_verdicts({"a": (same_info, first), "b": (other_threshold, at_other)}, labels_table).empty
 
 
 def test_scores_of_a_hand_made_verdict_table():

@@ -7,6 +7,7 @@ file by its stem (``mp-1190.POSCAR-unitcell`` -> ``mp-1190``), a ``label`` colum
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pandas as pd
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, Status, bz_verdict_column, is_stable, is_stable_bz, verdict_column
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("mp_id", "material_id", "structure_id", "id")
 DFT_FREQUENCY_COLUMNS = ("fmin_comm_thz", "dft_min_frequency_thz", "fmin_thz")
@@ -39,7 +42,8 @@ def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     """A labelled duplicate (two ids of one crystal) takes the verdict of the structure it duplicates."""
     rows = rows.copy()
     columns = [Col.STATUS, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ]
-    columns += [c for c in (Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.HAS_FORCE_CONSTANTS) if c in rows]
+    columns += [c for c in (Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.HAS_FORCE_CONSTANTS, Col.MIN_FREQUENCY_QPOINT,
+                            Col.MIN_FREQUENCY_BZ_QPOINT) if c in rows]
     columns += [verdict_column(t) for t in thresholds_thz] + [bz_verdict_column(t) for t in thresholds_thz]
     by_id = rows.set_index(Col.STRUCTURE_ID)
     keep = []
@@ -120,7 +124,8 @@ def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
                        "mean_phonon_s": _mean(computed, Col.PHONON_WALL_S)}}
     for t in thresholds_thz:
         report[f"{t:g}"] = scores(is_stable(merged, t), dft_stable)  # the published path
-        report[f"bz {t:g}"] = scores(is_stable_bz(merged, t), dft_stable)  # the Brillouin zone
+        if bz_verdict_column(t) in merged:  # the Brillouin zone (runs from before it have none)
+            report[f"bz {t:g}"] = scores(is_stable_bz(merged, t), dft_stable)
         if Col.MIN_FREQUENCY_COMMENSURATE_THZ in merged:  # runs from before the column have no such verdict
             report[f"commensurate {t:g}"] = scores(predicted_stable(merged, "commensurate", t), dft_stable)
     return report
@@ -140,18 +145,28 @@ def potential_label(potential: dict) -> str:
     return name
 
 
-def read_runs(folders) -> dict[str, tuple[dict, pd.DataFrame]]:
-    """Run name -> (its run.json with ``n_inputs``, its rows), for ``table`` and ``differing_verdicts``; a run
-    still going is read as far as it has come (``n_inputs`` says how far it will go)."""
-    from phononbench.running.run_folder import read_manifest, read_run_info, read_structures
+def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """Run name -> (its run.json with ``n_inputs`` and ``input_keys``, its rows), for ``table`` and
+    ``differing_verdicts``. A run still going is read as far as it has come (``n_inputs`` says how far it
+    will go); one with no rows yet is left out, saying so in ``left_out`` (else in the log); a folder given
+    twice (or through a link) is read once."""
+    from phononbench.running.run_folder import RUN_FILE, has_rows, read_manifest, read_run_info, read_structures
 
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-    runs = {}
+    runs, seen = {}, set()
     for folder in folders:
-        key = Path(folder).name if Path(folder).name not in runs else str(folder)
-        manifest = read_manifest(folder)
-        runs[key] = ({**read_run_info(folder), "n_inputs": None if manifest is None else len(manifest)},
-                     read_structures(folder))
+        where = Path(folder).resolve()
+        if where in seen:
+            continue
+        seen.add(where)
+        if (where / RUN_FILE).exists() and not has_rows(where):
+            message = f"{folder} has no rows yet: left out"
+            left_out.append(message) if left_out is not None else log.warning(message)
+            continue
+        manifest = read_manifest(where)
+        info = {**read_run_info(where), "n_inputs": None if manifest is None else len(manifest),
+                "input_keys": None if manifest is None else set(manifest[Col.SOURCE].map(structure_key))}
+        runs[where.name if where.name not in runs else str(where)] = (info, read_structures(where))
     return runs
 
 
@@ -202,9 +217,13 @@ def settings_groups(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataF
         groups.setdefault(_settings(info), []).append((name, info, merged))
     out = []
     for group in groups.values():
-        merged = pd.concat([m for _, _, m in group], ignore_index=True).drop_duplicates("label_id", keep="first")
-        n_inputs = None if any(info.get("n_inputs") is None for _, info, _ in group) else sum(
-            info["n_inputs"] for _, info, _ in group)
+        # the columns every run has (a verdict that some runs' rows predate is not pooled); a material in two
+        # runs counts once: a computed row before a failed one (a worker lost in one run), else the first run's
+        merged = pd.concat([m for _, _, m in group], join="inner", ignore_index=True)
+        failed = (merged[Col.STATUS] != Status.OK).rename("failed")
+        merged = merged.loc[failed.sort_values(kind="stable").index].drop_duplicates("label_id").sort_index()
+        keys = [info.get("input_keys") for _, info, _ in group]
+        n_inputs = None if any(k is None for k in keys) else len(set().union(*keys))
         out.append(SettingsGroup([name for name, _, _ in group], group[0][1], merged,
                                  all(info.get("status") == "complete" for _, info, _ in group), n_inputs))
     return out
@@ -220,10 +239,12 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
                        verdict: str = "brillouin_zone", threshold_thz: float = -0.1) -> pd.DataFrame:
     """The materials whose verdict differs between settings (runs of one setting pooled, as ``table`` does):
     one row per material with its DFT label and, per setting, the lowest frequency (THz), its q-point and
-    whether the verdict is right. Settings whose runs lack the verdict's column, and materials that only one
-    setting computed, are left out."""
+    whether the verdict is right ("not computed" under a setting that has no row for it). Settings whose
+    runs lack the verdict's column or threshold are left out."""
     frequency_column, q_column = _MINIMUM[verdict]
-    groups = [g for g in settings_groups(runs, labels) if frequency_column in g.merged]
+    verdict_of = {"path": verdict_column(threshold_thz), "brillouin_zone": bz_verdict_column(threshold_thz),
+                  "commensurate": frequency_column}[verdict]
+    groups = [g for g in settings_groups(runs, labels) if frequency_column in g.merged and verdict_of in g.merged]
     if len(groups) < 2:
         return pd.DataFrame()
     per_setting = []
@@ -234,15 +255,17 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
         # two settings that read alike in a few words (they differ elsewhere): named by their runs too
         per_setting.append((group.setting if named.count(group.setting) == 1 else f"{group.setting} [{group.name}]",
                             merged, stable))
-    common = set.intersection(*(set(m.index) for _, m, _ in per_setting))
     out = []
-    for material in sorted(common):
-        verdicts = {bool(stable[material]) for _, _, stable in per_setting}
-        if len(verdicts) < 2:
-            continue
-        first = per_setting[0][1].loc[material]
+    for material in sorted(set().union(*(m.index for _, m, _ in per_setting))):
+        having = [(setting, merged, stable) for setting, merged, stable in per_setting if material in merged.index]
+        if len({bool(stable[material]) for _, _, stable in having}) < 2:
+            continue  # one verdict, or one setting only
+        first = having[0][1].loc[material]
         row = {"material": material, "formula": first.get(Col.FORMULA, ""), "dft": first["label"]}
         for setting, merged, stable in per_setting:
+            if material not in merged.index:
+                row[setting] = "not computed"
+                continue
             r = merged.loc[material]
             q = r[q_column] if q_column and q_column in merged else None
             where = "" if q is None or not hasattr(q, "__len__") else " at (" + ", ".join(f"{x:.3g}" for x in q) + ")"

@@ -518,6 +518,8 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
     directory = Path(out) / STRUCTURES_DIR
     if not has_rows(out):
         if (Path(out) / RUN_FILE).exists():
+            if read_run_info(out).get("stage") == "dedup":
+                raise SetupError(f"{out} holds a deduplication only (phononbench dedup): no phonon rows")
             raise SetupError(f"{out} has no rows yet: its run has not finished a structure")
         raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
     manifest = read_manifest(out)  # read once: the current rows and the completeness check both use it
