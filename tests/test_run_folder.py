@@ -411,3 +411,6 @@ def test_a_run_with_no_rows_yet_says_so_and_a_stranger_folder_is_named(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"status": "running"}))
     with pytest.raises(SetupError, match="has no rows yet: its run has not finished a structure"):
         read_structures(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"stage": "dedup", "status": "complete"}))
+    with pytest.raises(SetupError, match="holds a deduplication only"):
+        read_structures(tmp_path)
