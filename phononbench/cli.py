@@ -248,6 +248,7 @@ def validate(
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray.")] = False,
     runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Validation folders to score beside this one (repeatable): one table; runs of the same settings are also pooled, each material once.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Also write the table as Markdown to this file.")] = None,
+    per_material: Annotated[Optional[Path], typer.Option(help="Also write every scored material (DFT label, lowest frequencies and q-points, verdicts, supercell, seconds) to this CSV.")] = None,
 ) -> None:
     """Relax and compute phonons for DFT-labelled structures; print accuracy (95% Wilson), F1 with either class
     positive, the false-unstable rate and the cost per structure, on every verdict and threshold, for this run
@@ -263,6 +264,9 @@ def validate(
         from phononbench.running.run_folder import read_structures
 
         label_table = validation.load_labels(labels)
+        for option, path in (("--markdown", markdown), ("--per-material", per_material)):
+            if path is not None and (path.is_dir() or not path.parent.is_dir()):
+                raise SetupError(f"{option} {path}: not a file in an existing folder")  # before hours of work
         folders = list(runs or [])
         if structures is not None:
             if not structures.is_dir():
@@ -302,6 +306,9 @@ def validate(
         if markdown:
             markdown.write_text(validation.to_markdown(board) + ("\n" + changes if changes else ""))
             console.print(f"table written to {markdown}", markup=False)
+        if per_material:
+            validation.per_material(scored, label_table).to_csv(per_material, index=False)
+            console.print(f"per-material verdicts written to {per_material}", markup=False)
 
     _guarded(action)
 

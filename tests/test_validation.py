@@ -111,6 +111,20 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
                                      bz_verdict_column(-0.1): bz_verdict_column(-0.05)})
     assert validation.differing_verdicts({"a": (same_info, first), "b": (other_threshold, at_other)}, labels_table).empty
 
+    # every scored material, one row per setting, with what the table counts: its right verdicts are TP + TN
+    table_file = tmp_path / "per_material.csv"
+    written = CliRunner().invoke(app, ["validate", "--labels", str(subset / "labels.csv"), "--runs", str(out),
+                                       "--per-material", str(table_file)])
+    assert written.exit_code == 0, written.output
+    each = pd.read_csv(table_file)
+    assert sorted(each["material"]) == sorted(rows["source"].map(structure_key)) and set(each["setting"]) == {
+        "chgnet 2x2x2 (published)"}
+    assert each["right_path_-0.1"].sum() == expected["tp"] + expected["tn"]
+    assert (each["stable_path_-0.1"] == (each["min_frequency_thz"] >= -0.1) & (each["status"] == "ok")).all()
+    assert each["min_frequency_bz_qpoint"].str.startswith("[").all()
+    two = validation.per_material({"a": (same_info, first), "b": (other_threshold, at_other)}, labels_table)
+    assert len(two) == 2 * len(rows) and "right_brillouin_zone_-0.05" in two and "right_brillouin_zone_-0.1" in two
+
 
 def test_scores_of_a_hand_made_verdict_table():
     """7 materials: 4 DFT-stable (3 called stable, 1 not), 3 DFT-unstable (1 called stable, 2 not)."""
@@ -140,3 +154,11 @@ def test_validate_refuses_bad_labels(tmp_path):
     result = CliRunner().invoke(app, ["validate", "--labels", str(bad), "--structures", str(tmp_path),
                                       "--model", "emt", "--in-process"])
     assert result.exit_code == 2 and "stable' or 'unstable'" in result.output
+    good = tmp_path / "good.csv"
+    good.write_text("mp_id,label\nmp-1,stable\n")
+    for option, path in (("--markdown", tmp_path / "missing" / "table.md"), ("--per-material", tmp_path)):
+        result = CliRunner().invoke(app, ["validate", "--labels", str(good), "--structures", str(tmp_path),
+                                          "--model", "emt", "--in-process", "--out", str(tmp_path / "out"),
+                                          option, str(path)])
+        assert result.exit_code == 2 and f"{option} {path}: not a file in an existing folder" in result.output
+        assert not (tmp_path / "out").exists()  # refused before any work

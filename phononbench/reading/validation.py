@@ -283,6 +283,53 @@ def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
         differing_verdicts(runs, labels, verdict, threshold_thz), verdict, threshold_thz)))
 
 
+# the per-material table's columns taken from the run, where the run has them
+_PER_MATERIAL_COLUMNS = (Col.STATUS, Col.ERROR, Col.N_ATOMS, Col.N_SUPERCELL_ATOMS, Col.SUPERCELL_MATRIX,
+                         Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_THZ,
+                         Col.MIN_FREQUENCY_BZ_QPOINT, Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.RELAX_WALL_S,
+                         Col.PHONON_WALL_S)
+
+
+def per_material(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
+    """Every scored material under every setting (runs of one setting pooled, as ``table`` does): its DFT
+    label, what the run computed (lowest frequency and q-point per verdict, supercell, seconds) and, per
+    verdict and threshold, whether it is called stable and whether that agrees with DFT. The evidence behind
+    the table's counts, one row each, to keep beside it (``validate --per-material``)."""
+    dft_frequency = next((c for c in DFT_FREQUENCY_COLUMNS if c in labels.columns), None)
+    out = []
+    for group in settings_groups(runs, labels):
+        merged = group.merged
+        frame = pd.DataFrame({"setting": group.setting, "runs": " + ".join(group.names),
+                              "material": merged["label_id"], "formula": merged.get(Col.FORMULA, ""),
+                              "dft": merged["label"]})
+        if dft_frequency is not None:
+            frame["dft_min_frequency_thz"] = merged[dft_frequency]
+        for column in _PER_MATERIAL_COLUMNS:
+            if column in merged:
+                frame[str(column)] = merged[column].map(_plain)
+        dft_stable = merged["label"] == "stable"
+        for verdict in VERDICTS:
+            for t in group.info["protocol"]["thresholds_thz"]:
+                if verdict == "brillouin_zone" and bz_verdict_column(t) not in merged:
+                    continue  # rows from before the Brillouin-zone verdict
+                if verdict == "commensurate" and Col.MIN_FREQUENCY_COMMENSURATE_THZ not in merged:
+                    continue
+                stable = predicted_stable(merged, verdict, t).astype(bool)
+                frame[f"stable_{verdict}_{t:g}"] = stable
+                frame[f"right_{verdict}_{t:g}"] = stable == dft_stable
+        out.append(frame)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _plain(value):
+    """A q-point or supercell matrix as text a CSV keeps (numbers as they are)."""
+    if hasattr(value, "__len__") and not isinstance(value, str):
+        import numpy as np
+
+        return str(np.round(np.asarray(value, dtype=float), 4).tolist())
+    return value
+
+
 def _differing_table(changes: pd.DataFrame, verdict: str, threshold_thz: float) -> str:
     if changes.empty:
         return ""
