@@ -264,9 +264,6 @@ def validate(
         from phononbench.running.run_folder import read_structures
 
         label_table = validation.load_labels(labels)
-        for option, path in (("--markdown", markdown), ("--per-material", per_material)):
-            if path is not None and (path.is_dir() or not path.parent.is_dir()):
-                raise SetupError(f"{option} {path}: not a file in an existing folder")  # before hours of work
         folders = list(runs or [])
         if structures is not None:
             if not structures.is_dir():
@@ -274,6 +271,9 @@ def validate(
             protocol = protocol_for(preset, model=model, thresholds=threshold, supercell=supercell)
             name = f"validate-{model}-{protocol.name}" + (f"-{supercell}" if supercell else "")
             folder = out or Path("runs") / name
+        _ensure_report_files({"--markdown": markdown, "--per-material": per_material}, labels,
+                             folders + ([folder] if structures is not None else []))
+        if structures is not None:
             run = compose(protocol, device, checkpoint, None, engine, in_process, workers=workers)
             run_benchmark([f"validation={structures}"], folder, run.spec, run.described, run.executor,
                           reporter=ProgressReporter(protocol.headline_threshold_thz),
@@ -311,6 +311,22 @@ def validate(
             console.print(f"per-material verdicts written to {per_material}", markup=False)
 
     _guarded(action)
+
+
+def _ensure_report_files(files: dict[str, Optional[Path]], labels: Path, run_folders: list[Path]) -> None:
+    """Files written at the end of a validation: refused before hours of work if they cannot be written there,
+    would overwrite the labels or each other, or lie inside a run folder (whose files they could replace)."""
+    import os
+
+    given = {option: path.resolve() for option, path in files.items() if path is not None}
+    for option, path in given.items():
+        inside = next((f for f in run_folders if path.is_relative_to(f.resolve())), None)
+        if inside is not None:
+            raise SetupError(f"{option} {files[option]}: inside the run folder {inside}; write it beside it")
+        if path == labels.resolve() or list(given.values()).count(path) > 1:
+            raise SetupError(f"{option} {files[option]}: the same file as --labels or another report")
+        if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            raise SetupError(f"{option} {files[option]}: not a file in an existing, writable folder")
 
 
 def _validation_table(board, title: str):

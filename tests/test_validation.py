@@ -125,6 +125,28 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     two = validation.per_material({"a": (same_info, first), "b": (other_threshold, at_other)}, labels_table)
     assert len(two) == 2 * len(rows) and "right_brillouin_zone_-0.05" in two and "right_brillouin_zone_-0.1" in two
 
+    # two files of one id in a run count twice in its row and in the pool, and the evidence says so: the CSV
+    # and the table agree; a material is taken from one run of a pool, with the run named
+    second_file = first.iloc[[0]].assign(**{Col.STRUCTURE_ID: "again", Col.SOURCE: first.iloc[0][Col.SOURCE] + ".cif"})
+    doubled = pd.concat([first, second_file], ignore_index=True)
+    pool = {"a": (same_info, doubled), "b": (same_info, first)}
+    board = validation.table(pool, labels_table)
+    counts = board[(board["verdict"] == "path") & (board["threshold_thz"] == -0.1)].set_index("run")["n"]
+    assert counts.to_dict() == {"a": len(rows) + 1, "b": len(rows), "pooled: a + b": len(rows) + 1}
+    each = validation.per_material(pool, labels_table)
+    assert len(each) == len(rows) + 1 and set(each["run"]) == {"a"} and each["structure_id"].is_unique
+
+    # a labelled duplicate takes its original's verdict, also in rows from before the Brillouin-zone verdict
+    duplicate = first.iloc[[0]].assign(**{Col.STRUCTURE_ID: "dup", Col.STATUS: "duplicate",
+                                         Col.DUPLICATE_OF: first.iloc[0][Col.STRUCTURE_ID]})
+    older = pd.concat([first, duplicate], ignore_index=True).drop(
+        columns=[Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_QPOINT,
+                 *(bz_verdict_column(t) for t in same_info["protocol"]["thresholds_thz"])])
+    each = validation.per_material({"old": (same_info, older)}, labels_table).set_index("structure_id")
+    assert each.loc["dup", "duplicate_of"] == first.iloc[0][Col.STRUCTURE_ID]
+    assert each.loc["dup", "stable_path_-0.1"] == each.loc[first.iloc[0][Col.STRUCTURE_ID], "stable_path_-0.1"]
+    assert not any(c.startswith("stable_brillouin_zone") for c in each.columns)
+
 
 def test_scores_of_a_hand_made_verdict_table():
     """7 materials: 4 DFT-stable (3 called stable, 1 not), 3 DFT-unstable (1 called stable, 2 not)."""
@@ -156,9 +178,16 @@ def test_validate_refuses_bad_labels(tmp_path):
     assert result.exit_code == 2 and "stable' or 'unstable'" in result.output
     good = tmp_path / "good.csv"
     good.write_text("mp_id,label\nmp-1,stable\n")
-    for option, path in (("--markdown", tmp_path / "missing" / "table.md"), ("--per-material", tmp_path)):
+    for option, path, why in (("--markdown", tmp_path / "missing" / "table.md", "not a file in an existing, writable folder"),
+                              ("--per-material", tmp_path, "not a file in an existing, writable folder"),
+                              ("--per-material", good, "the same file as --labels or another report"),
+                              ("--markdown", tmp_path / "out" / "run.json", f"inside the run folder {tmp_path / 'out'}")):
         result = CliRunner().invoke(app, ["validate", "--labels", str(good), "--structures", str(tmp_path),
                                           "--model", "emt", "--in-process", "--out", str(tmp_path / "out"),
                                           option, str(path)])
-        assert result.exit_code == 2 and f"{option} {path}: not a file in an existing folder" in result.output
+        assert result.exit_code == 2 and f"{option} {path}: {why}" in " ".join(result.output.split()), result.output
         assert not (tmp_path / "out").exists()  # refused before any work
+    twice = tmp_path / "twice.csv"
+    twice.write_text("mp_id,label\nmp-1,stable\nmp-1,unstable\n")
+    result = CliRunner().invoke(app, ["validate", "--labels", str(twice), "--runs", str(tmp_path)])
+    assert result.exit_code == 2 and "each id once; mp-1 appears more than once" in " ".join(result.output.split())

@@ -30,6 +30,10 @@ def load_labels(path: str | Path) -> pd.DataFrame:
     unknown = set(labels["label"]) - {"stable", "unstable"}
     if unknown:
         raise SetupError(f"{path}: labels must be 'stable' or 'unstable', found {sorted(unknown)}")
+    repeated = labels[id_column][labels[id_column].duplicated()]
+    if len(repeated):
+        raise SetupError(f"{path}: each id once; {', '.join(map(str, sorted(set(repeated))[:5]))} "
+                         f"appear{'s' if repeated.nunique() == 1 else ''} more than once")
     return labels.rename(columns={id_column: "label_id"})
 
 
@@ -41,10 +45,10 @@ def structure_key(source: str) -> str:
 def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     """A labelled duplicate (two ids of one crystal) takes the verdict of the structure it duplicates."""
     rows = rows.copy()
-    columns = [Col.STATUS, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ]
-    columns += [c for c in (Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.HAS_FORCE_CONSTANTS, Col.MIN_FREQUENCY_QPOINT,
-                            Col.MIN_FREQUENCY_BZ_QPOINT) if c in rows]
+    columns = [Col.STATUS, Col.ERROR, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+               Col.HAS_FORCE_CONSTANTS, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_QPOINT]
     columns += [verdict_column(t) for t in thresholds_thz] + [bz_verdict_column(t) for t in thresholds_thz]
+    columns = [c for c in columns if c in rows]  # rows from before a verdict lack its columns
     by_id = rows.set_index(Col.STRUCTURE_ID)
     keep = []
     for index, row in rows.iterrows():
@@ -173,8 +177,8 @@ def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dic
 def table(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, verdict, threshold) from validation runs: ``runs`` maps a run's name to its run.json
     and its rows. Runs made with the same settings (protocol, engine, potential and its weights) are also
-    scored together, as one row per verdict and threshold named "pooled: ..." in which each material counts
-    once (the first run's row where two runs hold it). The columns of docs/VALIDATION.md."""
+    scored together, as one row per verdict and threshold named "pooled: ..." in which each material is taken
+    from one run (one that computed it, else the first). The columns of docs/VALIDATION.md."""
     out = []
     for name, (info, rows) in runs.items():
         merged = merge_with_labels(rows, labels, tuple(info["protocol"]["thresholds_thz"]))
@@ -219,14 +223,23 @@ def settings_groups(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataF
     for group in groups.values():
         # the columns every run has (a verdict that some runs' rows predate is not pooled); a material in two
         # runs counts once: a computed row before a failed one (a worker lost in one run), else the first run's
-        merged = pd.concat([m for _, _, m in group], join="inner", ignore_index=True)
-        failed = (merged[Col.STATUS] != Status.OK).rename("failed")
-        merged = merged.loc[failed.sort_values(kind="stable").index].drop_duplicates("label_id").sort_index()
+        # (two files of one id in one run both count, as in that run's own rows)
+        merged = pd.concat([m.assign(run=name) for name, _, m in group], join="inner", ignore_index=True)
+        order = merged.assign(failed=merged[Col.STATUS] != Status.OK, rank=merged["run"].map(
+            {name: k for k, (name, _, _) in enumerate(group)})).sort_values(["failed", "rank"], kind="stable")
+        chosen = order.drop_duplicates("label_id").set_index("label_id")["run"]
+        merged = merged[merged["run"] == merged["label_id"].map(chosen)]
         keys = [info.get("input_keys") for _, info, _ in group]
         n_inputs = None if any(k is None for k in keys) else len(set().union(*keys))
         out.append(SettingsGroup([name for name, _, _ in group], group[0][1], merged,
                                  all(info.get("status") == "complete" for _, info, _ in group), n_inputs))
     return out
+
+
+def setting_names(groups: list[SettingsGroup]) -> list[str]:
+    """Each group's settings in a few words; two that read alike (they differ elsewhere) named by their runs too."""
+    named = [g.setting for g in groups]
+    return [g.setting if named.count(g.setting) == 1 else f"{g.setting} [{g.name}]" for g in groups]
 
 
 # per verdict: the lowest frequency and where it is
@@ -248,13 +261,9 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
     if len(groups) < 2:
         return pd.DataFrame()
     per_setting = []
-    named = [g.setting for g in groups]
-    for group in groups:
+    for group, setting in zip(groups, setting_names(groups)):
         merged = group.merged.set_index("label_id")
-        stable = predicted_stable(merged, verdict, threshold_thz)
-        # two settings that read alike in a few words (they differ elsewhere): named by their runs too
-        per_setting.append((group.setting if named.count(group.setting) == 1 else f"{group.setting} [{group.name}]",
-                            merged, stable))
+        per_setting.append((setting, merged, predicted_stable(merged, verdict, threshold_thz)))
     out = []
     for material in sorted(set().union(*(m.index for _, m, _ in per_setting))):
         having = [(setting, merged, stable) for setting, merged, stable in per_setting if material in merged.index]
@@ -284,7 +293,7 @@ def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
 
 
 # the per-material table's columns taken from the run, where the run has them
-_PER_MATERIAL_COLUMNS = (Col.STATUS, Col.ERROR, Col.N_ATOMS, Col.N_SUPERCELL_ATOMS, Col.SUPERCELL_MATRIX,
+_PER_MATERIAL_COLUMNS = (Col.STRUCTURE_ID, Col.SOURCE, Col.DUPLICATE_OF, Col.STATUS, Col.ERROR, Col.N_ATOMS, Col.N_SUPERCELL_ATOMS, Col.SUPERCELL_MATRIX,
                          Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_THZ,
                          Col.MIN_FREQUENCY_BZ_QPOINT, Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.RELAX_WALL_S,
                          Col.PHONON_WALL_S)
@@ -297,9 +306,10 @@ def per_material(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFram
     the table's counts, one row each, to keep beside it (``validate --per-material``)."""
     dft_frequency = next((c for c in DFT_FREQUENCY_COLUMNS if c in labels.columns), None)
     out = []
-    for group in settings_groups(runs, labels):
+    groups = settings_groups(runs, labels)
+    for group, setting in zip(groups, setting_names(groups)):
         merged = group.merged
-        frame = pd.DataFrame({"setting": group.setting, "runs": " + ".join(group.names),
+        frame = pd.DataFrame({"setting": setting, "run": merged["run"], "run_complete": group.complete,
                               "material": merged["label_id"], "formula": merged.get(Col.FORMULA, ""),
                               "dft": merged["label"]})
         if dft_frequency is not None:
@@ -322,11 +332,15 @@ def per_material(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFram
 
 
 def _plain(value):
-    """A q-point or supercell matrix as text a CSV keeps (numbers as they are)."""
+    """A q-point or supercell matrix as JSON text a CSV keeps (a matrix as 3 rows; not a number: null)."""
     if hasattr(value, "__len__") and not isinstance(value, str):
+        import json
+
         import numpy as np
 
-        return str(np.round(np.asarray(value, dtype=float), 4).tolist())
+        numbers = np.round(np.asarray(value, dtype=float), 4)
+        numbers = numbers.reshape(3, 3) if numbers.size == 9 else numbers
+        return json.dumps(np.where(np.isfinite(numbers), numbers, None).tolist())
     return value
 
 
