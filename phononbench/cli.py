@@ -117,6 +117,7 @@ Inputs = Annotated[list[str], typer.Argument(help="Folders, .zip, CIF/POSCAR/ext
 Limit = Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")]
 MaxAtoms = Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms; default: no limit).")]
 Supercell = Annotated[Optional[str], typer.Option(help="NxNxN (published: 2x2x2 of the input cell) or a minimum width in A (the smallest supercell at least that wide in every direction; the accurate preset's default).")]
+MaxSupercellAtoms = Annotated[Optional[int], typer.Option(help="Skip (phonon_failed, saying so) a structure whose supercell has more atoms (default: the preset's; accurate 1000).")]
 RayAddress = Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT (default: a local Ray).")]
 
 
@@ -132,7 +133,7 @@ def run(
     preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen), bulk (sets aside structures that relax into molecules, chains or layers in vacuum) or accurate (supercells by length, the Brillouin-zone verdict as the headline).")] = "published",
     max_atoms: MaxAtoms = None,
     supercell: Supercell = None,
-    max_supercell_atoms: Annotated[Optional[int], typer.Option(help="Skip (phonon_failed, saying so) a structure whose supercell has more atoms (default: the preset's; accurate 1000).")] = None,
+    max_supercell_atoms: MaxSupercellAtoms = None,
     engine: Annotated[str, typer.Option(help="batched (default), torchsim (every structure in flight in one TorchSim state on the device; mattersim and sevennet) or serial (one structure and displacement per call, as published).")] = "batched",
     batch_atoms: Annotated[Optional[int], typer.Option(help="Atoms per batched model call (default 256 on cpu, 16384 on cuda, split between the workers that share a GPU).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="Structures relaxed and phonon-computed together, per worker call (default 32; 512 for the torchsim engine on cuda, which keeps them all in flight on the GPU).")] = None,
@@ -242,6 +243,7 @@ def validate(
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Thresholds in THz (repeatable).")] = None,
     preset: Annotated[str, typer.Option(help="Protocol preset (see run).")] = "published",
     supercell: Supercell = None,
+    max_supercell_atoms: MaxSupercellAtoms = None,
     engine: Annotated[str, typer.Option(help="batched, torchsim or serial (see run).")] = "batched",
     workers: Annotated[Optional[int], typer.Option(help="Worker slots of the local Ray (default: all CPUs).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -268,7 +270,8 @@ def validate(
         if structures is not None:
             if not structures.is_dir():
                 raise SetupError(f"--structures {structures} is not a folder")
-            protocol = protocol_for(preset, model=model, thresholds=threshold, supercell=supercell)
+            protocol = protocol_for(preset, model=model, thresholds=threshold, supercell=supercell,
+                                    max_supercell_atoms=max_supercell_atoms)
             name = f"validate-{model}-{protocol.name}" + (f"-{supercell}" if supercell else "")
             folder = out or Path("runs") / name
         _ensure_report_files({"--markdown": markdown, "--per-material": per_material}, labels,

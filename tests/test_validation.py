@@ -191,3 +191,25 @@ def test_validate_refuses_bad_labels(tmp_path):
     twice.write_text("mp_id,label\nmp-1,stable\nmp-1,unstable\n")
     result = CliRunner().invoke(app, ["validate", "--labels", str(twice), "--runs", str(tmp_path)])
     assert result.exit_code == 2 and "each id once; mp-1 appears more than once" in " ".join(result.output.split())
+
+
+def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):
+    """--max-supercell-atoms reaches validate's protocol: a structure above it is phonon_failed, saying so,
+    and scored as predicted unstable (a 20 A run of phonondb_dev has supercells above accurate's 1000)."""
+    import shutil
+
+    subset = data_dir / "phonondb_subset"
+    (tmp_path / "in").mkdir()
+    shutil.copy(subset / "poscar_unitcell" / "mp-2605.POSCAR-unitcell", tmp_path / "in")
+    out = tmp_path / "capped"
+    result = CliRunner().invoke(app, ["validate", "--labels", str(subset / "labels.csv"), "--structures",
+                                      str(tmp_path / "in"), "--model", "chgnet", "--max-supercell-atoms", "16",
+                                      "--out", str(out), "--in-process"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["protocol"]["max_supercell_atoms"] == 16
+    from phononbench.running.run_folder import read_structures
+
+    row = read_structures(out).iloc[0]
+    assert row["status"] == "phonon_failed" and "64 atoms, above the cap of 16" in row["error"]
+    report = json.loads((out / "validation.json").read_text())
+    assert report["-0.1"]["confusion"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 0}  # CaO is DFT-stable
