@@ -149,6 +149,12 @@ def potential_label(potential: dict) -> str:
     return name
 
 
+def supercell_label(protocol: dict) -> str:
+    """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length."""
+    return ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
+            else f">={protocol.get('supercell_min_length_a'):g} A")
+
+
 def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dict, pd.DataFrame]]:
     """Run name -> (its run.json with ``n_inputs`` and ``input_keys``, its rows), for ``table`` and
     ``differing_verdicts``. A run still going is read as far as it has come (``n_inputs`` says how far it
@@ -208,9 +214,7 @@ class SettingsGroup:
     def setting(self) -> str:
         """The settings in a few words: potential and supercell (and the preset where it is not these)."""
         protocol = self.info["protocol"]
-        supercell = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
-                     else f">={protocol.get('supercell_min_length_a'):g} A")
-        return f"{potential_label(self.info['potential'])} {supercell} ({protocol.get('name', '?')})"
+        return f"{potential_label(self.info['potential'])} {supercell_label(protocol)} ({protocol.get('name', '?')})"
 
 
 def settings_groups(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> list[SettingsGroup]:
@@ -370,8 +374,7 @@ def _table_rows(name: str, info: dict, complete: bool, n_inputs, merged: pd.Data
     protocol = info["protocol"]
     thresholds = tuple(protocol["thresholds_thz"])
     report = _report(merged, n_labelled, thresholds)
-    supercell = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
-                 else f">={protocol.get('supercell_min_length_a'):g} A")
+    supercell = supercell_label(protocol)
     out = []
     for verdict, prefix in (("path", ""), ("brillouin_zone", "bz "), ("commensurate", "commensurate ")):
         for t in thresholds:
