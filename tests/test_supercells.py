@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -22,6 +23,9 @@ from phononbench.settings import ACCURATE, PUBLISHED, preset
 from phononbench.science.stability import dimensionality, separated_by_vacuum
 from phononbench.science.supercells import supercell_for_length, supercell_size, widths
 from tests.helpers import batched
+
+# the accurate preset with the long-range cut (CHGNet's noise needs it; refused on supercells under 10 A)
+CUT = dataclasses.replace(ACCURATE, force_constants_cutoff_at_half_width=True)
 
 
 def _smallest_by_brute_force(cell: np.ndarray, length: float, up_to: int) -> int | None:
@@ -76,7 +80,7 @@ def test_supercell_setting_is_checked_before_any_work():
             PUBLISHED.with_supercell(bad)
     assert preset("accurate") is ACCURATE and ACCURATE.ensure_runnable() and ACCURATE.headline_verdict == "brillouin_zone"
     with pytest.raises(SetupError, match="cutoff"):  # half of a 2x2x2's width would cut real neighbours off
-        ACCURATE.with_supercell("2x2x2").ensure_runnable()
+        CUT.with_supercell("2x2x2").ensure_runnable()
 
 
 def _item(name, atoms):
@@ -90,11 +94,11 @@ def chgnet():
 
 def test_a_verdict_flips_from_the_2x2x2_to_a_supercell_by_length(data_dir, chgnet):
     """RbH (rock salt, stable in DFT): CHGNet on the published 2x2x2 (6.9 A wide) finds a soft mode below
-    -0.1 THz; on the smallest supercell 12 A wide, with the long-range noise cut off, it is stable."""
+    -0.1 THz; on the smallest supercell 12 A wide, with CHGNet's long-range noise cut off, it is stable."""
     structure = Structure.from_file(data_dir / "phonondb_subset" / "poscar_unitcell" / "mp-24721.POSCAR-unitcell")
     item = InputStructure("t/RbH", "t", "RbH", structure)
     small = batched([item], chgnet, PUBLISHED)[0]
-    large = batched([item], chgnet, ACCURATE.with_supercell("12"))[0]
+    large = batched([item], chgnet, CUT.with_supercell("12"))[0]
     assert small.status == large.status == Status.OK
     assert small.verdicts[-0.1] is False and small.bz_verdicts[-0.1] is False
     assert large.bz_verdicts[-0.1] is True and large.verdicts[-0.1] is True
@@ -103,6 +107,36 @@ def test_a_verdict_flips_from_the_2x2x2_to_a_supercell_by_length(data_dir, chgne
     assert large.n_supercell_atoms == supercell_size(matrix) * len(structure) > small.n_supercell_atoms
     cell = AseAtomsAdaptor.get_atoms(Structure.from_str(large.relaxed_cif, fmt="cif")).cell[:]
     assert widths(matrix.T @ cell).min() >= 12.0 - 0.05  # the relaxed cell (its CIF rounds the lattice)
+
+
+def test_the_half_width_cut_makes_sevennet_l3i5_soft_where_dft_is_stable(data_dir):
+    """Rb4I2O (DFT-stable): SevenNet-l3i5 on the smallest supercell 15 A wide is stable with the force constants
+    as produced (the accurate preset), and goes soft at Gamma, an exact q-point, once pairs beyond half the
+    width are zeroed. Its supercell's narrowest width is twice a lattice translation (a + b), so 224 pairs sit
+    exactly at the cut radius and rounding decides whether they are zeroed: in the relaxed cell as ASE reads
+    its CIF (and as the run's own atoms) they are kept and Gamma goes soft; as pymatgen reads it they are
+    zeroed and it does not. The cut's verdict hangs on the last digits; the accurate preset has no cut."""
+    import io
+
+    from ase.io import read
+
+    from phononbench.science.phonons import displace, displaced_supercells, produce_force_constants
+    from phononbench.science.phonons import brillouin_zone_qpoints, frequencies_at
+    from phononbench.science.stability import assess_brillouin_zone
+
+    assert not ACCURATE.force_constants_cutoff_at_half_width
+    structure = Structure.from_file(data_dir / "phonondb_rb4i2o" / "mp-760417.POSCAR-unitcell")
+    potential = load_potential("sevennet-l3i5")
+    row = batched([InputStructure("t/Rb4I2O", "t", "Rb4I2O", structure)], potential, ACCURATE)[0]
+    assert row.status == Status.OK and row.bz_verdicts[-0.1] is True and row.min_frequency_bz_thz > -0.05
+    relaxed = read(io.StringIO(row.relaxed_cif), format="cif")
+    phonon = displace(relaxed, np.reshape(row.supercell_matrix, (3, 3)), ACCURATE.displacement_a)
+    forces = potential.forces(displaced_supercells(phonon))
+    produce_force_constants(phonon, forces, cutoff_at_half_width=True)
+    samples = {source: frequencies_at(phonon, q) for source, q in brillouin_zone_qpoints(phonon).items()}
+    cut = assess_brillouin_zone(samples, (-0.1,))
+    assert cut.stable[-0.1] is False and cut.min_frequency_thz < -0.2
+    assert np.allclose(cut.qpoint, 0.0)  # at Gamma: no interpolation involved
 
 
 # Dimensionality: experimental lattice constants (A)

@@ -1,0 +1,134 @@
+"""Force-constant fits side by side: the same displaced supercells' forces, several ways to turn them into
+force constants, and the Brillouin-zone verdict of each (docs/VALIDATION.md, "Which fit").
+
+For each structure of finished runs (the relaxed cell and the supercell matrix they recorded), the displaced
+supercells' forces are computed once with the run's potential and cached (``--cache``), then fitted:
+
+- ``accurate``: phonopy's traditional fit, symmetrized, pairs beyond half the supercell's width zeroed,
+  symmetrized again (the ``accurate`` preset as it stands);
+- ``no_cutoff``: the traditional fit, symmetrized (the published fit);
+- ``projector``: as ``accurate``, but the last symmetrization is symfc's projector (translational invariance
+  and the space group imposed exactly, not by phonopy's one-pass correction);
+- ``symfc``: symfc's least-squares fit with its symmetry constraints, no cutoff;
+- ``symfc_cutoff``: ``symfc``, then the half-width cutoff and the projector.
+
+    OMP_NUM_THREADS=1 python benchmarks/force_constant_fits.py RUN [RUN ...] --ids mp-7492 mp-9252 \
+        --cache /tmp/fc-cache --model sevennet-l3i5
+
+Prints one line per structure and fit, then one JSON line: per fit, the lowest frequency over the zone
+(``bz``), over the commensurate q-points, and where the minimum sits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FITS = ("accurate", "no_cutoff", "projector", "symfc", "symfc_cutoff")
+
+
+def structures(runs: list[str], ids: list[str]) -> pd.DataFrame:
+    rows = pd.concat([pd.read_parquet(f) for run in runs for f in sorted(glob.glob(f"{run}/structures/*.parquet"))])
+    rows["material"] = rows.structure_id.str.split("/").str[-1].str.split(".").str[0]
+    rows = rows[rows.material.isin(ids) & rows.supercell_matrix.notna()]
+    rows = rows.drop_duplicates("material").set_index("material", drop=False)
+    return rows.loc[[i for i in ids if i in rows.index]]  # in the order asked
+
+
+def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary_a: float | None = None):
+    from ase.io import read
+
+    from phononbench.science.phonons import displace, displaced_supercells
+
+    atoms = read(io.StringIO(row.relaxed_cif), format="cif")
+    matrix = np.asarray(row.supercell_matrix, dtype=int).reshape(3, 3)
+    if zone_boundary_a:  # twice the smallest supercell half as wide: every zone-boundary half-point commensurate
+        from phononbench.science.supercells import supercell_for_length
+
+        matrix = 2 * supercell_for_length(np.asarray(atoms.cell[:]), zone_boundary_a / 2)
+    phonon = displace(atoms, matrix, displacement_a)
+    path = cache / (f"{row.material}.npz" if not zone_boundary_a else f"{row.material}-zb{zone_boundary_a:g}.npz")
+    if path.exists():
+        forces = np.load(path)["forces"]
+        seconds = float(np.load(path)["seconds"])
+    else:
+        start = time.perf_counter()
+        forces = np.array(potential.forces(displaced_supercells(phonon)))
+        seconds = time.perf_counter() - start
+        np.savez(path, forces=forces, seconds=seconds)
+    return phonon, forces, seconds
+
+
+def fit(phonon, forces: np.ndarray, how: str) -> None:
+    from phononbench.science.supercells import widths
+
+    forces = forces - forces.mean(axis=1, keepdims=True)  # drift, as the protocol subtracts it
+    phonon.forces = forces
+    radius = float(widths(np.asarray(phonon.supercell.cell)).min()) / 2
+    if how.startswith("symfc"):
+        phonon.produce_force_constants(fc_calculator="symfc", show_drift=False, fc_calculator_log_level=0)
+    else:
+        phonon.produce_force_constants(show_drift=False)
+        phonon.symmetrize_force_constants(show_drift=False)
+    if how in ("accurate", "projector", "symfc_cutoff"):
+        phonon.set_force_constants_zero_with_radius(radius)
+        phonon.symmetrize_force_constants(show_drift=False, use_symfc_projector=how != "accurate")
+
+
+def verdict(phonon) -> dict:
+    from phononbench.science.phonons import brillouin_zone_qpoints, frequencies_at
+    from phononbench.science.stability import assess, assess_brillouin_zone
+
+    samples = {source: frequencies_at(phonon, q) for source, q in brillouin_zone_qpoints(phonon).items()}
+    bz = assess_brillouin_zone(samples, ())
+    return {"bz": round(bz.min_frequency_thz, 4), "qpoint": [round(x, 4) for x in bz.qpoint], "source": bz.source,
+            "commensurate": round(assess(samples["commensurate"], ()).min_frequency_thz, 4)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--ids", nargs="+", required=True, help="material ids (the input file names' stems)")
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the displaced supercells' forces")
+    parser.add_argument("--model", default="sevennet-l3i5")
+    parser.add_argument("--displacement", type=float, default=0.01)
+    parser.add_argument("--zone-boundary", type=float, metavar="L",
+                        help="instead of the run's supercell: twice the smallest one at least L/2 wide")
+    args = parser.parse_args(argv)
+    from phononbench.compute.potentials import load_potential
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    rows = structures(args.runs, args.ids)
+    missing = sorted(set(args.ids) - set(rows.material))
+    if missing:
+        print(f"not in the runs (or without a supercell): {', '.join(missing)}", file=sys.stderr)
+    potential = load_potential(args.model)
+    out = {}
+    for row in rows.itertuples():
+        phonon, forces, seconds = forces_for(row, potential, args.cache, args.displacement, args.zone_boundary)
+        out[row.material] = {"formula": row.formula, "recorded_bz": round(float(row.min_frequency_bz_thz), 4),
+                             "n_supercell_atoms": len(phonon.supercell), "forces_s": round(seconds, 1)}
+        for how in FITS:
+            start = time.perf_counter()
+            try:
+                fit(phonon, forces, how)
+                result = verdict(phonon)
+            except Exception as exc:  # a fit that fails is a figure too
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            result["fit_s"] = round(time.perf_counter() - start, 1)
+            out[row.material][how] = result
+            print(f"{row.material:12s} {row.formula:12s} {how:13s} {json.dumps(result)}", flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
