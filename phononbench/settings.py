@@ -73,12 +73,6 @@ class ProtocolSettings:
     def headline_threshold_thz(self) -> float:
         return self.thresholds_thz[0]
 
-    def supercell_label(self) -> str:
-        """``2x2x2`` or ``>=15 A``."""
-        if self.supercell is not None:
-            return "x".join(str(n) for n in self.supercell)
-        return f">={self.supercell_min_length_a:g} A"
-
     def ensure_runnable(self) -> "ProtocolSettings":
         """Refuse settings that make no sense, before any work, one line each (SetupError)."""
         thresholds = self.thresholds_thz

@@ -213,3 +213,14 @@ def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):
     assert row["status"] == "phonon_failed" and "64 atoms, above the cap of 16" in row["error"]
     report = json.loads((out / "validation.json").read_text())
     assert report["-0.1"]["confusion"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 0}  # CaO is DFT-stable
+
+
+def test_a_supercell_label_says_whether_its_force_constants_were_cut():
+    """Runs of the accurate preset from before and after it dropped the half-width cut read apart in tables."""
+    from phononbench.reading import validation
+    from phononbench.settings import ACCURATE, PUBLISHED
+
+    assert validation.supercell_label(PUBLISHED.to_dict()) == "2x2x2"
+    assert validation.supercell_label(ACCURATE.to_dict()) == ">=15 A"
+    cut = {**ACCURATE.to_dict(), "force_constants_cutoff_at_half_width": True}
+    assert validation.supercell_label(cut) == ">=15 A cut"

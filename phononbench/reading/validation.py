@@ -150,9 +150,11 @@ def potential_label(potential: dict) -> str:
 
 
 def supercell_label(protocol: dict) -> str:
-    """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length."""
-    return ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
-            else f">={protocol.get('supercell_min_length_a'):g} A")
+    """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length, with
+    "cut" where its force constants were zeroed beyond half its width (the accurate preset before 2026-12-03)."""
+    label = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
+             else f">={protocol.get('supercell_min_length_a'):g} A")
+    return label + " cut" if protocol.get("force_constants_cutoff_at_half_width") else label
 
 
 def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dict, pd.DataFrame]]:
