@@ -15,8 +15,11 @@ supercells' forces are computed once with the run's potential and cached (``--ca
     OMP_NUM_THREADS=1 python benchmarks/force_constant_fits.py RUN [RUN ...] --ids mp-7492 mp-9252 \
         --cache /tmp/fc-cache --model sevennet-l3i5
 
-Prints one line per structure and fit, then one JSON line: per fit, the lowest frequency over the zone
-(``bz``), over the commensurate q-points, and where the minimum sits.
+Prints one line per structure and fit (the lowest frequency over the zone, ``bz``, where it sits, and the
+lowest at the commensurate q-points), with ``--labels`` the agreement with DFT per fit, verdict and
+threshold, then one JSON line with all of it (``recorded_bz``: what the run itself recorded; the refit reads
+the relaxed cell back from its CIF). ``--zone-boundary L`` uses, instead of the run's supercell, twice the
+smallest supercell at least L/2 wide, whose commensurate q-points hold every zone-boundary half-point.
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ def main(argv=None) -> int:
     parser.add_argument("--displacement", type=float, default=0.01)
     parser.add_argument("--zone-boundary", type=float, metavar="L",
                         help="instead of the run's supercell: twice the smallest one at least L/2 wide")
+    parser.add_argument("--fits", nargs="+", choices=FITS, default=list(FITS))
+    parser.add_argument("--labels", type=Path, help="DFT labels (phonondb_dev's labels.csv): score each fit")
+    parser.add_argument("--csv", type=Path, help="write one row per structure and fit here")
     args = parser.parse_args(argv)
     from phononbench.compute.potentials import load_potential
 
@@ -116,7 +122,7 @@ def main(argv=None) -> int:
         phonon, forces, seconds = forces_for(row, potential, args.cache, args.displacement, args.zone_boundary)
         out[row.material] = {"formula": row.formula, "recorded_bz": round(float(row.min_frequency_bz_thz), 4),
                              "n_supercell_atoms": len(phonon.supercell), "forces_s": round(seconds, 1)}
-        for how in FITS:
+        for how in args.fits:
             start = time.perf_counter()
             try:
                 fit(phonon, forces, how)
@@ -126,8 +132,39 @@ def main(argv=None) -> int:
             result["fit_s"] = round(time.perf_counter() - start, 1)
             out[row.material][how] = result
             print(f"{row.material:12s} {row.formula:12s} {how:13s} {json.dumps(result)}", flush=True)
-    print(json.dumps(out))
+    table = pd.DataFrame([{"material": m, "formula": r["formula"], "n_supercell_atoms": r["n_supercell_atoms"],
+                           "forces_s": r["forces_s"], "recorded_bz": r["recorded_bz"], "fit": how,
+                           **r[how]}
+                          for m, r in out.items() for how in args.fits])
+    scores = []
+    if args.labels is not None and len(table):
+        dft = pd.read_csv(args.labels).set_index("mp_id")["label"]
+        table.insert(2, "dft", table["material"].map(dft))
+        scores = score(table.dropna(subset=["dft", "bz"]))
+        for line in scores:
+            print(f"{line['fit']:13s} {line['verdict']:13s} {line['threshold_thz']:7g}  n={line['n']}  "
+                  f"accuracy={line['accuracy']:.3f}  false-unstable={line['false_unstable']}/{line['dft_stable']}  "
+                  f"false-stable={line['false_stable']}/{line['n'] - line['dft_stable']}")
+    if args.csv is not None:
+        table.assign(qpoint=table["qpoint"].map(json.dumps)).to_csv(args.csv, index=False)
+    print(json.dumps({"structures": out, "scores": scores}))
     return 0
+
+
+def score(table: pd.DataFrame) -> list[dict]:
+    """Per fit, verdict (lowest frequency over the zone, or at the commensurate q-points) and threshold: how many
+    verdicts agree with DFT, and the DFT-stable ones called unstable (false-unstable) and the reverse."""
+    out = []
+    for how, frame in table.groupby("fit", sort=False):
+        dft_stable = frame["dft"] == "stable"
+        for verdict in ("bz", "commensurate"):
+            for threshold in (-0.1, -0.001):
+                stable = frame[verdict] >= threshold
+                out.append({"fit": how, "verdict": verdict, "threshold_thz": threshold, "n": len(frame),
+                            "accuracy": round(float((stable == dft_stable).mean()), 4),
+                            "dft_stable": int(dft_stable.sum()), "false_unstable": int((dft_stable & ~stable).sum()),
+                            "false_stable": int((~dft_stable & stable).sum())})
+    return out
 
 
 if __name__ == "__main__":
