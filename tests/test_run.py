@@ -64,7 +64,7 @@ def test_run_writes_schema_rows_and_summary(copper_folder, data_dir, tmp_path):
     assert sum(pq.read_metadata(p).num_rows for p in (out / "structures").glob("part-*.parquet")) == 7
     changed = runner.invoke(app, ["run", *inputs, "--out", str(out), "--model", "emt", "--threshold", "-0.05",
                                   "--max-atoms", "16"])
-    assert changed.exit_code == 2 and "other settings (protocol)" in changed.output
+    assert changed.exit_code == 2 and "other settings (protocol.thresholds_thz)" in changed.output
     assert len(read_structures(out)) == 7  # nothing was mixed in
 
     table = runner.invoke(app, ["summarize", str(out)])

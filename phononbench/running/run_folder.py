@@ -80,7 +80,10 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         differing += [f"protocol.{k}" for k in INGEST_KEYS
                       if previous.get("protocol", {}).get(k) != info["protocol"].get(k)]
     else:
-        differing = [k for k in RESUME_KEYS if previous.get(k) != info[k]]
+        differing = [k for k in RESUME_KEYS if k != "protocol" and previous.get(k) != info[k]]
+        # the protocol by its settings: a preset changed between versions says which of its settings did
+        before, now = previous.get("protocol") or {}, info["protocol"]
+        differing += [f"protocol.{k}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
     if differing:
