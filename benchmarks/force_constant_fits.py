@@ -1,19 +1,20 @@
 """Force-constant fits side by side: the same displaced supercells' forces, several ways to turn them into
-force constants, and the Brillouin-zone verdict of each (docs/VALIDATION.md, "Which fit").
+force constants, and the Brillouin-zone verdict of each (docs/VALIDATION.md, "The half-width cut").
 
 For each structure of finished runs (the relaxed cell and the supercell matrix they recorded), the displaced
-supercells' forces are computed once with the run's potential and cached (``--cache``), then fitted:
+supercells' forces are computed once with ``--model`` (give the run's) and cached in ``--cache`` under the
+material, model, displacement and supercell, then fitted:
 
-- ``accurate``: phonopy's traditional fit, symmetrized, pairs beyond half the supercell's width zeroed,
-  symmetrized again (the ``accurate`` preset as it stands);
-- ``no_cutoff``: the traditional fit, symmetrized (the published fit);
-- ``projector``: as ``accurate``, but the last symmetrization is symfc's projector (translational invariance
+- ``as_produced``: phonopy's traditional fit, symmetrized (the published and the ``accurate`` presets);
+- ``cut``: ``as_produced``, then the pairs beyond half the supercell's narrowest width zeroed and the sum rule
+  restored by phonopy's symmetrization (the ``accurate`` preset until commit 423a994);
+- ``cut_projector``: as ``cut``, but the last symmetrization is symfc's projector (translational invariance
   and the space group imposed exactly, not by phonopy's one-pass correction);
-- ``symfc``: symfc's least-squares fit with its symmetry constraints, no cutoff;
-- ``symfc_cutoff``: ``symfc``, then the half-width cutoff and the projector.
+- ``symfc``: symfc's least-squares fit with its symmetry constraints, no cut;
+- ``symfc_cut``: ``symfc``, then the half-width cut and the projector.
 
     OMP_NUM_THREADS=1 python benchmarks/force_constant_fits.py RUN [RUN ...] --ids mp-7492 mp-9252 \
-        --cache /tmp/fc-cache --model sevennet-l3i5
+        --cache /tmp/fc-cache --model sevennet-l3i5 --labels labels.csv --csv fits.csv
 
 Prints one line per structure and fit (the lowest frequency over the zone, ``bz``, where it sits, and the
 lowest at the commensurate q-points), with ``--labels`` the agreement with DFT per fit, verdict and
@@ -26,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import io
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,15 +39,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FITS = ("accurate", "no_cutoff", "projector", "symfc", "symfc_cutoff")
+FITS = ("as_produced", "cut", "cut_projector", "symfc", "symfc_cut")
 
 
 def structures(runs: list[str], ids: list[str]) -> pd.DataFrame:
-    rows = pd.concat([pd.read_parquet(f) for run in runs for f in sorted(glob.glob(f"{run}/structures/*.parquet"))])
+    """The rows of these materials that have a supercell, in the order asked; a material in several runs is
+    taken from the first run given."""
+    parts = []
+    for run in runs:
+        files = sorted(glob.glob(f"{glob.escape(run)}/structures/*.parquet"))
+        if not files:
+            raise SystemExit(f"{run}: not a run folder with rows (no structures/*.parquet)")
+        parts += [pd.read_parquet(f) for f in files]
+    rows = pd.concat(parts)
     rows["material"] = rows.structure_id.str.split("/").str[-1].str.split(".").str[0]
     rows = rows[rows.material.isin(ids) & rows.supercell_matrix.notna()]
     rows = rows.drop_duplicates("material").set_index("material", drop=False)
-    return rows.loc[[i for i in ids if i in rows.index]]  # in the order asked
+    return rows.loc[[i for i in ids if i in rows.index]]
 
 
 def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary_a: float | None = None):
@@ -53,20 +65,29 @@ def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary
 
     atoms = read(io.StringIO(row.relaxed_cif), format="cif")
     matrix = np.asarray(row.supercell_matrix, dtype=int).reshape(3, 3)
-    if zone_boundary_a:  # twice the smallest supercell half as wide: every zone-boundary half-point commensurate
+    if zone_boundary_a is not None:  # twice the smallest supercell half as wide: every half-point commensurate
         from phononbench.science.supercells import supercell_for_length
 
         matrix = 2 * supercell_for_length(np.asarray(atoms.cell[:]), zone_boundary_a / 2)
     phonon = displace(atoms, matrix, displacement_a)
-    path = cache / (f"{row.material}.npz" if not zone_boundary_a else f"{row.material}-zb{zone_boundary_a:g}.npz")
-    if path.exists():
-        forces = np.load(path)["forces"]
-        seconds = float(np.load(path)["seconds"])
-    else:
+    key = hashlib.sha1(json.dumps([potential.name, potential.checkpoint_sha256, displacement_a,
+                                   matrix.tolist()]).encode()).hexdigest()[:12]
+    path = cache / f"{row.material}-{key}.npz"
+    expected = (len(phonon.displacements), len(phonon.supercell), 3)
+    try:
+        with np.load(path) as stored:
+            forces, seconds = stored["forces"], float(stored["seconds"])
+        if forces.shape != expected:
+            raise ValueError(f"forces of shape {forces.shape}, expected {expected}")
+    except FileNotFoundError:
         start = time.perf_counter()
         forces = np.array(potential.forces(displaced_supercells(phonon)))
         seconds = time.perf_counter() - start
-        np.savez(path, forces=forces, seconds=seconds)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, forces=forces, seconds=seconds)
+        os.replace(partial, path)  # a kill mid-write leaves no half a cache file
+    except Exception as exc:
+        raise SystemExit(f"{path}: unreadable cached forces ({exc}); delete it to recompute") from None
     return phonon, forces, seconds
 
 
@@ -81,9 +102,9 @@ def fit(phonon, forces: np.ndarray, how: str) -> None:
     else:
         phonon.produce_force_constants(show_drift=False)
         phonon.symmetrize_force_constants(show_drift=False)
-    if how in ("accurate", "projector", "symfc_cutoff"):
+    if how in ("cut", "cut_projector", "symfc_cut"):
         phonon.set_force_constants_zero_with_radius(radius)
-        phonon.symmetrize_force_constants(show_drift=False, use_symfc_projector=how != "accurate")
+        phonon.symmetrize_force_constants(show_drift=False, use_symfc_projector=how != "cut")
 
 
 def verdict(phonon) -> dict:
@@ -111,16 +132,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from phononbench.compute.potentials import load_potential
 
-    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.zone_boundary is not None and not (math.isfinite(args.zone_boundary) and 3 <= args.zone_boundary <= 50):
+        parser.error(f"--zone-boundary {args.zone_boundary}: give a length from 3 to 50 A")
+    if not (math.isfinite(args.displacement) and 0 < args.displacement < 0.5):
+        parser.error(f"--displacement {args.displacement}: give a distance in A above 0 and below 0.5")
     rows = structures(args.runs, args.ids)
-    missing = sorted(set(args.ids) - set(rows.material))
+    missing = [i for i in args.ids if i not in rows.index]
     if missing:
-        print(f"not in the runs (or without a supercell): {', '.join(missing)}", file=sys.stderr)
+        parser.error(f"not in the runs, or without a supercell: {', '.join(missing)}")
+    args.cache.mkdir(parents=True, exist_ok=True)
     potential = load_potential(args.model)
     out = {}
     for row in rows.itertuples():
         phonon, forces, seconds = forces_for(row, potential, args.cache, args.displacement, args.zone_boundary)
-        out[row.material] = {"formula": row.formula, "recorded_bz": round(float(row.min_frequency_bz_thz), 4),
+        recorded = row.min_frequency_bz_thz  # None or NaN: the run failed after its force constants
+        recorded = round(float(recorded), 4) if recorded is not None and math.isfinite(recorded) else None
+        out[row.material] = {"formula": row.formula, "recorded_bz": recorded,
                              "n_supercell_atoms": len(phonon.supercell), "forces_s": round(seconds, 1)}
         for how in args.fits:
             start = time.perf_counter()
@@ -140,13 +167,15 @@ def main(argv=None) -> int:
     if args.labels is not None and len(table):
         dft = pd.read_csv(args.labels).set_index("mp_id")["label"]
         table.insert(2, "dft", table["material"].map(dft))
-        scores = score(table.dropna(subset=["dft", "bz"]))
+        scores = score(table.dropna(subset=["dft"]).dropna(subset=["bz"]) if "bz" in table else table.iloc[:0])
         for line in scores:
             print(f"{line['fit']:13s} {line['verdict']:13s} {line['threshold_thz']:7g}  n={line['n']}  "
                   f"accuracy={line['accuracy']:.3f}  false-unstable={line['false_unstable']}/{line['dft_stable']}  "
                   f"false-stable={line['false_stable']}/{line['n'] - line['dft_stable']}")
     if args.csv is not None:
-        table.assign(qpoint=table["qpoint"].map(json.dumps)).to_csv(args.csv, index=False)
+        if "qpoint" in table:
+            table = table.assign(qpoint=table["qpoint"].map(json.dumps, na_action="ignore"))
+        table.to_csv(args.csv, index=False)
     print(json.dumps({"structures": out, "scores": scores}))
     return 0
 

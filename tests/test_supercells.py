@@ -111,17 +111,12 @@ def test_a_verdict_flips_from_the_2x2x2_to_a_supercell_by_length(data_dir, chgne
 
 def test_the_half_width_cut_makes_sevennet_l3i5_soft_where_dft_is_stable(data_dir):
     """Rb4I2O (DFT-stable): SevenNet-l3i5 on the smallest supercell 15 A wide is stable with the force constants
-    as produced (the accurate preset), and goes soft at Gamma, an exact q-point, once pairs beyond half the
-    width are zeroed. Its supercell's narrowest width is twice a lattice translation (a + b), so 224 pairs sit
-    exactly at the cut radius and rounding decides whether they are zeroed: in the relaxed cell as ASE reads
-    its CIF (and as the run's own atoms) they are kept and Gamma goes soft; as pymatgen reads it they are
-    zeroed and it does not. The cut's verdict hangs on the last digits; the accurate preset has no cut."""
-    import io
-
-    from ase.io import read
-
-    from phononbench.science.phonons import displace, displaced_supercells, produce_force_constants
-    from phononbench.science.phonons import brillouin_zone_qpoints, frequencies_at
+    as produced (the accurate preset). Its supercell's narrowest width is twice a lattice translation (a + b),
+    so 224 pairs sit exactly at half the width, the radius of the cut the preset used to make: keep them and
+    zero the pairs beyond (a radius a hair above half the width), and Gamma, an exact q-point, goes soft; zero
+    them too (a hair below), and it does not. The cut's verdict hung on the last digits of the positions."""
+    from phononbench.science.phonons import (brillouin_zone_qpoints, displace, displaced_supercells,
+                                             frequencies_at, produce_force_constants)
     from phononbench.science.stability import assess_brillouin_zone
 
     assert not ACCURATE.force_constants_cutoff_at_half_width
@@ -129,14 +124,22 @@ def test_the_half_width_cut_makes_sevennet_l3i5_soft_where_dft_is_stable(data_di
     potential = load_potential("sevennet-l3i5")
     row = batched([InputStructure("t/Rb4I2O", "t", "Rb4I2O", structure)], potential, ACCURATE)[0]
     assert row.status == Status.OK and row.bz_verdicts[-0.1] is True and row.min_frequency_bz_thz > -0.05
-    relaxed = read(io.StringIO(row.relaxed_cif), format="cif")
+    relaxed = AseAtomsAdaptor.get_atoms(Structure.from_str(row.relaxed_cif, fmt="cif"))
     phonon = displace(relaxed, np.reshape(row.supercell_matrix, (3, 3)), ACCURATE.displacement_a)
-    forces = potential.forces(displaced_supercells(phonon))
-    produce_force_constants(phonon, forces, cutoff_at_half_width=True)
-    samples = {source: frequencies_at(phonon, q) for source, q in brillouin_zone_qpoints(phonon).items()}
-    cut = assess_brillouin_zone(samples, (-0.1,))
-    assert cut.stable[-0.1] is False and cut.min_frequency_thz < -0.2
-    assert np.allclose(cut.qpoint, 0.0)  # at Gamma: no interpolation involved
+    produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)))
+    as_produced = phonon.force_constants.copy()
+    half_width = widths(np.asarray(phonon.supercell.cell)).min() / 2
+    lowest = {}
+    for radius in (half_width - 1e-3, half_width + 1e-3):
+        phonon.force_constants = as_produced.copy()
+        phonon.set_force_constants_zero_with_radius(radius)
+        phonon.symmetrize_force_constants(show_drift=False)  # the sum rule again, as the cut did
+        samples = {source: frequencies_at(phonon, q) for source, q in brillouin_zone_qpoints(phonon).items()}
+        lowest[radius] = assess_brillouin_zone(samples, (-0.1,))
+    below, above = lowest.values()
+    assert below.stable[-0.1] is True
+    assert above.stable[-0.1] is False and above.min_frequency_thz < -0.2
+    assert np.allclose(above.qpoint, np.rint(above.qpoint))  # Gamma (or its image): exact on any supercell
 
 
 # Dimensionality: experimental lattice constants (A)

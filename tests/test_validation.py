@@ -224,3 +224,4 @@ def test_a_supercell_label_says_whether_its_force_constants_were_cut():
     assert validation.supercell_label(ACCURATE.to_dict()) == ">=15 A"
     cut = {**ACCURATE.to_dict(), "force_constants_cutoff_at_half_width": True}
     assert validation.supercell_label(cut) == ">=15 A cut"
+    assert validation.supercell_label({}) == validation.supercell_label({"supercell": None}) == "?"

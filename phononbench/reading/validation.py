@@ -151,9 +151,11 @@ def potential_label(potential: dict) -> str:
 
 def supercell_label(protocol: dict) -> str:
     """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length, with
-    "cut" where its force constants were zeroed beyond half its width (the accurate preset before 2026-12-03)."""
+    "cut" where its force constants were zeroed beyond half its width (the accurate preset before commit
+    423a994); "?" for a run.json that names neither."""
+    length = protocol.get("supercell_min_length_a")
     label = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
-             else f">={protocol.get('supercell_min_length_a'):g} A")
+             else f">={length:g} A" if isinstance(length, (int, float)) else "?")
     return label + " cut" if protocol.get("force_constants_cutoff_at_half_width") else label
 
 

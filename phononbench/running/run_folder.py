@@ -89,7 +89,7 @@ def ensure_resumable(previous: dict, info: dict) -> None:
     if differing:
         raise SetupError(
             f"the run in this output folder used other settings ({', '.join(differing)}); resuming would mix "
-            "two runs. Use the same settings as before, or another output folder."
+            "two runs. Use the same settings as before, or another output folder (--out)."
         )
 
 
