@@ -11,7 +11,10 @@ material, model, displacement and supercell, then fitted:
 - ``cut_projector``: as ``cut``, but the last symmetrization is symfc's projector (translational invariance
   and the space group imposed exactly, not by phonopy's one-pass correction);
 - ``symfc``: symfc's least-squares fit with its symmetry constraints, no cut;
-- ``symfc_cut``: ``symfc``, then the half-width cut and the projector.
+- ``symfc_cut``: ``symfc``, then the half-width cut and the projector;
+- ``residual_subtracted``: ``as_produced`` from the displaced supercells' forces minus the perfect
+  supercell's (phonopy's ``--fz``): a relaxation stops at a residual force (up to 0.005 eV/A per atom), which
+  a one-sided displacement of 0.01 A turns into force constants of up to 0.5 eV/A^2 between every pair.
 
     OMP_NUM_THREADS=1 python benchmarks/force_constant_fits.py RUN [RUN ...] --ids mp-7492 mp-9252 \
         --cache /tmp/fc-cache --model sevennet-l3i5 --labels labels.csv --csv fits.csv
@@ -39,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FITS = ("as_produced", "cut", "cut_projector", "symfc", "symfc_cut")
+FITS = ("as_produced", "cut", "cut_projector", "symfc", "symfc_cut", "residual_subtracted")
 
 
 def structures(runs: list[str], ids: list[str]) -> pd.DataFrame:
@@ -58,7 +61,8 @@ def structures(runs: list[str], ids: list[str]) -> pd.DataFrame:
     return rows.loc[[i for i in ids if i in rows.index]]
 
 
-def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary_a: float | None = None):
+def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary_a: float | None = None,
+               need_perfect: bool = False):
     from ase.io import read
 
     from phononbench.science.phonons import displace, displaced_supercells
@@ -74,26 +78,41 @@ def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary
                                    matrix.tolist()]).encode()).hexdigest()[:12]
     path = cache / f"{row.material}-{key}.npz"
     expected = (len(phonon.displacements), len(phonon.supercell), 3)
+    forces, seconds = _cached(path, expected, lambda: potential.forces(displaced_supercells(phonon)))
+    perfect = None
+    if need_perfect:
+        from phononbench.science.phonons import to_ase_atoms
+
+        perfect, _ = _cached(path.with_name(path.stem + "-perfect.npz"), expected[1:],
+                             lambda: potential.forces([to_ase_atoms(phonon.supercell)])[0])
+    return phonon, forces, seconds, perfect
+
+
+def _cached(path: Path, shape: tuple, compute) -> tuple[np.ndarray, float]:
+    """Forces from the cache, or computed and cached (atomically: a kill mid-write leaves no half a file)."""
     try:
         with np.load(path) as stored:
             forces, seconds = stored["forces"], float(stored["seconds"])
-        if forces.shape != expected:
-            raise ValueError(f"forces of shape {forces.shape}, expected {expected}")
+        if forces.shape != shape:
+            raise ValueError(f"forces of shape {forces.shape}, expected {shape}")
+        return forces, seconds
     except FileNotFoundError:
         start = time.perf_counter()
-        forces = np.array(potential.forces(displaced_supercells(phonon)))
+        forces = np.array(compute())
         seconds = time.perf_counter() - start
         partial = path.with_suffix(".partial.npz")
         np.savez(partial, forces=forces, seconds=seconds)
-        os.replace(partial, path)  # a kill mid-write leaves no half a cache file
+        os.replace(partial, path)
+        return forces, seconds
     except Exception as exc:
         raise SystemExit(f"{path}: unreadable cached forces ({exc}); delete it to recompute") from None
-    return phonon, forces, seconds
 
 
-def fit(phonon, forces: np.ndarray, how: str) -> None:
+def fit(phonon, forces: np.ndarray, how: str, perfect: np.ndarray | None = None) -> None:
     from phononbench.science.supercells import widths
 
+    if how == "residual_subtracted":
+        forces = forces - perfect
     forces = forces - forces.mean(axis=1, keepdims=True)  # drift, as the protocol subtracts it
     phonon.forces = forces
     radius = float(widths(np.asarray(phonon.supercell.cell)).min()) / 2
@@ -144,7 +163,8 @@ def main(argv=None) -> int:
     potential = load_potential(args.model)
     out = {}
     for row in rows.itertuples():
-        phonon, forces, seconds = forces_for(row, potential, args.cache, args.displacement, args.zone_boundary)
+        phonon, forces, seconds, perfect = forces_for(row, potential, args.cache, args.displacement,
+                                                      args.zone_boundary, "residual_subtracted" in args.fits)
         recorded = row.min_frequency_bz_thz  # None or NaN: the run failed after its force constants
         recorded = round(float(recorded), 4) if recorded is not None and math.isfinite(recorded) else None
         out[row.material] = {"formula": row.formula, "recorded_bz": recorded,
@@ -152,7 +172,7 @@ def main(argv=None) -> int:
         for how in args.fits:
             start = time.perf_counter()
             try:
-                fit(phonon, forces, how)
+                fit(phonon, forces, how, perfect)
                 result = verdict(phonon)
             except Exception as exc:  # a fit that fails is a figure too
                 result = {"error": f"{type(exc).__name__}: {exc}"}
