@@ -48,8 +48,8 @@ class ProtocolSettings:
     symmetrize_force_constants: bool = True
     # zero the force constants of pairs farther apart than half the supercell's narrowest width, then restore
     # the sum rule (phonons.produce_force_constants). Off in every preset: it removed CHGNet's long-range noise
-    # on four materials, but with SevenNet-l3i5 it cuts real interactions and makes 9 of 51 DFT-stable
-    # crystals soft (docs/VALIDATION.md, "The half-width cut")
+    # on four materials, but with SevenNet-l3i5 on 50 phonondb_dev materials it called 11 of 24 DFT-stable
+    # crystals unstable, against 8 without it (docs/VALIDATION.md, "The half-width cut")
     force_constants_cutoff_at_half_width: bool = False
     band_npoints: int = 101  # on the longest seekpath segment; constant q-spacing, as published
 
