@@ -29,7 +29,6 @@ smallest supercell at least L/2 wide, whose commensurate q-points hold every zon
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import io
 import json
@@ -46,16 +45,17 @@ FITS = ("as_produced", "cut", "cut_projector", "symfc", "symfc_cut", "residual_s
 
 
 def structures(runs: list[str], ids: list[str]) -> pd.DataFrame:
-    """The rows of these materials that have a supercell, in the order asked; a material in several runs is
-    taken from the first run given."""
-    parts = []
-    for run in runs:
-        files = sorted(glob.glob(f"{glob.escape(run)}/structures/*.parquet"))
-        if not files:
-            raise SystemExit(f"{run}: not a run folder with rows (no structures/*.parquet)")
-        parts += [pd.read_parquet(f) for f in files]
-    rows = pd.concat(parts)
-    rows["material"] = rows.structure_id.str.split("/").str[-1].str.split(".").str[0]
+    """The rows of these materials that have a supercell, in the order asked (a run's current rows, as
+    ``phononbench`` reads them); a material in several runs is taken from the first run given."""
+    from phononbench.errors import SetupError
+    from phononbench.reading.validation import structure_key
+    from phononbench.running.run_folder import read_structures
+
+    try:
+        rows = pd.concat([read_structures(Path(run)) for run in runs])
+    except SetupError as exc:
+        raise SystemExit(str(exc)) from None
+    rows["material"] = rows.source.map(structure_key)
     rows = rows[rows.material.isin(ids) & rows.supercell_matrix.notna()]
     rows = rows.drop_duplicates("material").set_index("material", drop=False)
     return rows.loc[[i for i in ids if i in rows.index]]
@@ -127,10 +127,10 @@ def fit(phonon, forces: np.ndarray, how: str, perfect: np.ndarray | None = None)
 
 
 def verdict(phonon) -> dict:
-    from phononbench.science.phonons import brillouin_zone_qpoints, frequencies_at
+    from phononbench.science.phonons import zone_frequencies
     from phononbench.science.stability import assess, assess_brillouin_zone
 
-    samples = {source: frequencies_at(phonon, q) for source, q in brillouin_zone_qpoints(phonon).items()}
+    samples = zone_frequencies(phonon)
     bz = assess_brillouin_zone(samples, ())
     return {"bz": round(bz.min_frequency_thz, 4), "qpoint": [round(x, 4) for x in bz.qpoint], "source": bz.source,
             "commensurate": round(assess(samples["commensurate"], ()).min_frequency_thz, 4)}

@@ -18,7 +18,7 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.science.phonons import brillouin_zone_qpoints, displace, displaced_supercells, frequencies_at
+from phononbench.science.phonons import displace, displaced_supercells, zone_frequencies
 from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
 from phononbench.running.run_folder import read_run_info, read_structures
@@ -27,8 +27,8 @@ from phononbench.science.supercells import widths
 
 
 def lowest(phonon, protocol: ProtocolSettings) -> dict:
-    samples = brillouin_zone_qpoints(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
-    return {source: round(float(frequencies_at(phonon, q).frequencies_thz.min()), 4) for source, q in samples.items()}
+    samples = zone_frequencies(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
+    return {source: round(float(bands.frequencies_thz.min()), 4) for source, bands in samples.items()}
 
 
 def main() -> None:

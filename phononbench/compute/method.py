@@ -29,10 +29,9 @@ from phononbench.science.phonons import (
     band_structure,
     SupercellTooLarge,
     supercell_matrix,
-    brillouin_zone_qpoints,
     force_constants_many,
-    frequencies_at,
     gamma_frequencies,
+    zone_frequencies,
 )
 from phononbench.records import Status, StructureResult
 from phononbench.science.relax import Relaxation
@@ -141,8 +140,7 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
             rows[k].n_supercell_atoms = len(phonon.supercell)
             verdict = assess(band_structure(phonon, protocol.band_npoints), protocol.thresholds_thz)
             bz_start = time.perf_counter()
-            samples = brillouin_zone_qpoints(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
-            frequencies = {source: frequencies_at(phonon, q) for source, q in samples.items()}
+            frequencies = zone_frequencies(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
             bz = assess_brillouin_zone(frequencies, protocol.thresholds_thz)
             rows[k].min_frequency_commensurate_thz = assess(frequencies["commensurate"], ()).min_frequency_thz
             rows[k].phonon_bz_wall_s = time.perf_counter() - bz_start

@@ -77,13 +77,10 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         if info.get("stage") == "dedup" and previous.get("stage", "run") != "dedup":
             raise SetupError("this output folder holds a run, whose rows include its dedup; use another folder")
         differing = [k for k in ("inputs", "limit_per_generator") if previous.get(k) != info[k]]
-        differing += [f"protocol.{k}" for k in INGEST_KEYS
-                      if previous.get("protocol", {}).get(k) != info["protocol"].get(k)]
+        differing += _differing_protocol(previous, info, INGEST_KEYS)
     else:
         differing = [k for k in RESUME_KEYS if k != "protocol" and previous.get(k) != info[k]]
-        # the protocol by its settings: a preset changed between versions says which of its settings did
-        before, now = previous.get("protocol") or {}, info["protocol"]
-        differing += [f"protocol.{k}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        differing += _differing_protocol(previous, info)
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
     if differing:
@@ -91,6 +88,14 @@ def ensure_resumable(previous: dict, info: dict) -> None:
             f"the run in this output folder used other settings ({', '.join(differing)}); resuming would mix "
             "two runs. Use the same settings as before, or another output folder (--out)."
         )
+
+
+def _differing_protocol(previous: dict, info: dict, keys=None) -> list[str]:
+    """The protocol settings (all, or ``keys``) that differ, named one by one: a preset changed between
+    versions says which of its settings did."""
+    before, now = previous.get("protocol") or {}, info["protocol"]
+    keys = sorted(set(before) | set(now)) if keys is None else keys
+    return [f"protocol.{k}" for k in keys if before.get(k) != now.get(k)]
 
 
 def prepare_output(out: Path) -> Path:

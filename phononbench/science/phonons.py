@@ -184,6 +184,12 @@ def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, mesh_length_a: f
     }
 
 
+def zone_frequencies(phonon: Phonopy, npoints: int = 101, mesh_length_a: float = 20.0) -> dict[str, "BandStructure"]:
+    """Frequencies at each sampling of ``brillouin_zone_qpoints`` (path, commensurate, mesh), by its name."""
+    return {source: frequencies_at(phonon, q)
+            for source, q in brillouin_zone_qpoints(phonon, npoints, mesh_length_a).items()}
+
+
 def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
     """The q-points of a Gamma-centred mesh, one of each set that the crystal's symmetry (and time reversal)
     makes equivalent: the force constants are built from the symmetry-reduced displacements, so equivalent
