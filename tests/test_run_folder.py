@@ -414,3 +414,19 @@ def test_a_run_with_no_rows_yet_says_so_and_a_stranger_folder_is_named(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"stage": "dedup", "status": "complete"}))
     with pytest.raises(SetupError, match="holds a deduplication only"):
         read_structures(tmp_path)
+
+
+def test_a_run_made_before_a_setting_existed_resumes_at_its_default():
+    """A run.json written before ``subtract_residual_forces`` existed lacks it: read at its default (off, as
+    every run then was), a published run resumes; an accurate one, which now subtracts, is refused by name."""
+    from phononbench.running.run_folder import ensure_resumable
+    from phononbench.settings import ACCURATE
+
+    def info(protocol, drop=()):
+        settings = {k: v for k, v in json.loads(json.dumps(protocol.to_dict())).items() if k not in drop}
+        return {"protocol": settings, "inputs": ["in"], "limit_per_generator": None, "engine": "ase",
+                "potential": {"name": "emt"}}
+
+    ensure_resumable(info(PUBLISHED, drop=("subtract_residual_forces",)), info(PUBLISHED))
+    with pytest.raises(Exception, match=r"protocol\.subtract_residual_forces\)"):
+        ensure_resumable(info(ACCURATE, drop=("subtract_residual_forces",)), info(ACCURATE))

@@ -140,6 +140,43 @@ def test_the_half_width_cut_makes_sevennet_l3i5_soft_where_dft_is_stable(data_di
     assert np.allclose(above.qpoint, np.rint(above.qpoint))  # Gamma (or its image): exact on any supercell
 
 
+def test_residual_forces_are_subtracted_where_the_potential_breaks_inversion_symmetry(data_dir):
+    """TbCl2F (C2/c): its F atoms sit on inversion centres, so phonopy displaces them by +u only and takes
+    -u from the inversion. SevenNet's models are not inversion-equivariant (is_parity False): the undisplaced
+    crystal already has forces (on F too, where inversion allows none), and built from +u alone they enter
+    the force constants as F0 / u. The reference takes both +u and -u from the potential (central
+    differences: F0 cancels). The accurate preset's settings match it; without the subtraction they do not."""
+    from phonopy import Phonopy
+
+    from phononbench.compute.method import phonon_settings
+    from phononbench.science.phonons import (displaced_supercells, force_constants_many, frequencies_at,
+                                             to_phonopy_atoms)
+
+    assert ACCURATE.subtract_residual_forces and not PUBLISHED.subtract_residual_forces
+    unitcell = AseAtomsAdaptor.get_atoms(Structure.from_file(data_dir / "phonondb_tbcl2f" / "mp-560119.POSCAR-unitcell"))
+    potential = load_potential("sevennet-0")
+    assert np.abs(potential.forces([unitcell])[0][unitcell.numbers == 9]).max() > 1e-3  # on the inversion centres
+    supercell = np.diag([1, 2, 2])
+    qpoints = np.array([[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0.5, 0.5, 0.5]])
+
+    central = Phonopy(to_phonopy_atoms(unitcell), supercell_matrix=supercell, primitive_matrix="P")
+    central.generate_displacements(distance=ACCURATE.displacement_a, is_diagonal=False, is_plusminus=True)
+    forces = np.array(potential.forces(displaced_supercells(central)))
+    central.forces = forces - forces.mean(axis=1, keepdims=True)
+    central.produce_force_constants()
+    central.symmetrize_force_constants()
+    reference = frequencies_at(central, qpoints).frequencies_thz
+
+    lowest = {}
+    for subtract in (True, False):
+        settings = {**phonon_settings(ACCURATE), "subtract_residual": subtract}
+        phonon = force_constants_many([unitcell], potential.forces, lambda cell: supercell, **settings)[0]
+        assert len(phonon.displacements) < len(central.displacements)  # some -u taken from symmetry
+        lowest[subtract] = np.abs(frequencies_at(phonon, qpoints).frequencies_thz - reference).max()
+    assert lowest[True] < 0.01
+    assert lowest[False] > 0.2
+
+
 # Dimensionality: experimental lattice constants (A)
 def _graphite():
     a, c = 2.464, 6.711

@@ -99,7 +99,7 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
         return todo
     start = time.perf_counter()
     screens = force_constants_many([relaxed[k].atoms for k in todo], engine.forces, lambda cell: (1, 1, 1),
-                                   **_phonon_settings(protocol))
+                                   **phonon_settings(protocol))
     cutoff = min(protocol.thresholds_thz) - protocol.gamma_screen_margin_thz
     undecided = []
     for k, screen in zip(todo, screens):
@@ -128,7 +128,7 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
                                      lambda cell: supercell_matrix(cell, protocol.supercell,
                                                                    protocol.supercell_min_length_a,
                                                                    protocol.max_supercell_atoms),
-                                     **_phonon_settings(protocol))
+                                     **phonon_settings(protocol))
     for k, phonon in zip(todo, constants):
         try:
             if isinstance(phonon, Exception):
@@ -199,10 +199,12 @@ def _record_verdict(row: StructureResult, verdict: StabilityVerdict, n_displacem
     row.verdicts = verdict.stable
 
 
-def _phonon_settings(protocol: ProtocolSettings) -> dict:
+def phonon_settings(protocol: ProtocolSettings) -> dict:
+    """The protocol's force-constant settings, as ``force_constants_many`` takes them."""
     return dict(displacement_a=protocol.displacement_a, subtract_drift=protocol.subtract_drift,
                 symmetrize=protocol.symmetrize_force_constants,
-                cutoff_at_half_width=protocol.force_constants_cutoff_at_half_width)
+                cutoff_at_half_width=protocol.force_constants_cutoff_at_half_width,
+                subtract_residual=protocol.subtract_residual_forces)
 
 
 def _share(total_s: float, work: dict[int, float]) -> dict[int, float]:

@@ -146,21 +146,23 @@ def run_potential(described: dict, device: str = "cpu", recorded_path: bool = Tr
 def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callable[[dict], object]):
     """A phonopy object with the structure's force constants: from the run folder's cache, or computed
     with ``potential_for(run.json's potential)`` and the run's protocol, then cached."""
-    from phononbench.science.phonons import displace, displaced_supercells, produce_force_constants, supercell_matrix
+    from phononbench.compute.method import phonon_settings
+    from phononbench.science.phonons import displace, force_constants_many, supercell_matrix
 
     protocol = ProtocolSettings.from_dict(info["protocol"])
     unitcell = relaxed_unitcell(row)
     recorded = row.get(Col.SUPERCELL_MATRIX)
     matrix = (np.asarray(recorded, dtype=int).reshape(3, 3) if isinstance(recorded, (list, np.ndarray)) and len(recorded) == 9 else
               supercell_matrix(unitcell, protocol.supercell, protocol.supercell_min_length_a))
-    phonon = displace(unitcell, matrix, protocol.displacement_a)
     cached = bands_folder(out, row, info) / FORCE_CONSTANTS_FILE
     if cached.exists():
+        phonon = displace(unitcell, matrix, protocol.displacement_a)
         phonon.force_constants = np.load(cached)
         return phonon
     potential = potential_for(info["potential"])
-    produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)), protocol.subtract_drift,
-                            protocol.symmetrize_force_constants, protocol.force_constants_cutoff_at_half_width)
+    phonon = force_constants_many([unitcell], potential.forces, lambda cell: matrix, **phonon_settings(protocol))[0]
+    if isinstance(phonon, Exception):
+        raise phonon
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f".{cached.name}.partial")
     with open(partial, "wb") as handle:

@@ -12,6 +12,7 @@ move to ``superseded/`` (kept for the record, outside the dataset).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.rates import rate
 from phononbench.records import ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
+from phononbench.settings import ProtocolSettings
 
 STRUCTURES_DIR = "structures"
 SUPERSEDED_DIR = "superseded"  # rows no longer current (edited or removed inputs, retried failures)
@@ -93,7 +95,10 @@ def ensure_resumable(previous: dict, info: dict) -> None:
 def _differing_protocol(previous: dict, info: dict, keys=None) -> list[str]:
     """The protocol settings (all, or ``keys``) that differ, named one by one: a preset changed between
     versions says which of its settings did."""
-    before, now = previous.get("protocol") or {}, info["protocol"]
+    # a setting added since the earlier run was made is read at its default (a new setting's default keeps
+    # the behaviour from before it existed), so an upgrade alone does not refuse a resume
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(ProtocolSettings)}))
+    before, now = {**defaults, **(previous.get("protocol") or {})}, info["protocol"]
     keys = sorted(set(before) | set(now)) if keys is None else keys
     return [f"protocol.{k}" for k in keys if before.get(k) != now.get(k)]
 

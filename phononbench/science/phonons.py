@@ -84,11 +84,23 @@ def displaced_supercells(phonon: Phonopy) -> list[Atoms]:
 
 def produce_force_constants(
     phonon: Phonopy, forces: list[np.ndarray], subtract_drift: bool = True, symmetrize: bool = True,
-    cutoff_at_half_width: bool = False,
+    cutoff_at_half_width: bool = False, residual_forces: np.ndarray | None = None,
 ) -> None:
+    """Force constants from the displaced supercells' forces. ``residual_forces``, the undisplaced
+    supercell's forces, are taken off each displaced supercell's (phonopy's --fz) when given."""
     forces = [np.asarray(f, dtype=float) for f in forces]
+    if residual_forces is not None:
+        forces.append(np.asarray(residual_forces, dtype=float))
     if not all(np.all(np.isfinite(f)) for f in forces):
         raise ValueError("potential returned NaN/inf forces on a displaced supercell")
+    if residual_forces is not None:
+        # phonopy builds the force constants from +u alone where the crystal's symmetry maps +u onto -u, so a
+        # force already present at u = 0 does not cancel and enters as F0 / u. A relaxation leaves such
+        # forces where the potential itself breaks the crystal's symmetry: SevenNet's models are not
+        # inversion-equivariant (is_parity False), and FixSymmetry cannot relax that part away
+        # (docs/VALIDATION.md, "Residual forces")
+        *forces, residual = forces
+        forces = [f - residual for f in forces]
     if subtract_drift:
         # a potential's forces need not sum to zero; the drift would leak into the acoustic modes
         forces = [f - f.mean(axis=0) for f in forces]
@@ -231,16 +243,18 @@ def force_constants_many(
     subtract_drift: bool = True,
     symmetrize: bool = True,
     cutoff_at_half_width: bool = False,
+    subtract_residual: bool = False,
 ) -> list[Phonopy | Exception]:
     """Force constants for each cell on the supercell ``supercell_of(cell)`` gives; a structure that fails
-    gets its exception, the others go on."""
+    gets its exception, the others go on. ``subtract_residual``: the undisplaced supercell goes through the
+    same forces call, and its forces are taken off (``produce_force_constants``)."""
     outcome: list[Phonopy | Exception | None] = [None] * len(unitcells)
     phonons: dict[int, Phonopy] = {}
     cells: dict[int, list[Atoms]] = {}
     for k, unitcell in enumerate(unitcells):
         try:
             phonons[k] = displace(unitcell, supercell_of(unitcell), displacement_a)
-            cells[k] = displaced_supercells(phonons[k])
+            cells[k] = displaced_supercells(phonons[k]) + ([to_ase_atoms(phonons[k].supercell)] if subtract_residual else [])
         except Exception as exc:
             outcome[k] = exc
     forces = dict(zip(cells, isolating_failures(list(cells.values()), forces_of, "forces")))
@@ -248,7 +262,8 @@ def force_constants_many(
         try:
             if isinstance(forces[k], Exception):
                 raise forces[k]
-            produce_force_constants(phonon, forces[k], subtract_drift, symmetrize, cutoff_at_half_width)
+            displaced, residual = (forces[k][:-1], forces[k][-1]) if subtract_residual else (forces[k], None)
+            produce_force_constants(phonon, displaced, subtract_drift, symmetrize, cutoff_at_half_width, residual)
             outcome[k] = phonon
         except Exception as exc:
             outcome[k] = exc
