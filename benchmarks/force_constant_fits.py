@@ -69,10 +69,10 @@ def forces_for(row, potential, cache: Path, displacement_a: float, zone_boundary
 
     atoms = read(io.StringIO(row.relaxed_cif), format="cif")
     matrix = np.asarray(row.supercell_matrix, dtype=int).reshape(3, 3)
-    if zone_boundary_a is not None:  # twice the smallest supercell half as wide: every half-point commensurate
-        from phononbench.science.supercells import supercell_for_length
+    if zone_boundary_a is not None:  # every half-point commensurate
+        from phononbench.science.supercells import zone_boundary_supercell
 
-        matrix = 2 * supercell_for_length(np.asarray(atoms.cell[:]), zone_boundary_a / 2)
+        matrix = zone_boundary_supercell(np.asarray(atoms.cell[:]), zone_boundary_a)
     phonon = displace(atoms, matrix, displacement_a)
     key = hashlib.sha1(json.dumps([potential.name, potential.checkpoint_sha256, displacement_a,
                                    matrix.tolist()]).encode()).hexdigest()[:12]

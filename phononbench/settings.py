@@ -41,6 +41,10 @@ class ProtocolSettings:
     # are all >= supercell_min_length_a (supercells.py); one of the two is None
     supercell: tuple[int, int, int] | None = (2, 2, 2)
     supercell_min_length_a: float | None = None
+    # with a length L: twice the smallest supercell at least L/2 wide instead (also at least L wide), so every
+    # q-point with coordinates 0 or 1/2, the zone-boundary points where most instabilities sit, is
+    # commensurate and exact rather than interpolated (supercells.zone_boundary_supercell)
+    supercell_zone_boundary: bool = False
     # a supercell with more atoms than this is not computed (phonon_failed, saying so); None: no cap
     max_supercell_atoms: int | None = None
     displacement_a: float = 0.01
@@ -113,6 +117,9 @@ class ProtocolSettings:
                                        MIN_SUPERCELL_LENGTH_A <= length <= MAX_SUPERCELL_LENGTH_A):
             raise SetupError(f"supercell length {length} A: give {MIN_SUPERCELL_LENGTH_A:g} to "
                              f"{MAX_SUPERCELL_LENGTH_A:g} A", setting="supercell")
+        if self.supercell_zone_boundary and length is None:
+            raise SetupError("a zone-boundary supercell is sized by a length (e.g. 15zb), not NxNxN",
+                             setting="supercell")
         if self.force_constants_cutoff_at_half_width and (length or 0) < MIN_LENGTH_FOR_CUTOFF_A:
             raise SetupError(f"the force-constant cutoff at half the supercell's width needs supercells at least "
                              f"{MIN_LENGTH_FOR_CUTOFF_A:g} A wide (a smaller one would cut real neighbours off); "
@@ -145,8 +152,9 @@ class ProtocolSettings:
         return dataclasses.replace(self, **changes)
 
     def with_supercell(self, text: str | None) -> "ProtocolSettings":
-        """A copy with the supercell given as on the command line: ``2x2x2`` (a diagonal supercell) or a
-        minimum width in A (``15`` or ``15A``); None keeps the preset's."""
+        """A copy with the supercell given as on the command line: ``2x2x2`` (a diagonal supercell), a
+        minimum width in A (``15`` or ``15A``), or a zone-boundary one that wide (``15zb``: twice the
+        smallest supercell at least 7.5 A wide); None keeps the preset's."""
         if text is None:
             return self
         spec = text.strip().lower()
@@ -155,15 +163,18 @@ class ProtocolSettings:
                 sizes = tuple(int(n) for n in spec.split("x"))
                 if len(sizes) != 3 or min(sizes) < 1 or max(sizes) > MAX_SUPERCELL_REPEATS:
                     raise ValueError
-                return dataclasses.replace(self, supercell=sizes, supercell_min_length_a=None)
-            length = float(spec.removesuffix("a"))
+                return dataclasses.replace(self, supercell=sizes, supercell_min_length_a=None,
+                                           supercell_zone_boundary=False)
+            zone_boundary = spec.endswith("zb")
+            length = float(spec.removesuffix("zb").strip().removesuffix("a"))
             if not (math.isfinite(length) and MIN_SUPERCELL_LENGTH_A <= length <= MAX_SUPERCELL_LENGTH_A):
                 raise ValueError
-            return dataclasses.replace(self, supercell=None, supercell_min_length_a=length)
+            return dataclasses.replace(self, supercell=None, supercell_min_length_a=length,
+                                       supercell_zone_boundary=zone_boundary)
         except ValueError:
-            raise SetupError(f"supercell {text!r}: give NxNxN (e.g. 2x2x2) or a minimum width in A from "
-                             f"{MIN_SUPERCELL_LENGTH_A:g} to {MAX_SUPERCELL_LENGTH_A:g} (e.g. 15)",
-                             setting="supercell") from None
+            raise SetupError(f"supercell {text!r}: give NxNxN (e.g. 2x2x2), a minimum width in A from "
+                             f"{MIN_SUPERCELL_LENGTH_A:g} to {MAX_SUPERCELL_LENGTH_A:g} (e.g. 15), or that width "
+                             "with every zone-boundary point commensurate (e.g. 15zb)", setting="supercell") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

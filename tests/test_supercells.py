@@ -21,7 +21,7 @@ from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status, counts, is_relaxed
 from phononbench.settings import ACCURATE, PUBLISHED, preset
 from phononbench.science.stability import dimensionality, separated_by_vacuum
-from phononbench.science.supercells import supercell_for_length, supercell_size, widths
+from phononbench.science.supercells import supercell_for_length, supercell_size, widths, zone_boundary_supercell
 from tests.helpers import batched
 
 # the accurate preset with the long-range cut (CHGNet's noise needs it; refused on supercells under 10 A)
@@ -62,6 +62,25 @@ def test_supercell_by_length_is_wide_enough_and_the_smallest_such(name, length):
     assert supercell_size(matrix) == _smallest_by_brute_force(cell, length, supercell_size(matrix))
 
 
+@pytest.mark.parametrize("name", CELLS)
+def test_a_zone_boundary_supercell_is_wide_enough_and_makes_every_half_point_exact(name):
+    """Every q-point with coordinates 0 or 1/2 is commensurate (M^T q whole), where the plain supercell by
+    length leaves some to interpolation."""
+    from phonopy.harmonic.dynmat_to_fc import get_commensurate_points
+
+    cell, (length, _) = CELLS[name]
+    length *= 1.5
+    matrix = zone_boundary_supercell(cell, length)
+    assert widths(matrix.T @ cell).min() >= length - 1e-6
+    half_points = np.array(list(itertools.product((0, 0.5), repeat=3)))
+    assert np.allclose(half_points @ matrix, np.rint(half_points @ matrix))
+    commensurate = np.asarray(get_commensurate_points(matrix))
+    for q in half_points:  # and phonopy's commensurate points include each (up to a reciprocal lattice vector)
+        assert np.any(np.all(np.isclose((commensurate - q + 0.5) % 1, 0.5), axis=1))
+    plain = supercell_for_length(cell, length)
+    assert supercell_size(plain) <= supercell_size(matrix)
+
+
 def test_the_hexagonal_supercell_is_smaller_than_any_diagonal_one():
     cell = CELLS["hexagonal (hcp Mg)"][0]
     matrix = supercell_for_length(cell, 8.0)
@@ -75,7 +94,12 @@ def test_supercell_setting_is_checked_before_any_work():
 
     assert PUBLISHED.with_supercell("3x3x2").supercell == (3, 3, 2)
     assert PUBLISHED.with_supercell("15A").supercell_min_length_a == 15.0
-    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9", "1e-300", "100x100x100"):
+    assert PUBLISHED.with_supercell("15zb").supercell_zone_boundary and not ACCURATE.with_supercell("15").supercell_zone_boundary
+    assert PUBLISHED.with_supercell("12 A zb").supercell_min_length_a == 12.0
+    assert not ACCURATE.with_supercell("2x2x2").ensure_runnable().supercell_zone_boundary
+    with pytest.raises(SetupError, match="zone-boundary"):
+        dataclasses.replace(PUBLISHED, supercell_zone_boundary=True).ensure_runnable()
+    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9", "1e-300", "100x100x100", "2x2x2zb", "zb", "1zb"):
         with pytest.raises(SetupError, match="supercell"):
             PUBLISHED.with_supercell(bad)
     assert preset("accurate") is ACCURATE and ACCURATE.ensure_runnable() and ACCURATE.headline_verdict == "brillouin_zone"

@@ -215,13 +215,16 @@ def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):
     assert report["-0.1"]["confusion"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 0}  # CaO is DFT-stable
 
 
-def test_a_supercell_label_says_whether_its_force_constants_were_cut():
-    """Runs of the accurate preset from before and after it dropped the half-width cut read apart in tables."""
+def test_a_supercell_label_says_how_its_force_constants_were_made():
+    """Runs of the accurate preset from before and after it dropped the half-width cut, and before and after it
+    subtracted residual forces, read apart in tables; so does a zone-boundary supercell."""
     from phononbench.reading import validation
     from phononbench.settings import ACCURATE, PUBLISHED
 
     assert validation.supercell_label(PUBLISHED.to_dict()) == "2x2x2"
-    assert validation.supercell_label(ACCURATE.to_dict()) == ">=15 A"
-    cut = {**ACCURATE.to_dict(), "force_constants_cutoff_at_half_width": True}
-    assert validation.supercell_label(cut) == ">=15 A cut"
+    plain = {**ACCURATE.to_dict(), "subtract_residual_forces": False, "supercell_zone_boundary": False}
+    assert validation.supercell_label(plain) == ">=15 A"
+    assert validation.supercell_label({**plain, "force_constants_cutoff_at_half_width": True}) == ">=15 A cut"
+    assert validation.supercell_label({**plain, "subtract_residual_forces": True}) == ">=15 A -residual"
+    assert validation.supercell_label(ACCURATE.with_supercell("12zb").to_dict()).startswith(">=12 A zb")
     assert validation.supercell_label({}) == validation.supercell_label({"supercell": None}) == "?"

@@ -127,7 +127,8 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
     constants = force_constants_many([relaxed[k].atoms for k in todo], engine.forces,
                                      lambda cell: supercell_matrix(cell, protocol.supercell,
                                                                    protocol.supercell_min_length_a,
-                                                                   protocol.max_supercell_atoms),
+                                                                   protocol.max_supercell_atoms,
+                                                                   protocol.supercell_zone_boundary),
                                      **phonon_settings(protocol))
     for k, phonon in zip(todo, constants):
         try:

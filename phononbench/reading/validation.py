@@ -150,13 +150,16 @@ def potential_label(potential: dict) -> str:
 
 
 def supercell_label(protocol: dict) -> str:
-    """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length, with
-    "cut" where its force constants were zeroed beyond half its width (the accurate preset before commit
-    423a994); "?" for a run.json that names neither."""
+    """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length
+    (">=15 A zb": its zone-boundary supercell), with "cut" where its force constants were zeroed beyond half
+    its width (the accurate preset before commit 423a994) and "-residual" where the undisplaced supercell's
+    forces were subtracted; "?" for a run.json that names neither."""
     length = protocol.get("supercell_min_length_a")
     label = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
              else f">={length:g} A" if isinstance(length, (int, float)) else "?")
-    return label + " cut" if protocol.get("force_constants_cutoff_at_half_width") else label
+    label += " zb" if protocol.get("supercell_zone_boundary") and not protocol.get("supercell") else ""
+    label += " cut" if protocol.get("force_constants_cutoff_at_half_width") else ""
+    return label + " -residual" if protocol.get("subtract_residual_forces") else label
 
 
 def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dict, pd.DataFrame]]:

@@ -50,18 +50,23 @@ class SupercellTooLarge(ValueError):
 
 
 def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (2, 2, 2),
-                     min_length_a: float | None = None, max_atoms: int | None = None) -> np.ndarray:
+                     min_length_a: float | None = None, max_atoms: int | None = None,
+                     zone_boundary: bool = False) -> np.ndarray:
     """The supercell matrix (phonopy's convention) for this cell: the fixed diagonal one, or the smallest
-    at least ``min_length_a`` wide (supercells.py). Raises ValueError above ``max_atoms`` atoms."""
-    from phononbench.science.supercells import supercell_for_length, supercell_size
+    at least ``min_length_a`` wide, or with ``zone_boundary`` the zone-boundary one that wide (supercells.py).
+    Raises ValueError above ``max_atoms`` atoms."""
+    from phononbench.science.supercells import supercell_for_length, supercell_size, zone_boundary_supercell
 
     if supercell is not None:
         matrix = np.diag(supercell).astype(int)
+    elif zone_boundary:
+        matrix = zone_boundary_supercell(np.asarray(unitcell.cell[:]), min_length_a)
     else:
         matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a)
     n_atoms = supercell_size(matrix) * len(unitcell)
     if max_atoms is not None and n_atoms > max_atoms:
-        wanted = "x".join(map(str, supercell)) if supercell is not None else f"at least {min_length_a:g} A wide"
+        wanted = ("x".join(map(str, supercell)) if supercell is not None else
+                  f"at least {min_length_a:g} A wide" + (" with the zone boundary commensurate" if zone_boundary else ""))
         raise SupercellTooLarge(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
                          "(max_supercell_atoms)")
     return matrix
