@@ -135,7 +135,7 @@ def test_a_verdict_flips_from_the_2x2x2_to_a_supercell_by_length(data_dir, chgne
 
 def test_the_half_width_cut_makes_sevennet_l3i5_soft_where_dft_is_stable(data_dir):
     """Rb4I2O (DFT-stable): SevenNet-l3i5 on the smallest supercell 15 A wide is stable with the force constants
-    as produced (the accurate preset). Its supercell's narrowest width is twice a lattice translation (a + b),
+    as produced (the accurate preset on that supercell, ``--supercell 15``). Its supercell's narrowest width is twice a lattice translation (a + b),
     so 224 pairs sit exactly at half the width, the radius of the cut the preset used to make: keep them and
     zero the pairs beyond (a radius a hair above half the width), and Gamma, an exact q-point, goes soft; zero
     them too (a hair below), and it does not. The cut's verdict hung on the last digits of the positions."""
@@ -145,7 +145,8 @@ def test_the_half_width_cut_makes_sevennet_l3i5_soft_where_dft_is_stable(data_di
     assert not ACCURATE.force_constants_cutoff_at_half_width
     structure = Structure.from_file(data_dir / "phonondb_rb4i2o" / "mp-760417.POSCAR-unitcell")
     potential = load_potential("sevennet-l3i5")
-    row = batched([InputStructure("t/Rb4I2O", "t", "Rb4I2O", structure)], potential, ACCURATE)[0]
+    row = batched([InputStructure("t/Rb4I2O", "t", "Rb4I2O", structure)], potential, ACCURATE.with_supercell("15"))[0]
+    assert row.n_supercell_atoms == 112
     assert row.status == Status.OK and row.bz_verdicts[-0.1] is True and row.min_frequency_bz_thz > -0.05
     relaxed = AseAtomsAdaptor.get_atoms(Structure.from_str(row.relaxed_cif, fmt="cif"))
     phonon = displace(relaxed, np.reshape(row.supercell_matrix, (3, 3)), ACCURATE.displacement_a)

@@ -195,7 +195,7 @@ def test_validate_refuses_bad_labels(tmp_path):
 
 def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):
     """--max-supercell-atoms reaches validate's protocol: a structure above it is phonon_failed, saying so,
-    and scored as predicted unstable (a 20 A run of phonondb_dev has supercells above accurate's 1000)."""
+    and scored as predicted unstable (a 20 A run of phonondb_dev has supercells above 1000 atoms)."""
     import shutil
 
     subset = data_dir / "phonondb_subset"
