@@ -17,7 +17,8 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.science.phonons import displace, displaced_supercells, gamma_frequencies, produce_force_constants
+from phononbench.compute.method import phonon_settings
+from phononbench.science.phonons import force_constants_many, gamma_frequencies
 from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
 from phononbench.running.run_folder import read_run_info, read_structures
@@ -26,9 +27,9 @@ from phononbench.settings import ProtocolSettings
 
 def gamma_optical_thz(atoms, matrix, potential, protocol: ProtocolSettings) -> np.ndarray:
     """Gamma frequencies without the three acoustic modes (the three closest to zero)."""
-    phonon = displace(atoms, matrix, protocol.displacement_a)
-    produce_force_constants(phonon, potential.forces(displaced_supercells(phonon)), protocol.subtract_drift,
-                            protocol.symmetrize_force_constants)
+    phonon = force_constants_many([atoms], potential.forces, lambda cell: matrix, **phonon_settings(protocol))[0]
+    if isinstance(phonon, Exception):
+        raise phonon
     frequencies = np.sort(gamma_frequencies(phonon).frequencies_thz[0])
     acoustic = np.argsort(np.abs(frequencies))[:3]
     return np.delete(frequencies, acoustic)
@@ -46,8 +47,7 @@ def main() -> None:
         potential = load_potential(info["potential"]["model"], "cpu", info["potential"].get("checkpoint"))
         for _, row in rows[rows[Col.STATUS] == Status.OK].iterrows():
             atoms = AseAtomsAdaptor.get_atoms(Structure.from_str(row[Col.RELAXED_CIF], fmt="cif"))
-            matrix = np.asarray(row[Col.SUPERCELL_MATRIX]).reshape(3, 3) if row.get(Col.SUPERCELL_MATRIX) is not None \
-                else np.diag(protocol.supercell)
+            matrix = np.asarray(row[Col.SUPERCELL_MATRIX]).reshape(3, 3)  # every OK row records its supercell
             unit = gamma_optical_thz(atoms, np.eye(3, dtype=int), potential, protocol)
             supercell = gamma_optical_thz(atoms, matrix, potential, protocol)
             if not len(unit):

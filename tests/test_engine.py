@@ -128,3 +128,25 @@ def test_a_batched_call_that_loses_a_result_never_hands_a_structure_anothers_num
     reference = [force_constants_many([c], emt.forces)[0].force_constants for c in cells[:3]]
     shifted = force_constants_many(cells[:3], _drops_one_when_batched(emt.forces))
     assert all(np.allclose(r, s.force_constants) for r, s in zip(reference, shifted))
+
+
+def test_residual_forces_are_taken_off_their_own_structure_in_a_batch():
+    """With subtract_residual, each structure's undisplaced supercell rides in the same batched call as the
+    displaced ones: a force that does not depend on the displacements (here a fixed, symmetry-breaking
+    pattern added to EMT's forces, different for each structure) must leave each structure's force
+    constants as EMT's alone, and it does not without the subtraction."""
+    from phononbench.science.phonons import force_constants_many
+
+    emt = load_potential("emt")
+
+    def biased(structures):
+        return [f + 0.003 * np.cos(np.arange(3 * len(a)).reshape(-1, 3) * (1.3 + len(a)))
+                for f, a in zip(emt.forces(structures), structures)]
+
+    cells = [bulk("Cu", "fcc", a=3.6), bulk("Al", "bcc", a=3.2), bulk("Ni", "hcp", a=2.5, c=4.1)]
+    reference = [p.force_constants for p in force_constants_many(cells, emt.forces)]
+    subtracted = force_constants_many(cells, biased, subtract_residual=True)
+    plain = force_constants_many(cells, biased)
+    for r, s, p in zip(reference, subtracted, plain):
+        assert np.abs(s.force_constants - r).max() < 1e-6
+        assert np.abs(p.force_constants - r).max() > 0.01

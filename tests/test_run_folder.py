@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from phononbench.cli import app
-from phononbench.errors import RunAborted
+from phononbench.errors import RunAborted, SetupError
 from phononbench.running.executors import InProcessExecutor, RayExecutor
 from phononbench.science.ingest import SkippedFiles, read_inputs
 from phononbench.running.pipeline import run_benchmark
@@ -418,7 +418,8 @@ def test_a_run_with_no_rows_yet_says_so_and_a_stranger_folder_is_named(tmp_path)
 
 def test_a_run_made_before_a_setting_existed_resumes_at_its_default():
     """A run.json written before ``subtract_residual_forces`` existed lacks it: read at its default (off, as
-    every run then was), a published run resumes; an accurate one, which now subtracts, is refused by name."""
+    every run then was), a published run resumes; an accurate one, which now subtracts and sizes its supercells
+    for the zone boundary, is refused with both settings named."""
     from phononbench.running.run_folder import ensure_resumable
     from phononbench.settings import ACCURATE
 
@@ -427,6 +428,14 @@ def test_a_run_made_before_a_setting_existed_resumes_at_its_default():
         return {"protocol": settings, "inputs": ["in"], "limit_per_generator": None, "engine": "ase",
                 "potential": {"name": "emt"}}
 
-    ensure_resumable(info(PUBLISHED, drop=("subtract_residual_forces",)), info(PUBLISHED))
-    with pytest.raises(Exception, match=r"protocol\.subtract_residual_forces\)"):
-        ensure_resumable(info(ACCURATE, drop=("subtract_residual_forces",)), info(ACCURATE))
+    old = ("subtract_residual_forces", "supercell_zone_boundary")
+    ensure_resumable(info(PUBLISHED, drop=old), info(PUBLISHED))
+    with pytest.raises(SetupError, match=r"protocol\.subtract_residual_forces, protocol\.supercell_zone_boundary\)"):
+        ensure_resumable(info(ACCURATE.with_supercell("15"), drop=old), info(ACCURATE))
+    # validate pools runs by the same rule: the old published run and a new one are one protocol
+    from phononbench.reading.validation import _settings
+
+    assert _settings(info(PUBLISHED, drop=old)) == _settings(info(PUBLISHED)) != _settings(info(ACCURATE))
+    for missing in (None, [], "accurate"):  # a run.json without a readable protocol is refused, not read as published
+        with pytest.raises(SetupError, match=r"other settings \(protocol\)"):
+            ensure_resumable({**info(PUBLISHED), "protocol": missing}, info(PUBLISHED))

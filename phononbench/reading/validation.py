@@ -153,7 +153,7 @@ def supercell_label(protocol: dict) -> str:
     """A run.json protocol's supercell as the tables name it: 2x2x2, or >=15 A for one sized by length
     (">=15 A zb": its zone-boundary supercell), with "cut" where its force constants were zeroed beyond half
     its width (the accurate preset before commit 423a994) and "-residual" where the undisplaced supercell's
-    forces were subtracted; "?" for a run.json that names neither."""
+    forces were subtracted; "?" for a run.json that names neither supercell."""
     length = protocol.get("supercell_min_length_a")
     label = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
              else f">={length:g} A" if isinstance(length, (int, float)) else "?")
@@ -370,10 +370,11 @@ def _settings(info: dict) -> str:
     """What must be equal for two runs' verdicts to be scored as one: protocol, engine, potential's weights."""
     import json
 
-    from phononbench.running.run_folder import RESUME_POTENTIAL_KEYS
+    from phononbench.running.run_folder import RESUME_POTENTIAL_KEYS, protocol_as_recorded
 
     potential = info.get("potential") or {}
-    return json.dumps([info["protocol"], info.get("engine"), [potential.get(k) for k in RESUME_POTENTIAL_KEYS]],
+    protocol = protocol_as_recorded(info["protocol"])  # as a resume compares them
+    return json.dumps([protocol, info.get("engine"), [potential.get(k) for k in RESUME_POTENTIAL_KEYS]],
                       sort_keys=True, default=str)
 
 

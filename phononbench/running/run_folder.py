@@ -92,13 +92,22 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         )
 
 
+def protocol_as_recorded(protocol) -> dict | None:
+    """A run.json's protocol with every setting added since it was written at its default (a new setting's
+    default keeps the behaviour from before it existed), so an upgrade alone neither refuses a resume nor
+    keeps ``validate`` from pooling two runs of one protocol; None if there is no protocol to read."""
+    if not isinstance(protocol, dict):
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(ProtocolSettings) if f.default is not dataclasses.MISSING}
+    return {**json.loads(json.dumps(defaults)), **protocol}
+
+
 def _differing_protocol(previous: dict, info: dict, keys=None) -> list[str]:
     """The protocol settings (all, or ``keys``) that differ, named one by one: a preset changed between
     versions says which of its settings did."""
-    # a setting added since the earlier run was made is read at its default (a new setting's default keeps
-    # the behaviour from before it existed), so an upgrade alone does not refuse a resume
-    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(ProtocolSettings)}))
-    before, now = {**defaults, **(previous.get("protocol") or {})}, info["protocol"]
+    before, now = protocol_as_recorded(previous.get("protocol")), info["protocol"]
+    if before is None:
+        return ["protocol"]
     keys = sorted(set(before) | set(now)) if keys is None else keys
     return [f"protocol.{k}" for k in keys if before.get(k) != now.get(k)]
 

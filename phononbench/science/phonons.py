@@ -66,7 +66,7 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
     n_atoms = supercell_size(matrix) * len(unitcell)
     if max_atoms is not None and n_atoms > max_atoms:
         wanted = ("x".join(map(str, supercell)) if supercell is not None else
-                  f"at least {min_length_a:g} A wide" + (" with the zone boundary commensurate" if zone_boundary else ""))
+                  f"at least {min_length_a:g} A wide" + (f" ({min_length_a:g}zb)" if zone_boundary else ""))
         raise SupercellTooLarge(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
                          "(max_supercell_atoms)")
     return matrix
@@ -94,17 +94,17 @@ def produce_force_constants(
     """Force constants from the displaced supercells' forces. ``residual_forces``, the undisplaced
     supercell's forces, are taken off each displaced supercell's (phonopy's --fz) when given."""
     forces = [np.asarray(f, dtype=float) for f in forces]
-    if residual_forces is not None:
-        forces.append(np.asarray(residual_forces, dtype=float))
     if not all(np.all(np.isfinite(f)) for f in forces):
         raise ValueError("potential returned NaN/inf forces on a displaced supercell")
     if residual_forces is not None:
+        residual = np.asarray(residual_forces, dtype=float)
+        if not np.all(np.isfinite(residual)):
+            raise ValueError("potential returned NaN/inf forces on the undisplaced supercell (residual forces)")
         # phonopy builds the force constants from +u alone where the crystal's symmetry maps +u onto -u, so a
         # force already present at u = 0 does not cancel and enters as F0 / u. A relaxation leaves such
         # forces where the potential itself breaks the crystal's symmetry: SevenNet's models are not
         # inversion-equivariant (is_parity False), and FixSymmetry cannot relax that part away
         # (docs/VALIDATION.md, "Residual forces")
-        *forces, residual = forces
         forces = [f - residual for f in forces]
     if subtract_drift:
         # a potential's forces need not sum to zero; the drift would leak into the acoustic modes
@@ -258,8 +258,9 @@ def force_constants_many(
     cells: dict[int, list[Atoms]] = {}
     for k, unitcell in enumerate(unitcells):
         try:
-            phonons[k] = displace(unitcell, supercell_of(unitcell), displacement_a)
-            cells[k] = displaced_supercells(phonons[k]) + ([to_ase_atoms(phonons[k].supercell)] if subtract_residual else [])
+            phonon = displace(unitcell, supercell_of(unitcell), displacement_a)
+            cells[k] = displaced_supercells(phonon) + ([to_ase_atoms(phonon.supercell)] if subtract_residual else [])
+            phonons[k] = phonon
         except Exception as exc:
             outcome[k] = exc
     forces = dict(zip(cells, isolating_failures(list(cells.values()), forces_of, "forces")))

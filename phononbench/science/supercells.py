@@ -76,9 +76,10 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float) -> np.ndarr
 
 def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float) -> np.ndarray:
     """Twice the smallest supercell at least ``min_length_a / 2`` wide: at least ``min_length_a`` wide, and
-    every q-point whose fractional coordinates are 0 or 1/2 is commensurate with it (M^T q is whole), so the
-    frequencies there are exact, not interpolated. Not always the smallest supercell with both properties;
-    on 50 phonondb_dev cells at 15 A it has 1.6 times the atoms of ``supercell_for_length`` (mean)."""
+    every q-point whose fractional coordinates are all 0 or 1/2 is commensurate with it (M^T q is whole), so
+    the frequencies there are exact, not interpolated (points such as K = (1/3, 1/3, 0) need not be). Not
+    always the smallest supercell with both properties; on 300 MatterGen crystals at 15 A it has 1.57 times
+    the atoms of ``supercell_for_length`` (mean; benchmarks/supercell_sizes.py)."""
     return 2 * supercell_for_length(cell_rows, min_length_a / 2)
 
 
