@@ -18,7 +18,7 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from phononbench.compute.method import phonon_settings
-from phononbench.science.phonons import force_constants_many, gamma_frequencies
+from phononbench.science.phonons import force_constants_one, gamma_frequencies
 from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status
 from phononbench.running.run_folder import read_run_info, read_structures
@@ -27,9 +27,7 @@ from phononbench.settings import ProtocolSettings
 
 def gamma_optical_thz(atoms, matrix, potential, protocol: ProtocolSettings) -> np.ndarray:
     """Gamma frequencies without the three acoustic modes (the three closest to zero)."""
-    phonon = force_constants_many([atoms], potential.forces, lambda cell: matrix, **phonon_settings(protocol))[0]
-    if isinstance(phonon, Exception):
-        raise phonon
+    phonon = force_constants_one(atoms, potential.forces, matrix, **phonon_settings(protocol))
     frequencies = np.sort(gamma_frequencies(phonon).frequencies_thz[0])
     acoustic = np.argsort(np.abs(frequencies))[:3]
     return np.delete(frequencies, acoustic)

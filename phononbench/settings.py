@@ -176,8 +176,8 @@ class ProtocolSettings:
                                        supercell_zone_boundary=zone_boundary)
         except ValueError:
             raise SetupError(f"supercell {text!r}: give NxNxN (e.g. 2x2x2), a minimum width in A from "
-                             f"{MIN_SUPERCELL_LENGTH_A:g} to {MAX_SUPERCELL_LENGTH_A:g} (e.g. 15), or that width "
-                             "with every zone-boundary point commensurate (e.g. 15zb)", setting="supercell") from None
+                             f"{MIN_SUPERCELL_LENGTH_A:g} to {MAX_SUPERCELL_LENGTH_A:g} (e.g. 15), or that width with every "
+                             "q-point of coordinates 0 or 1/2 commensurate (e.g. 15zb)", setting="supercell") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,10 +210,11 @@ BULK = dataclasses.replace(PUBLISHED, name="bulk", exclude_low_dimensional=True)
 
 # Beyond the published protocol, for verdicts that agree with DFT: the published relaxation, then a supercell
 # at least ACCURATE_LENGTH_A wide in every direction (a 2x2x2 of a small cell is 6-10 A wide and cuts its force
-# constants off), the zone-boundary one (twice the smallest at least half as wide: every half-point exact;
-# on 24 DFT-stable phonondb_dev crystals it took SevenNet-l3i5's false-unstables from 8 to 5; 1.6x the atoms of the plain one on 300 MatterGen
-# crystals, 8 of them above 1000: benchmarks/supercell_sizes.py), residual forces subtracted, force constants as produced (symmetrized, no
-# cut), and the Brillouin-zone verdict as the headline (docs/VALIDATION.md, "Where it stands").
+# constants off), the zone-boundary one (twice the smallest at least half as wide: every half-point exact; on
+# 24 DFT-stable phonondb_dev crystals it took SevenNet-l3i5's false-unstables from 8 to 5; 1.6x the atoms of
+# the plain one on 300 MatterGen crystals, 8 of them above 1000: benchmarks/supercell_sizes.py), residual
+# forces subtracted, force constants as produced (symmetrized, no cut), and the Brillouin-zone verdict as the
+# headline (docs/VALIDATION.md, "Where it stands").
 ACCURATE_LENGTH_A = 15.0
 ACCURATE = dataclasses.replace(PUBLISHED, name="accurate", supercell=None, supercell_min_length_a=ACCURATE_LENGTH_A,
                                supercell_zone_boundary=True, max_supercell_atoms=2000,

@@ -147,7 +147,7 @@ def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callab
     """A phonopy object with the structure's force constants: from the run folder's cache, or computed
     with ``potential_for(run.json's potential)`` and the run's protocol, then cached."""
     from phononbench.compute.method import phonon_settings
-    from phononbench.science.phonons import displace, force_constants_many, supercell_matrix
+    from phononbench.science.phonons import displace, force_constants_one, supercell_matrix
 
     protocol = ProtocolSettings.from_dict(info["protocol"])
     unitcell = relaxed_unitcell(row)
@@ -161,9 +161,7 @@ def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callab
         phonon.force_constants = np.load(cached)
         return phonon
     potential = potential_for(info["potential"])
-    phonon = force_constants_many([unitcell], potential.forces, lambda cell: matrix, **phonon_settings(protocol))[0]
-    if isinstance(phonon, Exception):
-        raise phonon
+    phonon = force_constants_one(unitcell, potential.forces, matrix, **phonon_settings(protocol))
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f".{cached.name}.partial")
     with open(partial, "wb") as handle:

@@ -276,6 +276,15 @@ def force_constants_many(
     return outcome
 
 
+def force_constants_one(unitcell: Atoms, forces_of: Callable[[list[Atoms]], list[np.ndarray]], matrix,
+                        **settings) -> Phonopy:
+    """``force_constants_many`` for one cell on the given supercell matrix; raises its failure."""
+    phonon = force_constants_many([unitcell], forces_of, lambda cell: matrix, **settings)[0]
+    if isinstance(phonon, Exception):
+        raise phonon
+    return phonon
+
+
 def gamma_frequencies(phonon: Phonopy) -> BandStructure:
     """Frequencies at Gamma alone (exact from any supercell, the unit cell included)."""
     return frequencies_at(phonon, np.zeros((1, 3)))
