@@ -128,12 +128,15 @@ def fit(phonon, forces: np.ndarray, how: str, perfect: np.ndarray | None = None)
 
 def verdict(phonon) -> dict:
     from phononbench.science.phonons import zone_frequencies
-    from phononbench.science.stability import assess, assess_brillouin_zone
+    from phononbench.science.stability import assess, assess_brillouin_zone, assess_brillouin_zone_beyond_acoustic_dips
 
     samples = zone_frequencies(phonon)
     bz = assess_brillouin_zone(samples, ())
+    beyond = assess_brillouin_zone_beyond_acoustic_dips(phonon, samples, ())
     return {"bz": round(bz.min_frequency_thz, 4), "qpoint": [round(x, 4) for x in bz.qpoint], "source": bz.source,
-            "commensurate": round(assess(samples["commensurate"], ()).min_frequency_thz, 4)}
+            "commensurate": round(assess(samples["commensurate"], ()).min_frequency_thz, 4),
+            "bz_beyond_acoustic_dips": round(beyond.min_frequency_thz, 4),
+            "qpoint_beyond_acoustic_dips": [round(x, 4) for x in beyond.qpoint]}
 
 
 def main(argv=None) -> int:
@@ -193,8 +196,9 @@ def main(argv=None) -> int:
                   f"accuracy={line['accuracy']:.3f}  false-unstable={line['false_unstable']}/{line['dft_stable']}  "
                   f"false-stable={line['false_stable']}/{line['n'] - line['dft_stable']}")
     if args.csv is not None:
-        if "qpoint" in table:
-            table = table.assign(qpoint=table["qpoint"].map(json.dumps, na_action="ignore"))
+        for column in ("qpoint", "qpoint_beyond_acoustic_dips"):
+            if column in table:
+                table[column] = table[column].map(json.dumps, na_action="ignore")
         table.to_csv(args.csv, index=False)
     print(json.dumps({"structures": out, "scores": scores}))
     return 0
@@ -206,7 +210,7 @@ def score(table: pd.DataFrame) -> list[dict]:
     out = []
     for how, frame in table.groupby("fit", sort=False):
         dft_stable = frame["dft"] == "stable"
-        for verdict in ("bz", "commensurate"):
+        for verdict in ("bz", "commensurate", "bz_beyond_acoustic_dips"):
             for threshold in (-0.1, -0.001):
                 stable = frame[verdict] >= threshold
                 out.append({"fit": how, "verdict": verdict, "threshold_thz": threshold, "n": len(frame),

@@ -126,3 +126,50 @@ def test_leaderboard_with_published_rows(tmp_path, copper_folder):
     assert published_rows.loc[-0.001, "strict_stability_rate"].notna().all()
     assert published_rows.loc[-0.1, "stability_rate"].tolist() == [0.4505, 0.3215]
     assert published_rows.loc[-0.1, "strict_stability_rate"].isna().all()
+
+
+def test_gamma_cell_of_the_supercell_on_cubic_and_hexagonal_cells():
+    from phononbench.science.phonons import inside_gamma_cell
+
+    cubic = np.eye(3) * 4.0
+    q = [[0.2, 0, 0], [0.3, 0, 0], [0.97, 0, 0], [0, 0, 0], [0.5, 0, 0], [0.24, 0.24, 0.24], [0.26, 0.26, 0.26]]
+    # 2x2x2: commensurate at 0 and 1/2 on each axis, so Gamma's cell is |q_i| < 1/4; Gamma and (1/2, 0, 0)
+    # are commensurate (exact), never inside
+    assert inside_gamma_cell(np.diag([2, 2, 2]), cubic, np.array(q)).tolist() == [
+        True, False, True, False, False, True, False]
+    assert inside_gamma_cell(np.diag([4, 2, 2]), cubic, np.array([[0.2, 0, 0], [0.1, 0, 0]])).tolist() == [False, True]
+    # hexagonal 3x3x1: (1/3, 1/3, 0) is commensurate, so K is exact; its neighbourhood belongs to K, not Gamma
+    hexagonal = np.array([[3.0, 0, 0], [-1.5, 1.5 * np.sqrt(3), 0], [0, 0, 5.0]])
+    assert inside_gamma_cell(np.diag([3, 3, 1]), hexagonal,
+                             np.array([[1 / 3, 1 / 3, 0], [0.3, 0.3, 0], [0.1, 0.1, 0], [0, 0, 0.4]])).tolist() == [
+        False, False, True, True]
+
+
+def test_acoustic_dips_next_to_gamma_are_set_aside_and_nothing_else(emt):
+    """fcc copper's conventional cell (4 atoms: 3 acoustic and 9 folded bands) on 2x2x2 with EMT: a dip put
+    on an acoustic band inside the supercell's Gamma cell is left out of the verdict; the same dip on a
+    folded (optical) band, outside that cell or at a commensurate q-point stays."""
+    from phononbench.science.phonons import BandStructure, acoustic_character
+    from phononbench.science.stability import assess_brillouin_zone, assess_brillouin_zone_beyond_acoustic_dips
+
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True)
+    phonon = displace(cell, (2, 2, 2), 0.01)
+    produce_force_constants(phonon, emt.forces(displaced_supercells(phonon)))
+    q = np.array([[0.1, 0, 0], [0.4, 0, 0], [0.5, 0, 0], [0.1, 0.1, 0]])
+    character = acoustic_character(phonon, q)
+    assert np.allclose(character[0, :3], 1, atol=0.05) and np.all(character[0, 3:] < 0.05)
+
+    def dip(iq, band):
+        bands = frequencies_at(phonon, q)
+        frequencies = bands.frequencies_thz.copy()
+        frequencies[iq, band] = -0.5
+        samples = {"mesh": BandStructure(bands.qpoints, frequencies)}
+        return (assess_brillouin_zone(samples, ()).min_frequency_thz,
+                assess_brillouin_zone_beyond_acoustic_dips(phonon, samples, ()).min_frequency_thz)
+
+    everywhere, beyond = dip(0, 0)
+    assert everywhere == -0.5 and beyond >= 0  # acoustic, inside Gamma's cell: set aside
+    assert dip(0, 5) == (-0.5, -0.5)  # a folded band at the same q-point stays
+    assert dip(1, 0) == (-0.5, -0.5)  # (0.4, 0, 0): nearer the commensurate (1/2, 0, 0) than Gamma
+    assert dip(2, 0) == (-0.5, -0.5)  # commensurate: exact
+    assert dip(3, 1)[1] >= 0

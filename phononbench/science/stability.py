@@ -58,6 +58,31 @@ def assess_brillouin_zone(samples: dict[str, BandStructure], thresholds_thz: tup
     return BrillouinZoneVerdict(minimum, lowest[source].qpoint, source, {t: minimum >= t for t in thresholds_thz})
 
 
+ACOUSTIC_CHARACTER = 0.5  # a mode with more than half its weight on the rigid translations is acoustic
+
+
+def assess_brillouin_zone_beyond_acoustic_dips(phonon, samples: dict[str, BandStructure],
+                                               thresholds_thz: tuple[float, ...]) -> BrillouinZoneVerdict:
+    """``assess_brillouin_zone`` without the acoustic modes at interpolated q-points inside the supercell's
+    Gamma cell (``phonons.inside_gamma_cell``): there the supercell measures nothing, and the branch is
+    interpolated between Gamma's zeros and the nearest commensurate points. Its blind spot: a crystal
+    unstable only at wavelengths longer than the supercell (an elastic instability) is called stable."""
+    from phononbench.science.phonons import BandStructure as Bands, acoustic_character, inside_gamma_cell
+
+    kept = {}
+    for source, bands in samples.items():
+        frequencies = np.array(bands.frequencies_thz, dtype=float)
+        inside = inside_gamma_cell(phonon.supercell_matrix, phonon.unitcell.cell, bands.qpoints)
+        soft = inside & (frequencies.min(axis=1) < 0)
+        if soft.any():
+            acoustic = acoustic_character(phonon, bands.qpoints[soft]) > ACOUSTIC_CHARACTER
+            rows = frequencies[soft]
+            rows[acoustic] = np.inf
+            frequencies[soft] = rows
+        kept[source] = Bands(bands.qpoints, frequencies)
+    return assess_brillouin_zone(kept, thresholds_thz)
+
+
 # Bonded when closer than BOND_SCALE x the sum of covalent radii: covalent, ionic and metallic nearest neighbours
 # (fcc Al at 1.18, fcc Pb at 1.20, bcc Li at 1.19, rock-salt LiH at 1.28, NaCl at 1.05), not van der Waals
 # contacts (graphite's layers at 2.2, bulk MoS2's at 1.66, dry ice's molecules at 2.2; solid I2's, at 1.26, are
