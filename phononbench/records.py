@@ -64,6 +64,8 @@ class Col(StrEnum):
     N_SUPERCELL_ATOMS = "n_supercell_atoms"
     HAS_FORCE_CONSTANTS = "has_force_constants"
     MIN_FREQUENCY_COMMENSURATE_THZ = "min_frequency_commensurate_thz"
+    MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ = "min_frequency_beyond_acoustic_dips_thz"
+    MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT = "min_frequency_beyond_acoustic_dips_qpoint"
     PHONON_METHOD = "phonon_method"
     MIN_FREQUENCY_THZ = "min_frequency_thz"
     MIN_FREQUENCY_QPOINT = "min_frequency_qpoint"
@@ -169,6 +171,10 @@ class StructureResult:
     min_frequency_bz_source: str | None = _column(pa.string())  # path, commensurate, mesh or gamma_screen
     # the lowest frequency at the supercell's commensurate q-points alone (exact: no interpolation)
     min_frequency_commensurate_thz: float | None = _column(pa.float64())
+    # the Brillouin zone without acoustic modes at interpolated q-points nearer Gamma than any other commensurate
+    # point (stability.assess_brillouin_zone_beyond_acoustic_dips)
+    min_frequency_beyond_acoustic_dips_thz: float | None = _column(pa.float64())
+    min_frequency_beyond_acoustic_dips_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
     relax_wall_s: float | None = _column(pa.float64())
     phonon_wall_s: float | None = _column(pa.float64())
     phonon_bz_wall_s: float | None = _column(pa.float64())  # the part of phonon_wall_s the BZ verdict took

@@ -103,9 +103,19 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
         board = validation.table({name: (same_info, frame) for name, frame in order}, labels_table)
         one = board[board["run"].str.startswith("pooled") & (board["verdict"] == "path") & (board["threshold_thz"] == -0.1)]
         assert one[["tp", "fp", "fn", "tn"]].iloc[0].to_dict() == expected
-    older = first.drop(columns=[Col.MIN_FREQUENCY_COMMENSURATE_THZ])
+    older = first.drop(columns=[Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ])
     board = validation.table({"a": (same_info, first), "b": (same_info, older)}, labels_table)
     assert set(board.loc[board["run"].str.startswith("pooled"), "verdict"]) == {"path", "brillouin_zone"}
+    # a run resumed across a new verdict's column: its older rows have none, so the verdict is left out rather
+    # than those rows counted unstable
+    assert set(validation.table({"a": (same_info, first)}, labels_table)["verdict"]) == {
+        "path", "brillouin_zone", "commensurate", "beyond_acoustic_dips"}
+    mixed = first.copy()
+    mixed.loc[mixed.index[mixed[Col.STATUS] == "ok"][0], Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ] = float("nan")
+    assert "beyond_acoustic_dips" not in set(validation.table({"a": (same_info, mixed)}, labels_table)["verdict"])
+    # leaving modes out can only raise the lowest frequency
+    computed = first[first[Col.STATUS] == "ok"]
+    assert (computed[Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ] >= computed[Col.MIN_FREQUENCY_BZ_THZ]).all()
     other_threshold = {**info, "protocol": {**info["protocol"], "thresholds_thz": [-0.05]}}
     at_other = other.rename(columns={verdict_column(-0.1): verdict_column(-0.05),
                                      bz_verdict_column(-0.1): bz_verdict_column(-0.05)})

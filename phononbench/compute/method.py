@@ -40,6 +40,7 @@ from phononbench.science.stability import (
     StabilityVerdict,
     assess,
     assess_brillouin_zone,
+    assess_brillouin_zone_beyond_acoustic_dips,
     dimensionality,
     separated_by_vacuum,
 )
@@ -144,6 +145,9 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
             frequencies = zone_frequencies(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
             bz = assess_brillouin_zone(frequencies, protocol.thresholds_thz)
             rows[k].min_frequency_commensurate_thz = assess(frequencies["commensurate"], ()).min_frequency_thz
+            beyond = assess_brillouin_zone_beyond_acoustic_dips(phonon, frequencies, ())
+            rows[k].min_frequency_beyond_acoustic_dips_thz = beyond.min_frequency_thz
+            rows[k].min_frequency_beyond_acoustic_dips_qpoint = beyond.qpoint
             rows[k].phonon_bz_wall_s = time.perf_counter() - bz_start
             _record_verdict(rows[k], verdict, len(phonon.displacements), "supercell")
             rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = bz.min_frequency_thz, bz.qpoint

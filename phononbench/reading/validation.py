@@ -46,6 +46,7 @@ def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     """A labelled duplicate (two ids of one crystal) takes the verdict of the structure it duplicates."""
     rows = rows.copy()
     columns = [Col.STATUS, Col.ERROR, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+               Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT,
                Col.HAS_FORCE_CONSTANTS, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_QPOINT]
     columns += [verdict_column(t) for t in thresholds_thz] + [bz_verdict_column(t) for t in thresholds_thz]
     columns = [c for c in columns if c in rows]  # rows from before a verdict lack its columns
@@ -94,8 +95,26 @@ def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) 
 
 
 # The verdicts scored: the published q-points; the Brillouin zone (high-symmetry path, commensurate points,
-# mesh); the supercell's commensurate q-points alone (exact for the force constants: no interpolation).
-VERDICTS = ("path", "brillouin_zone", "commensurate")
+# mesh); the supercell's commensurate q-points alone (exact for the force constants: no interpolation); the
+# Brillouin zone without acoustic dips next to Gamma (interpolated where the supercell measures nothing).
+VERDICTS = ("path", "brillouin_zone", "commensurate", "beyond_acoustic_dips")
+# the verdicts read off one recorded frequency, and how the report and tables prefix them
+_FREQUENCY_OF = {"commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+                 "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
+_PREFIX = {"path": "", "brillouin_zone": "bz ", "commensurate": "commensurate ",
+           "beyond_acoustic_dips": "beyond acoustic dips "}
+
+
+def has_verdict(merged: pd.DataFrame, verdict: str, threshold_thz: float) -> bool:
+    """Whether these rows carry the verdict. One read off a frequency column needs it on every computed row:
+    rows computed before the column existed (a resumed or pooled run) leave the verdict out, rather than
+    counting those rows unstable."""
+    if verdict == "path":
+        return verdict_column(threshold_thz) in merged
+    if verdict == "brillouin_zone":
+        return bz_verdict_column(threshold_thz) in merged
+    column = _FREQUENCY_OF[verdict]
+    return column in merged and not merged.loc[merged[Col.STATUS] == Status.OK, column].isna().any()
 
 
 def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -> pd.Series:
@@ -104,7 +123,7 @@ def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -
         return is_stable(merged, threshold_thz)
     if verdict == "brillouin_zone":
         return is_stable_bz(merged, threshold_thz)
-    frequency = merged[Col.MIN_FREQUENCY_COMMENSURATE_THZ] if Col.MIN_FREQUENCY_COMMENSURATE_THZ in merged else None
+    frequency = merged[_FREQUENCY_OF[verdict]] if _FREQUENCY_OF[verdict] in merged else None
     if frequency is None:
         return pd.Series(False, index=merged.index)
     return (merged[Col.STATUS] == Status.OK) & (frequency.astype(float) >= threshold_thz)
@@ -127,11 +146,9 @@ def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
                        "mean_relax_s": _mean(computed, Col.RELAX_WALL_S),
                        "mean_phonon_s": _mean(computed, Col.PHONON_WALL_S)}}
     for t in thresholds_thz:
-        report[f"{t:g}"] = scores(is_stable(merged, t), dft_stable)  # the published path
-        if bz_verdict_column(t) in merged:  # the Brillouin zone (runs from before it have none)
-            report[f"bz {t:g}"] = scores(is_stable_bz(merged, t), dft_stable)
-        if Col.MIN_FREQUENCY_COMMENSURATE_THZ in merged:  # runs from before the column have no such verdict
-            report[f"commensurate {t:g}"] = scores(predicted_stable(merged, "commensurate", t), dft_stable)
+        for verdict in VERDICTS:  # runs from before a verdict have none of it
+            if has_verdict(merged, verdict, t):
+                report[f"{_PREFIX[verdict]}{t:g}"] = scores(predicted_stable(merged, verdict, t), dft_stable)
     return report
 
 
@@ -256,7 +273,8 @@ def setting_names(groups: list[SettingsGroup]) -> list[str]:
 # per verdict: the lowest frequency and where it is
 _MINIMUM = {"path": (Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT),
             "brillouin_zone": (Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_QPOINT),
-            "commensurate": (Col.MIN_FREQUENCY_COMMENSURATE_THZ, None)}
+            "commensurate": (Col.MIN_FREQUENCY_COMMENSURATE_THZ, None),
+            "beyond_acoustic_dips": (Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT)}
 
 
 def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
@@ -266,9 +284,8 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
     whether the verdict is right ("not computed" under a setting that has no row for it). Settings whose
     runs lack the verdict's column or threshold are left out."""
     frequency_column, q_column = _MINIMUM[verdict]
-    verdict_of = {"path": verdict_column(threshold_thz), "brillouin_zone": bz_verdict_column(threshold_thz),
-                  "commensurate": frequency_column}[verdict]
-    groups = [g for g in settings_groups(runs, labels) if frequency_column in g.merged and verdict_of in g.merged]
+    groups = [g for g in settings_groups(runs, labels)
+              if frequency_column in g.merged and has_verdict(g.merged, verdict, threshold_thz)]
     if len(groups) < 2:
         return pd.DataFrame()
     per_setting = []
@@ -306,8 +323,9 @@ def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
 # the per-material table's columns taken from the run, where the run has them
 _PER_MATERIAL_COLUMNS = (Col.STRUCTURE_ID, Col.SOURCE, Col.DUPLICATE_OF, Col.STATUS, Col.ERROR, Col.N_ATOMS, Col.N_SUPERCELL_ATOMS, Col.SUPERCELL_MATRIX,
                          Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_THZ,
-                         Col.MIN_FREQUENCY_BZ_QPOINT, Col.MIN_FREQUENCY_COMMENSURATE_THZ, Col.RELAX_WALL_S,
-                         Col.PHONON_WALL_S)
+                         Col.MIN_FREQUENCY_BZ_QPOINT, Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+                         Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT,
+                         Col.RELAX_WALL_S, Col.PHONON_WALL_S)
 
 
 def per_material(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame) -> pd.DataFrame:
@@ -331,10 +349,8 @@ def per_material(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFram
         dft_stable = merged["label"] == "stable"
         for verdict in VERDICTS:
             for t in group.info["protocol"]["thresholds_thz"]:
-                if verdict == "brillouin_zone" and bz_verdict_column(t) not in merged:
-                    continue  # rows from before the Brillouin-zone verdict
-                if verdict == "commensurate" and Col.MIN_FREQUENCY_COMMENSURATE_THZ not in merged:
-                    continue
+                if not has_verdict(merged, verdict, t):
+                    continue  # rows from before the verdict
                 stable = predicted_stable(merged, verdict, t).astype(bool)
                 frame[f"stable_{verdict}_{t:g}"] = stable
                 frame[f"right_{verdict}_{t:g}"] = stable == dft_stable
@@ -384,7 +400,8 @@ def _table_rows(name: str, info: dict, complete: bool, n_inputs, merged: pd.Data
     report = _report(merged, n_labelled, thresholds)
     supercell = supercell_label(protocol)
     out = []
-    for verdict, prefix in (("path", ""), ("brillouin_zone", "bz "), ("commensurate", "commensurate ")):
+    for verdict in VERDICTS:
+        prefix = _PREFIX[verdict]
         for t in thresholds:
             if f"{prefix}{t:g}" not in report:
                 continue
