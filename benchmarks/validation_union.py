@@ -1,0 +1,107 @@
+"""One validation table over materials measured in different ways with the same settings: the per-material
+CSVs of ``phononbench validate --per-material`` (run folders) and of ``benchmarks/force_constant_fits.py
+--csv`` (refits of cached forces), each material once. docs/VALIDATION.md uses it to score all of
+phonondb_dev under ``accurate`` when part of it was refitted and part run.
+
+    python benchmarks/validation_union.py --per-material runs.csv --fits fits.csv --fit residual_subtracted
+
+Per verdict (Brillouin zone, commensurate q-points alone, Brillouin zone beyond acoustic dips next to Gamma)
+and threshold: accuracy with its 95% Wilson interval, F1 both ways, the false-unstable rate and the
+materials behind each error; last line JSON. A material given twice is refused (say which source to keep by
+leaving it out of the other): two measurements of one material would be counted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# the per-material columns of each source, by verdict
+_RUN_COLUMNS = {"brillouin_zone": "min_frequency_bz_thz", "commensurate": "min_frequency_commensurate_thz",
+                "beyond_acoustic_dips": "min_frequency_beyond_acoustic_dips_thz"}
+_FIT_COLUMNS = {"brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
+
+
+def from_runs(path: Path, setting: str | None) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    if setting is not None:
+        frame = frame[frame["setting"] == setting]
+    if frame["setting"].nunique() > 1:
+        raise SystemExit(f"{path}: several settings ({', '.join(frame['setting'].unique())}); pick one with --setting")
+    ok = frame["status"] == "ok"  # a failure counts as unstable, as the benchmark counts it
+    out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
+                        "source": str(path)})
+    for verdict, column in _RUN_COLUMNS.items():
+        values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
+        out[verdict] = values.where(ok)
+        out[f"missing {verdict}"] = ok & values.isna()  # computed before the run recorded this verdict
+    return out
+
+
+def from_fits(path: Path, fit: str) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    frame = frame[frame["fit"] == fit]
+    if frame.empty:
+        raise SystemExit(f"{path}: no rows of the fit {fit!r}")
+    out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
+                        "source": str(path)})
+    failed = frame["error"].notna() if "error" in frame else pd.Series(False, index=frame.index)
+    for verdict, column in _FIT_COLUMNS.items():
+        values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
+        out[verdict] = values
+        out[f"missing {verdict}"] = ~failed & values.isna()
+    return out
+
+
+def table(rows: pd.DataFrame, thresholds=(-0.1, -0.001)) -> list[dict]:
+    from phononbench.reading.validation import scores
+
+    dft_stable = rows["dft"] == "stable"
+    out = []
+    for verdict in _RUN_COLUMNS:
+        missing = rows.loc[rows[f"missing {verdict}"].astype(bool), "material"]
+        if len(missing):  # not counted unstable: left out, saying so
+            print(f"{verdict}: left out, not recorded for {', '.join(sorted(missing))}", file=sys.stderr)
+            continue
+        for threshold in thresholds:
+            stable = rows[verdict].astype(float) >= threshold  # NaN: failed, unstable
+            s = scores(stable, dft_stable)
+            out.append({"verdict": verdict, "threshold_thz": threshold, "n": s["n"], "accuracy": s["accuracy"],
+                        "accuracy_ci": s["accuracy_ci"], "f1_stable": s["f1"], "f1_unstable": s["f1_unstable"],
+                        "false_unstable_rate": s["false_unstable_rate"], **s["confusion"],
+                        "false_unstable": sorted(rows.loc[dft_stable & ~stable, "formula"]),
+                        "false_stable": sorted(rows.loc[~dft_stable & stable, "formula"])})
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-material", type=Path, nargs="*", default=[], help="validate --per-material CSVs")
+    parser.add_argument("--setting", help="the setting to take from the per-material CSVs (if several)")
+    parser.add_argument("--fits", type=Path, nargs="*", default=[], help="force_constant_fits.py --csv files")
+    parser.add_argument("--fit", default="residual_subtracted", help="which fit to take from --fits")
+    args = parser.parse_args(argv)
+    parts = [from_runs(p, args.setting) for p in args.per_material] + [from_fits(p, args.fit) for p in args.fits]
+    if not parts:
+        parser.error("give --per-material and/or --fits")
+    rows = pd.concat(parts, ignore_index=True)
+    twice = rows[rows["material"].duplicated(keep=False)]
+    if len(twice):
+        raise SystemExit("given twice: " + ", ".join(f"{m} ({', '.join(g['source'])})" for m, g in twice.groupby("material")))
+    results = table(rows)
+    for r in results:
+        low, high = r["accuracy_ci"]
+        print(f"{r['verdict']:21s} {r['threshold_thz']:7g}  n={r['n']}  accuracy={r['accuracy']:.3f} ({low:.3f}-{high:.3f})"
+              f"  F1 stable={r['f1_stable']:.3f}  F1 imaginary={r['f1_unstable']:.3f}"
+              f"  false-unstable={r['fn']}/{r['tp'] + r['fn']}  false-stable={r['fp']}/{r['fp'] + r['tn']}")
+        print(f"    false-unstable: {', '.join(r['false_unstable']) or '-'};  false-stable: {', '.join(r['false_stable']) or '-'}")
+    print(json.dumps({"n": len(rows), "scores": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
