@@ -98,6 +98,10 @@ def test_tiered_screen_fires_on_batio3_and_agrees_with_full_protocol():
     assert tiered[0].min_frequency_thz == pytest.approx(full[0].min_frequency_thz, rel=0.15)
     assert tiered[0].n_displacements == full[0].n_displacements  # same displacements, in an 8x smaller cell
     assert tiered[1].phonon_method == "supercell"  # stable silicon is not screened out
+    # Gamma is commensurate: the screened row carries the commensurate and beyond-acoustic-dips verdicts too,
+    # so validate does not leave them out for a tiered run
+    assert tiered[0].min_frequency_commensurate_thz == tiered[0].min_frequency_beyond_acoustic_dips_thz == \
+        tiered[0].min_frequency_bz_thz < -1.0
     assert np.isclose(tiered[1].min_frequency_thz, full[1].min_frequency_thz)
 
 

@@ -128,21 +128,38 @@ def test_leaderboard_with_published_rows(tmp_path, copper_folder):
     assert published_rows.loc[-0.1, "strict_stability_rate"].isna().all()
 
 
-def test_gamma_cell_of_the_supercell_on_cubic_and_hexagonal_cells():
+def test_gamma_cell_of_the_supercell_on_cubic_hexagonal_and_skewed_cells():
+    from itertools import product
+
     from phononbench.science.phonons import inside_gamma_cell
 
     cubic = np.eye(3) * 4.0
     q = [[0.2, 0, 0], [0.3, 0, 0], [0.97, 0, 0], [0, 0, 0], [0.5, 0, 0], [0.24, 0.24, 0.24], [0.26, 0.26, 0.26]]
     # 2x2x2: commensurate at 0 and 1/2 on each axis, so Gamma's cell is |q_i| < 1/4; Gamma and (1/2, 0, 0)
     # are commensurate (exact), never inside
-    assert inside_gamma_cell(np.diag([2, 2, 2]), cubic, np.array(q)).tolist() == [
+    assert inside_gamma_cell(np.diag([2, 2, 2]) @ cubic, cubic, np.array(q)).tolist() == [
         True, False, True, False, False, True, False]
-    assert inside_gamma_cell(np.diag([4, 2, 2]), cubic, np.array([[0.2, 0, 0], [0.1, 0, 0]])).tolist() == [False, True]
+    assert inside_gamma_cell(np.diag([4, 2, 2]) @ cubic, cubic, np.array([[0.2, 0, 0], [0.1, 0, 0]])).tolist() == [
+        False, True]
+    # 1x1x1: only Gamma is commensurate, so every other q-point is in its cell
+    assert inside_gamma_cell(cubic, cubic, np.array([[0.5, 0.5, 0.5], [0, 0, 0]])).tolist() == [True, False]
     # hexagonal 3x3x1: (1/3, 1/3, 0) is commensurate, so K is exact; its neighbourhood belongs to K, not Gamma
     hexagonal = np.array([[3.0, 0, 0], [-1.5, 1.5 * np.sqrt(3), 0], [0, 0, 5.0]])
-    assert inside_gamma_cell(np.diag([3, 3, 1]), hexagonal,
+    assert inside_gamma_cell(np.diag([3, 3, 1]) @ hexagonal, hexagonal,
                              np.array([[1 / 3, 1 / 3, 0], [0.3, 0.3, 0], [0.1, 0.1, 0], [0, 0, 0.4]])).tolist() == [
         False, False, True, True]
+    # a tetragonal lattice written in a skewed basis (alpha = 157 degrees): against a brute-force search over
+    # every commensurate point nearby; (0.0822, -0.4059, -0.0669) is nearer (0, 0, -4/3) than Gamma
+    skewed = np.array([[4.0, 0, 0], [0, 4, 0], [0, -12, 5]])
+    supercell = np.diag([2, 1, 3]) @ skewed
+    rng = np.random.default_rng(0)
+    q = np.vstack([[[0.0822, -0.4059, -0.0669]], rng.uniform(-1, 1, (400, 3))])
+    commensurate = np.array(list(product(range(-12, 13), repeat=3)), dtype=float) @ np.linalg.inv(supercell).T
+    distance = np.linalg.norm(q @ np.linalg.inv(skewed).T[None] - commensurate[:, None], axis=2)  # (points, q)
+    nearest = commensurate[np.argmin(distance, axis=0)] @ skewed.T  # in the unit cell's reciprocal basis
+    expected = np.all(np.abs(nearest - np.round(nearest)) < 1e-6, axis=1)
+    assert not expected[0] and inside_gamma_cell(supercell, skewed, q).tolist() == expected.tolist()
+    assert 20 < expected.sum() < 380  # both answers occur
 
 
 def test_acoustic_dips_next_to_gamma_are_set_aside_and_nothing_else(emt):
@@ -173,3 +190,14 @@ def test_acoustic_dips_next_to_gamma_are_set_aside_and_nothing_else(emt):
     assert dip(1, 0) == (-0.5, -0.5)  # (0.4, 0, 0): nearer the commensurate (1/2, 0, 0) than Gamma
     assert dip(2, 0) == (-0.5, -0.5)  # commensurate: exact
     assert dip(3, 1)[1] >= 0
+
+
+def test_a_one_by_one_by_one_supercell_still_gets_every_verdict(emt):
+    """Only Gamma is commensurate on the input cell itself: the verdict beyond acoustic dips has no other
+    point to compare with, and must not fail the structure (it once did)."""
+    import dataclasses
+
+    row = published(_item("fcc-111", bulk("Cu", "fcc", a=3.61)), emt,
+                    dataclasses.replace(PUBLISHED, supercell=(1, 1, 1)))
+    assert row.status == Status.OK and row.bz_verdicts and row.min_frequency_beyond_acoustic_dips_thz is not None
+    assert row.min_frequency_beyond_acoustic_dips_thz >= row.min_frequency_bz_thz

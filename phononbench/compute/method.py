@@ -12,6 +12,7 @@ Per-stage wall times are each structure's share of its stage, in proportion to i
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 
@@ -45,6 +46,8 @@ from phononbench.science.stability import (
     separated_by_vacuum,
 )
 
+
+log = logging.getLogger(__name__)
 
 def compute(items: list[InputStructure], engine: Engine, protocol: ProtocolSettings) -> list[StructureResult]:
     """One row per structure: relaxed with the engine, phonons, verdict at every threshold."""
@@ -114,6 +117,10 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
             # Gamma is in the zone: the Brillouin-zone verdict is the same unstable one
             rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = verdict.min_frequency_thz, verdict.qpoint
             rows[k].min_frequency_bz_source, rows[k].bz_verdicts = "gamma_screen", dict(verdict.stable)
+            # Gamma is commensurate (exact) and never set aside as an acoustic dip: the same minimum for both
+            rows[k].min_frequency_commensurate_thz = verdict.min_frequency_thz
+            rows[k].min_frequency_beyond_acoustic_dips_thz = verdict.min_frequency_thz
+            rows[k].min_frequency_beyond_acoustic_dips_qpoint = verdict.qpoint
         else:
             undecided.append(k)
     _add_phonon_time(rows, time.perf_counter() - start, {k: len(relaxed[k].atoms) for k in todo})
@@ -145,9 +152,12 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
             frequencies = zone_frequencies(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
             bz = assess_brillouin_zone(frequencies, protocol.thresholds_thz)
             rows[k].min_frequency_commensurate_thz = assess(frequencies["commensurate"], ()).min_frequency_thz
-            beyond = assess_brillouin_zone_beyond_acoustic_dips(phonon, frequencies, ())
-            rows[k].min_frequency_beyond_acoustic_dips_thz = beyond.min_frequency_thz
-            rows[k].min_frequency_beyond_acoustic_dips_qpoint = beyond.qpoint
+            try:  # a side verdict: its failure must not take the headline ones with it
+                beyond = assess_brillouin_zone_beyond_acoustic_dips(phonon, frequencies, ())
+                rows[k].min_frequency_beyond_acoustic_dips_thz = beyond.min_frequency_thz
+                rows[k].min_frequency_beyond_acoustic_dips_qpoint = beyond.qpoint
+            except Exception as exc:  # the column stays empty, and validate leaves the verdict out, saying so
+                log.warning("%s: the verdict beyond acoustic dips failed: %s", rows[k].structure_id, reason(exc))
             rows[k].phonon_bz_wall_s = time.perf_counter() - bz_start
             _record_verdict(rows[k], verdict, len(phonon.displacements), "supercell")
             rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = bz.min_frequency_thz, bz.qpoint

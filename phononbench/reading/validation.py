@@ -149,6 +149,10 @@ def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
         for verdict in VERDICTS:  # runs from before a verdict have none of it
             if has_verdict(merged, verdict, t):
                 report[f"{_PREFIX[verdict]}{t:g}"] = scores(predicted_stable(merged, verdict, t), dft_stable)
+    partly = [v for v, column in _FREQUENCY_OF.items() if column in merged and not has_verdict(merged, v, 0.0)]
+    if partly:
+        log.warning("verdict%s left out: some computed rows have no %s (computed before the column, or its "
+                    "computation failed)", "s" if len(partly) > 1 else "", " or ".join(partly))
     return report
 
 

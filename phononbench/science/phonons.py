@@ -297,27 +297,30 @@ def gamma_frequencies(phonon: Phonopy) -> BandStructure:
 # noise sits (docs/VALIDATION.md). This marks those modes; what a verdict does with them is its choice.
 
 
-def inside_gamma_cell(supercell_matrix: np.ndarray, unitcell_lattice: np.ndarray, qpoints: np.ndarray) -> np.ndarray:
+def inside_gamma_cell(supercell_lattice: np.ndarray, unitcell_lattice: np.ndarray, qpoints: np.ndarray) -> np.ndarray:
     """For each q-point (fractional, the unit cell's reciprocal basis): True when it is not commensurate and
-    Gamma (or a reciprocal lattice vector) is strictly its nearest commensurate point: it lies inside the
-    Wigner-Seitz cell around Gamma of the supercell's reciprocal lattice."""
+    Gamma (or a reciprocal lattice vector of the unit cell) is strictly its nearest commensurate point: it
+    lies inside the Wigner-Seitz cell around Gamma of the supercell's reciprocal lattice. That lattice is
+    Minkowski-reduced first, so the nearest point is among the 27 around the rounded coordinates even for a
+    skewed cell; a 1x1x1 supercell's Gamma cell is the whole zone."""
     from itertools import product
 
-    from phonopy.harmonic.dynmat_to_fc import get_commensurate_points
+    from ase.geometry.minkowski_reduction import minkowski_reduce
 
     reciprocal = np.linalg.inv(np.asarray(unitcell_lattice, dtype=float)).T  # rows, no 2 pi
-    commensurate = np.asarray(get_commensurate_points(np.asarray(supercell_matrix)), dtype=float)
+    commensurate_basis, _ = minkowski_reduce(np.linalg.inv(np.asarray(supercell_lattice, dtype=float)).T)
+    cartesian = np.asarray(qpoints, dtype=float).reshape(-1, 3) @ reciprocal
+    # the commensurate points near each q-point, in the reduced basis, then as Cartesian vectors
+    rounded = np.round(np.linalg.solve(commensurate_basis.T, cartesian.T).T)
     shifts = np.array(list(product((-1, 0, 1), repeat=3)), dtype=float)
-    q = np.asarray(qpoints, dtype=float).reshape(-1, 3)
-    q = q - np.round(q)  # the same q-point, nearest Gamma's image
-    # distance from each q-point to each image of each commensurate point, in 1/A
-    images = (commensurate[:, None, :] + shifts[None, :, :]).reshape(-1, 3)
-    is_gamma = np.all(np.abs(images - np.round(images)) < 1e-9, axis=1)
-    distance = np.linalg.norm((q[:, None, :] - images[None, :, :]) @ reciprocal, axis=2)
-    to_gamma, to_other = distance[:, is_gamma].min(axis=1), distance[:, ~is_gamma].min(axis=1)
-    scale = np.linalg.norm(reciprocal, axis=1).min()
-    commensurate_here = np.minimum(to_gamma, to_other) < 1e-6 * scale
-    return (to_gamma < to_other - 1e-9 * scale) & ~commensurate_here
+    near = (rounded[:, None, :] + shifts[None, :, :]) @ commensurate_basis  # (n_q, 27, 3)
+    distance = np.linalg.norm(cartesian[:, None, :] - near, axis=2)
+    fractional = near @ np.asarray(unitcell_lattice, dtype=float).T  # in the unit cell's reciprocal basis
+    is_gamma = np.all(np.abs(fractional - np.round(fractional)) < 1e-6, axis=2)  # Gamma or one of its images
+    to_gamma = np.where(is_gamma, distance, np.inf).min(axis=1)
+    to_other = np.where(is_gamma, np.inf, distance).min(axis=1)
+    scale = np.linalg.norm(commensurate_basis, axis=1).min()
+    return (to_gamma > 1e-6 * scale) & (to_gamma < to_other - 1e-9 * scale)
 
 
 def acoustic_character(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:

@@ -72,7 +72,10 @@ def assess_brillouin_zone_beyond_acoustic_dips(phonon, samples: dict[str, BandSt
     kept = {}
     for source, bands in samples.items():
         frequencies = np.array(bands.frequencies_thz, dtype=float)
-        inside = inside_gamma_cell(phonon.supercell_matrix, phonon.unitcell.cell, bands.qpoints)
+        if source == "commensurate":  # exact, never inside
+            kept[source] = bands
+            continue
+        inside = inside_gamma_cell(phonon.supercell.cell, phonon.unitcell.cell, bands.qpoints)
         soft = inside & (frequencies.min(axis=1) < 0)
         if soft.any():
             acoustic = acoustic_character(phonon, bands.qpoints[soft]) > ACOUSTIC_CHARACTER
