@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-# the per-material columns of each source, by verdict
-_RUN_COLUMNS = {"brillouin_zone": "min_frequency_bz_thz", "commensurate": "min_frequency_commensurate_thz",
-                "beyond_acoustic_dips": "min_frequency_beyond_acoustic_dips_thz"}
+from phononbench.records import Col
+
+# the per-material columns of each source, by verdict (validate's are the run's own columns)
+_RUN_COLUMNS = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_THZ, "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+                "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
 _FIT_COLUMNS = {"brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
 
 

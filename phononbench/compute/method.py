@@ -49,6 +49,7 @@ from phononbench.science.stability import (
 
 log = logging.getLogger(__name__)
 
+
 def compute(items: list[InputStructure], engine: Engine, protocol: ProtocolSettings) -> list[StructureResult]:
     """One row per structure: relaxed with the engine, phonons, verdict at every threshold."""
     rows = [StructureResult.for_input(item) for item in items]

@@ -71,18 +71,16 @@ def assess_brillouin_zone_beyond_acoustic_dips(phonon, samples: dict[str, BandSt
 
     kept = {}
     for source, bands in samples.items():
-        frequencies = np.array(bands.frequencies_thz, dtype=float)
+        kept[source] = bands
         if source == "commensurate":  # exact, never inside
-            kept[source] = bands
             continue
-        inside = inside_gamma_cell(phonon.supercell.cell, phonon.unitcell.cell, bands.qpoints)
-        soft = inside & (frequencies.min(axis=1) < 0)
-        if soft.any():
+        frequencies = np.array(bands.frequencies_thz, dtype=float)
+        soft = np.flatnonzero(inside_gamma_cell(phonon.supercell.cell, phonon.unitcell.cell, bands.qpoints)
+                              & (frequencies.min(axis=1) < 0))
+        if len(soft):
             acoustic = acoustic_character(phonon, bands.qpoints[soft]) > ACOUSTIC_CHARACTER
-            rows = frequencies[soft]
-            rows[acoustic] = np.inf
-            frequencies[soft] = rows
-        kept[source] = Bands(bands.qpoints, frequencies)
+            frequencies[soft] = np.where(acoustic, np.inf, frequencies[soft])
+            kept[source] = Bands(bands.qpoints, frequencies)
     return assess_brillouin_zone(kept, thresholds_thz)
 
 
