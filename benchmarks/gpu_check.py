@@ -79,15 +79,28 @@ class GpuSampler:
                 "peak_gpu_memory_mib": max(m for _, m in self.samples)}
 
 
-def run_part(command: list[str], timeout_s: float, env: dict | None = None) -> tuple[int, str, float]:
+LOGS: Path | None = None  # --logs: each part's whole output is kept there, for a part that fails
+
+
+def run_part(command: list[str], timeout_s: float, env: dict | None = None, name: str = "") -> tuple[int, str, float]:
     started = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout_s, 1), cwd=REPO,
                               env={**os.environ, **(env or {})})
-        return done.returncode, done.stdout + done.stderr, time.monotonic() - started
+        code, text = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:
-        out = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        return 124, out, time.monotonic() - started
+        text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                       for x in (expired.stdout, expired.stderr))
+        code = 124
+    if LOGS and name:
+        (LOGS / f"{name}.log").write_text(text)
+    return code, text, time.monotonic() - started
+
+
+def failure_tail(text: str, lines: int = 6) -> list[str]:
+    """The last lines of a failed part that are not warnings."""
+    kept = [line for line in text.strip().splitlines() if "Warning" not in line and "warnings.warn" not in line]
+    return kept[-lines:]
 
 
 def last_json(text: str) -> dict | None:
@@ -114,19 +127,23 @@ def sample_inputs(folder: Path, n: int) -> Path:
     return out
 
 
-def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float | None, timeout_s: float) -> dict:
+def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float | None, timeout_s: float,
+                        chunk_size: int | None = None) -> dict:
     """One run; ``gpus_per_worker`` None is the default (the GPU shared by as many workers as there are CPUs)."""
     share = ["--gpus-per-worker", str(gpus_per_worker)] if gpus_per_worker else []
+    # a chunk's rows land when the chunk ends: smaller chunks let a run cut off by its budget still count
+    share += ["--chunk-size", str(chunk_size)] if chunk_size else []
     with GpuSampler() as gpu:
         code, text, wall = run_part([sys.executable, "-m", "phononbench.cli", "run", str(inputs), "--out", str(out),
                                      "--model", "sevennet-0", "--engine", "torchsim", "--device", "cuda", *share],
-                                    timeout_s)
+                                    timeout_s, name=f"run-{gpus_per_worker or 'default'}")
     from phononbench.running.run_folder import recorded_rows
 
     rows = recorded_rows(out) if (out / "structures").exists() else None
-    done = 0 if rows is None else int(rows["status"].isin(["ok", "phonon_failed", "relax_failed",
-                                                           "relax_not_converged"]).sum())
-    steps = 0 if rows is None else float((rows["relax_steps"].fillna(0) * rows["n_atoms"].fillna(0)).sum())
+    # a run cut off before its first chunk landed has rows with no columns beyond the keys
+    done = 0 if rows is None or rows.empty else int(rows["status"].isin(["ok", "phonon_failed", "relax_failed",
+                                                                        "relax_not_converged"]).sum())
+    steps = 0 if rows is None or rows.empty else float((rows["relax_steps"].fillna(0) * rows["n_atoms"].fillna(0)).sum())
     per_hour = done / wall * 3600 if wall else None
     executor = json.loads((out / "run.json").read_text()).get("executor", {}) if (out / "run.json").exists() else {}
     return {"gpus_per_worker": gpus_per_worker or "default", "workers_per_gpu": executor.get("workers_per_gpu", 1),
@@ -134,7 +151,7 @@ def pipeline_throughput(inputs: Path, out: Path, gpus_per_worker: float | None, 
             "structures_per_hour": round(per_hour) if per_hour else None,
             "relaxation_atom_evaluations_per_s": round(steps / wall) if wall else None,
             "projected_hours_for_110k": round(STRUCTURES_110K / per_hour, 2) if per_hour else None,
-            **gpu.figures(), "tail": text.strip().splitlines()[-1:] if code else []}
+            **gpu.figures(), "tail": failure_tail(text) if code else []}
 
 
 MATTERSIM_RATE = """
@@ -168,29 +185,53 @@ print(json.dumps(out))
 
 
 def main() -> None:
+    global LOGS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structures", type=int, default=240)
     parser.add_argument("--budget-s", type=float, default=480)
+    parser.add_argument("--logs", type=Path, help="keep each part's whole output here")
+    parser.add_argument("--chunk-size", type=int, help="the runs' --chunk-size (default: the CLI's, 512 on cuda)")
     args = parser.parse_args()
     refuse_without_gpu()
+    LOGS = args.logs
     started = time.monotonic()
     left = lambda share: max(30.0, share * (args.budget_s - (time.monotonic() - started)))  # noqa: E731
     figures: dict = {}
+
+    def part(name, measure):
+        """One part; a part that breaks is recorded as such and the next one still runs. The figures so far
+        are printed after each part, so a check cut off from outside still leaves them."""
+        try:
+            figures[name] = measure()
+        except Exception as error:  # noqa: BLE001 - a broken part must not cost the others' figures
+            figures[name] = {"error": f"{type(error).__name__}: {error}"}
+        print(json.dumps({"so_far": figures}), flush=True)
+
+    def gpu_tests():
+        code, text, wall = run_part([sys.executable, "-m", "pytest", "-q", "tests/test_gpu.py"], left(0.15),
+                                    name="gpu_tests")
+        return {"exit_code": code, "summary": text.strip().splitlines()[-1:], "wall_s": round(wall, 1)}
+
+    def engine_overhead():
+        code, text, _ = run_part([sys.executable, "benchmarks/engine_overhead.py", "--device", "cuda", "--engines",
+                                  "torchsim", "--in-flight", "256", "--steps", "50"], left(0.15), name="engine_overhead")
+        return last_json(text) if code == 0 else {"exit_code": code, "tail": failure_tail(text)}
+
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        code, text, wall = run_part([sys.executable, "-m", "pytest", "-q", "tests/test_gpu.py"], left(0.15))
-        figures["gpu_tests"] = {"exit_code": code, "summary": text.strip().splitlines()[-1:], "wall_s": round(wall, 1)}
-        code, text, _ = run_part([sys.executable, "benchmarks/engine_overhead.py", "--device", "cuda", "--engines",
-                                  "torchsim", "--in-flight", "256", "--steps", "50"], left(0.15))
-        figures["engine_overhead_cuda"] = last_json(text) if code == 0 else {"exit_code": code}
+        part("gpu_tests", gpu_tests)
+        part("engine_overhead_cuda", engine_overhead)
         inputs = sample_inputs(scratch, args.structures)
-        figures["throughput_sevennet_0"] = [
-            pipeline_throughput(inputs, scratch / f"run-{g}", g, left(share))
-            for g, share in ((1.0, 0.3), (0.5, 0.45), (None, 0.9))]
-        code, text, _ = run_part([sys.executable, "-c", MATTERSIM_RATE, str(scratch / "m3gnet-5m-random.pth"),
-                                  str(GENERATED)], left(0.9))
-        mattersim = last_json(text) if code == 0 else {"exit_code": code, "tail": text.strip().splitlines()[-3:]}
-        figures["mattersim_5m_random_weights"] = mattersim
+        for g, share in ((1.0, 0.3), (0.5, 0.45), (None, 0.9)):
+            part(f"throughput_sevennet_0_gpus_per_worker_{g or 'default'}",
+                 lambda g=g, share=share: pipeline_throughput(inputs, scratch / f"run-{g}", g, left(share), args.chunk_size))
+
+        def mattersim_rate():
+            code, text, _ = run_part([sys.executable, "-c", MATTERSIM_RATE, str(scratch / "m3gnet-5m-random.pth"),
+                                      str(GENERATED)], left(0.9), name="mattersim")
+            return last_json(text) if code == 0 else {"exit_code": code, "tail": failure_tail(text)}
+
+        part("mattersim_5m_random_weights", mattersim_rate)
     figures["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(figures))
 

@@ -123,7 +123,9 @@ def bz_verdict_column(threshold_thz: float) -> str:
 
 
 def _column(arrow_type: pa.DataType, default=None):
-    """A row field that is also a Parquet column of this Arrow type."""
+    """A row field that is also a Parquet column of this Arrow type. Lists are variable-size, never
+    fixed-size: pyarrow before 26 cannot read back a null fixed-size list from Parquet (apache/arrow#35692),
+    so one failed structure made its whole part file unreadable there."""
     return field(default=default, metadata={"arrow": arrow_type})
 
 
@@ -154,27 +156,27 @@ class StructureResult:
     relax_cycles: int | None = _column(pa.int16())
     relax_fmax_ev_per_a: float | None = _column(pa.float64())
     n_displacements: int | None = _column(pa.int32())
-    supercell_matrix: list[int] | None = _column(pa.list_(pa.int32(), 9))  # phonopy's convention, row by row
+    supercell_matrix: list[int] | None = _column(pa.list_(pa.int32()))  # 9 integers: phonopy's convention, row by row
     n_supercell_atoms: int | None = _column(pa.int32())
     # phonopy produced force constants: the published script's "relaxed" (it writes the relaxed CIF then);
     # False only where the forces or phonopy failed before them (None: not attempted, e.g. over the atom cap)
     has_force_constants: bool | None = _column(pa.bool_())
     phonon_method: str | None = _column(pa.string())  # "supercell" (full protocol) or "gamma_screen" (tiered)
     min_frequency_thz: float | None = _column(pa.float64())
-    min_frequency_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
+    min_frequency_qpoint: list[float] | None = _column(pa.list_(pa.float64()))
     min_frequency_band: int | None = _column(pa.int32())
     min_frequency_is_acoustic_gamma: bool | None = _column(pa.bool_())
     min_frequency_excl_acoustic_gamma_thz: float | None = _column(pa.float64())
     # the Brillouin-zone verdict: the true high-symmetry path, the commensurate q-points and a mesh
     min_frequency_bz_thz: float | None = _column(pa.float64())
-    min_frequency_bz_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
+    min_frequency_bz_qpoint: list[float] | None = _column(pa.list_(pa.float64()))
     min_frequency_bz_source: str | None = _column(pa.string())  # path, commensurate, mesh or gamma_screen
     # the lowest frequency at the supercell's commensurate q-points alone (exact: no interpolation)
     min_frequency_commensurate_thz: float | None = _column(pa.float64())
     # the Brillouin zone without acoustic modes at interpolated q-points nearer Gamma than any other commensurate
     # point (stability.assess_brillouin_zone_beyond_acoustic_dips)
     min_frequency_beyond_acoustic_dips_thz: float | None = _column(pa.float64())
-    min_frequency_beyond_acoustic_dips_qpoint: list[float] | None = _column(pa.list_(pa.float64(), 3))
+    min_frequency_beyond_acoustic_dips_qpoint: list[float] | None = _column(pa.list_(pa.float64()))
     relax_wall_s: float | None = _column(pa.float64())
     phonon_wall_s: float | None = _column(pa.float64())
     phonon_bz_wall_s: float | None = _column(pa.float64())  # the part of phonon_wall_s the BZ verdict took

@@ -439,3 +439,36 @@ def test_a_run_made_before_a_setting_existed_resumes_at_its_default():
     for missing in (None, [], "accurate"):  # a run.json without a readable protocol is refused, not read as published
         with pytest.raises(SetupError, match=r"other settings \(protocol\)"):
             ensure_resumable({**info(PUBLISHED), "protocol": missing}, info(PUBLISHED))
+
+
+def test_list_columns_are_variable_size_and_parts_written_fixed_size_still_read(tmp_path):
+    """pyarrow before 26 cannot read back a null fixed-size list from Parquet (apache/arrow#35692): on such a
+    pyarrow (a GPU node's image had one) one failed structure made its part file unreadable. Lists are written
+    variable-size; a part written fixed-size by an earlier version, beside a new part, still reads."""
+    from phononbench.records import structures_schema
+
+    assert not [f.name for f in structures_schema((-0.1,)) if pa.types.is_fixed_size_list(f.type)]
+    folder = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6))
+    (folder / "broken.cif").write_text("data_broken\n_cell_length_a nonsense\n")
+    out = tmp_path / "out"
+    assert _run(folder.parent, "--out", out, *EMT_RUN).exit_code == 0
+    [part] = (out / "structures").glob("part-*.parquet")
+    written = pq.read_table(part)
+    assert not [f.name for f in written.schema if pa.types.is_fixed_size_list(f.type)]
+    rows = read_structures(out).set_index(Col.STATUS)
+    assert rows.loc["invalid_input", Col.SUPERCELL_MATRIX] is None
+    assert list(rows.loc["ok", Col.SUPERCELL_MATRIX]) == [2, 0, 0, 0, 2, 0, 0, 0, 2]
+
+    # the same part as the previous version wrote it: fixed-size lists (nulls included, which this pyarrow reads)
+    old = written
+    for name, size in ((Col.SUPERCELL_MATRIX, 9), (Col.MIN_FREQUENCY_QPOINT, 3), (Col.MIN_FREQUENCY_BZ_QPOINT, 3)):
+        i = old.schema.get_field_index(str(name))
+        old = old.set_column(i, str(name), old.column(i).cast(pa.list_(old.schema.field(i).type.value_type, size)))
+    pq.write_table(old, part)
+    _metals(folder, Al=bulk("Al", "fcc", a=4.05))  # a new input: the resume writes a new-format part beside it
+    assert _run(folder.parent, "--out", out, *EMT_RUN).exit_code == 0 and _info(out)["n_computed_this_time"] == 1
+    rows = read_structures(out)
+    assert len(rows) == 3 and len(list((out / "structures").glob("part-*.parquet"))) >= 1
+    ok = rows[rows[Col.STATUS] == "ok"]
+    assert len(ok) == 2 and all(list(m) == [2, 0, 0, 0, 2, 0, 0, 0, 2] for m in ok[Col.SUPERCELL_MATRIX])
+    assert all(len(q) == 3 for q in ok[Col.MIN_FREQUENCY_BZ_QPOINT])

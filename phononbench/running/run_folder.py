@@ -169,7 +169,7 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
             if name not in on_disk:
                 raise FileNotFoundError("listed in parts.json, missing")
             columns = None if not skip else [c for c in pq.read_schema(part).names if c not in skip]
-            table = pq.read_table(part, columns=columns)
+            table = _variable_size_lists(pq.read_table(part, columns=columns))
             if ledger is not None and name in ledger and table.num_rows != ledger[name]:
                 raise ValueError(f"{table.num_rows} rows, parts.json says {ledger[name]}")
         except (OSError, ValueError, pa.ArrowException) as exc:
@@ -190,6 +190,15 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
             log.warning("part file set aside (its structures are computed again): %s", problem)
         write_ledger(out, {p.name: t.num_rows for p, t in zip(parts, tables)})
     return tables, parts
+
+
+def _variable_size_lists(table: pa.Table) -> pa.Table:
+    """A part written before the lists became variable-size (records._column), as parts are written now."""
+    fixed = [i for i, f in enumerate(table.schema) if pa.types.is_fixed_size_list(f.type)]
+    for i in fixed:
+        f = table.schema.field(i)
+        table = table.set_column(i, f.name, table.column(i).cast(pa.list_(f.type.value_type)))
+    return table
 
 
 def _incomplete(out: Path, problem: str) -> IncompleteRun:
