@@ -130,7 +130,7 @@ def run(
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Stability threshold in THz (repeatable; first is the headline). Default -0.1 and -0.001.")] = None,
     limit: Limit = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen), bulk (sets aside structures that relax into molecules, chains or layers in vacuum) or accurate (supercells by length, the Brillouin-zone verdict as the headline).")] = "published",
+    preset: Annotated[str, typer.Option(help="Protocol preset: published, tiered (Gamma screen), bulk (sets aside structures that relax into molecules, chains or layers in vacuum) or accurate (supercells by length, the Brillouin-zone verdict as the headline, acoustic dips next to Gamma set aside).")] = "published",
     max_atoms: MaxAtoms = None,
     supercell: Supercell = None,
     max_supercell_atoms: MaxSupercellAtoms = None,

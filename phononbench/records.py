@@ -65,6 +65,7 @@ class Col(StrEnum):
     HAS_FORCE_CONSTANTS = "has_force_constants"
     MIN_FREQUENCY_COMMENSURATE_THZ = "min_frequency_commensurate_thz"
     MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ = "min_frequency_beyond_acoustic_dips_thz"
+    MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ = "min_frequency_bz_with_acoustic_dips_thz"
     MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT = "min_frequency_beyond_acoustic_dips_qpoint"
     PHONON_METHOD = "phonon_method"
     MIN_FREQUENCY_THZ = "min_frequency_thz"
@@ -177,6 +178,8 @@ class StructureResult:
     # point (stability.assess_brillouin_zone_beyond_acoustic_dips)
     min_frequency_beyond_acoustic_dips_thz: float | None = _column(pa.float64())
     min_frequency_beyond_acoustic_dips_qpoint: list[float] | None = _column(pa.list_(pa.float64()))
+    # the whole zone, acoustic dips included: min_frequency_bz_thz itself unless the protocol sets the dips aside
+    min_frequency_bz_with_acoustic_dips_thz: float | None = _column(pa.float64())
     relax_wall_s: float | None = _column(pa.float64())
     phonon_wall_s: float | None = _column(pa.float64())
     phonon_bz_wall_s: float | None = _column(pa.float64())  # the part of phonon_wall_s the BZ verdict took

@@ -375,6 +375,27 @@ def test_leaderboard_entries_are_generator_potential_protocol_and_unfinished_run
     assert f"metals ({model}, published) (unfinished: 1 of 2 decided)" in md
 
 
+def test_accurate_runs_from_before_and_after_acoustic_dips_were_set_aside_never_share_a_board(tmp_path):
+    """An accurate run written before the preset set acoustic dips aside ranked by the whole zone: labelled
+    apart from a new one, and one leaderboard refuses the two (its Brillouin-zone column would mix them)."""
+    from phononbench.reading.ranking import _protocol_label
+
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    new = tmp_path / "new"
+    assert _run(inputs, "--out", new, *EMT_RUN, "--preset", "accurate").exit_code == 0
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    info = _info(old)
+    del info["protocol"]["acoustic_dips"]
+    info["run_id"] = "an-earlier-run"  # a copy with the same run_id would count once, as the same run
+    (old / "run.json").write_text(json.dumps(info))
+    assert _protocol_label(_info(new)["protocol"]) == "accurate"
+    assert _protocol_label(info["protocol"]).startswith("accurate#")
+    refused = runner.invoke(app, ["leaderboard", str(new), str(old)])
+    assert refused.exit_code == 2 and "acoustic dips next to Gamma counted in some" in refused.output
+    assert runner.invoke(app, ["leaderboard", str(new), str(new)]).exit_code == 0
+
+
 # 9. Threads -----------------------------------------------------------------------------------------
 
 
@@ -432,6 +453,11 @@ def test_a_run_made_before_a_setting_existed_resumes_at_its_default():
     ensure_resumable(info(PUBLISHED, drop=old), info(PUBLISHED))
     with pytest.raises(SetupError, match=r"protocol\.subtract_residual_forces, protocol\.supercell_zone_boundary\)"):
         ensure_resumable(info(ACCURATE.with_supercell("15"), drop=old), info(ACCURATE))
+    # an accurate run from before it set acoustic dips aside counted them: refused, the setting named; a
+    # published run from then resumes (its dips were and are counted)
+    ensure_resumable(info(PUBLISHED, drop=("acoustic_dips",)), info(PUBLISHED))
+    with pytest.raises(SetupError, match=r"protocol\.acoustic_dips\)"):
+        ensure_resumable(info(ACCURATE, drop=("acoustic_dips",)), info(ACCURATE))
     # validate pools runs by the same rule: the old published run and a new one are one protocol
     from phononbench.reading.validation import _settings
 

@@ -74,7 +74,9 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     info, other = runs["copy"]
     k = other.index[0]
     flipped = not bool(other.loc[k, bz_verdict_column(-0.1)])
-    other.loc[k, [Col.MIN_FREQUENCY_BZ_THZ, bz_verdict_column(-0.1)]] = [0.5 if flipped else -3.25, flipped]
+    frequency = 0.5 if flipped else -3.25  # the whole zone's, as a protocol that counts acoustic dips records it
+    other.loc[k, [Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ, bz_verdict_column(-0.1)]] = [
+        frequency, frequency, flipped]
     changes = validation.differing_verdicts(runs, load_labels(subset / "labels.csv"), "brillouin_zone", -0.1)
     assert changes["material"].tolist() == [structure_key(other.loc[k, "source"])]
     assert [c for c in changes.columns if c.startswith("chgnet 2x2x2 (published) [")] == [
@@ -119,7 +121,12 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     other_threshold = {**info, "protocol": {**info["protocol"], "thresholds_thz": [-0.05]}}
     at_other = other.rename(columns={verdict_column(-0.1): verdict_column(-0.05),
                                      bz_verdict_column(-0.1): bz_verdict_column(-0.05)})
-    assert validation.differing_verdicts({"a": (same_info, first), "b": (other_threshold, at_other)}, labels_table).empty
+    pair = {"a": (same_info, first), "b": (other_threshold, at_other)}
+    # the path verdict exists at the run's thresholds alone: a run without -0.1 is left out
+    assert validation.differing_verdicts(pair, labels_table, "path", -0.1).empty
+    # the Brillouin zone's is read off its lowest frequency, at any threshold: the flipped material is named
+    assert validation.differing_verdicts(pair, labels_table, "brillouin_zone", -0.1)["material"].tolist() == [
+        structure_key(other.loc[k, "source"])]
 
     # every scored material, one row per setting, with what the table counts: its right verdicts are TP + TN
     table_file = tmp_path / "per_material.csv"
@@ -150,7 +157,7 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     duplicate = first.iloc[[0]].assign(**{Col.STRUCTURE_ID: "dup", Col.STATUS: "duplicate",
                                          Col.DUPLICATE_OF: first.iloc[0][Col.STRUCTURE_ID]})
     older = pd.concat([first, duplicate], ignore_index=True).drop(
-        columns=[Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_QPOINT,
+        columns=[Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_QPOINT, Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ,
                  *(bz_verdict_column(t) for t in same_info["protocol"]["thresholds_thz"])])
     each = validation.per_material({"old": (same_info, older)}, labels_table).set_index("structure_id")
     assert each.loc["dup", "duplicate_of"] == first.iloc[0][Col.STRUCTURE_ID]

@@ -120,6 +120,7 @@ def _gamma_screen(todo: list[int], relaxed, rows, engine: Engine, protocol: Prot
             rows[k].min_frequency_bz_source, rows[k].bz_verdicts = "gamma_screen", dict(verdict.stable)
             # Gamma is commensurate (exact) and never set aside as an acoustic dip: the same minimum for both
             rows[k].min_frequency_commensurate_thz = verdict.min_frequency_thz
+            rows[k].min_frequency_bz_with_acoustic_dips_thz = verdict.min_frequency_thz
             rows[k].min_frequency_beyond_acoustic_dips_thz = verdict.min_frequency_thz
             rows[k].min_frequency_beyond_acoustic_dips_qpoint = verdict.qpoint
         else:
@@ -153,16 +154,22 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
             frequencies = zone_frequencies(phonon, protocol.band_npoints, protocol.bz_mesh_length_a)
             bz = assess_brillouin_zone(frequencies, protocol.thresholds_thz)
             rows[k].min_frequency_commensurate_thz = assess(frequencies["commensurate"], ()).min_frequency_thz
-            try:  # a side verdict: its failure must not take the headline ones with it
-                beyond = assess_brillouin_zone_beyond_acoustic_dips(phonon, frequencies, ())
+            rows[k].min_frequency_bz_with_acoustic_dips_thz = bz.min_frequency_thz
+            set_aside = protocol.acoustic_dips == "set_aside"
+            try:
+                beyond = assess_brillouin_zone_beyond_acoustic_dips(phonon, frequencies, protocol.thresholds_thz)
                 rows[k].min_frequency_beyond_acoustic_dips_thz = beyond.min_frequency_thz
                 rows[k].min_frequency_beyond_acoustic_dips_qpoint = beyond.qpoint
-            except Exception as exc:  # the column stays empty, and validate leaves the verdict out, saying so
+            except Exception as exc:
+                if set_aside:  # the zone verdict itself: the structure's phonons fail, with the reason
+                    raise
+                # a side verdict: the column stays empty, and validate leaves it out, saying so
                 log.warning("%s: the verdict beyond acoustic dips failed: %s", rows[k].structure_id, reason(exc))
+            zone = beyond if set_aside else bz
             rows[k].phonon_bz_wall_s = time.perf_counter() - bz_start
             _record_verdict(rows[k], verdict, len(phonon.displacements), "supercell")
-            rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = bz.min_frequency_thz, bz.qpoint
-            rows[k].min_frequency_bz_source, rows[k].bz_verdicts = bz.source, bz.stable
+            rows[k].min_frequency_bz_thz, rows[k].min_frequency_bz_qpoint = zone.min_frequency_thz, zone.qpoint
+            rows[k].min_frequency_bz_source, rows[k].bz_verdicts = zone.source, zone.stable
         except Exception as exc:
             rows[k].status, rows[k].error = Status.PHONON_FAILED, reason(exc)
             # a supercell over the cap was our choice not to compute: it stays in the count, as unstable

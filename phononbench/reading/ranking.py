@@ -20,7 +20,7 @@ from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
 from phononbench.reading.report import percent
-from phononbench.running.run_folder import read_manifest, read_structures, read_verdict_run_info
+from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
@@ -80,6 +80,10 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     if len({headline_verdict(i) for i in infos.values()}) > 1:
         raise SetupError("the runs rank by different verdicts (published path and Brillouin zone: presets "
                          "published and accurate); a leaderboard needs one")
+    if len({_recorded(i)["acoustic_dips"] for i in infos.values()}) > 1:
+        raise SetupError("the runs' Brillouin-zone verdicts differ (acoustic dips next to Gamma counted in some, set "
+                         "aside in others: the accurate preset before and after it set them aside); a leaderboard "
+                         "needs one")
     structures = pd.concat(frames, ignore_index=True)
     entry = [Col.GENERATOR, Col.MODEL, Col.PROTOCOL]
     structures = structures.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH], keep="last")
@@ -97,11 +101,17 @@ def _protocol_label(protocol: dict) -> str:
         preset = dataclasses.asdict(get_preset(protocol["name"]))
     except SetupError:
         preset = None
-    relevant = {k: v for k, v in protocol.items() if k not in ("thresholds_thz", "model")}
+    # a setting added since the run was written is read at its default, as a resume reads it: an accurate run
+    # from before a change of the preset is labelled apart from one after it
+    relevant = {k: v for k, v in protocol_as_recorded(protocol).items() if k not in ("thresholds_thz", "model")}
     if preset is not None and json.loads(json.dumps({k: preset.get(k) for k in relevant})) == relevant:
         return protocol["name"]
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:6]
     return f"{protocol['name']}#{digest}"
+
+
+def _recorded(info: dict) -> dict:
+    return protocol_as_recorded(info["protocol"])
 
 
 def headline_verdict(info: dict) -> str:

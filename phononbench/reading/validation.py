@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from phononbench.errors import SetupError
-from phononbench.records import Col, Status, bz_verdict_column, is_stable, is_stable_bz, verdict_column
+from phononbench.records import Col, Status, bz_verdict_column, is_stable, verdict_column
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     rows = rows.copy()
     columns = [Col.STATUS, Col.ERROR, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_COMMENSURATE_THZ,
                Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT,
-               Col.HAS_FORCE_CONSTANTS, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_QPOINT]
+               Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ, Col.HAS_FORCE_CONSTANTS, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_QPOINT]
     columns += [verdict_column(t) for t in thresholds_thz] + [bz_verdict_column(t) for t in thresholds_thz]
     columns = [c for c in columns if c in rows]  # rows from before a verdict lack its columns
     by_id = rows.set_index(Col.STRUCTURE_ID)
@@ -88,18 +88,36 @@ def _f1(true_positive: int, false_positive: int, false_negative: int) -> float:
     return _ratio(2 * true_positive, 2 * true_positive + false_positive + false_negative)
 
 
+WHOLE_ZONE_QPOINT = "whole_zone_qpoint"  # where the whole zone's minimum is, where known
+
+
+def with_whole_zone(rows: pd.DataFrame) -> pd.DataFrame:
+    """The Brillouin zone's lowest frequency, acoustic dips next to Gamma included, on every row: a protocol that
+    sets the dips aside keeps it in its own column; rows from before that column had it as the zone's minimum.
+    Its q-point is known where it is the zone verdict's own minimum."""
+    if Col.MIN_FREQUENCY_BZ_THZ not in rows:
+        return rows
+    zone = rows[Col.MIN_FREQUENCY_BZ_THZ].astype(float)
+    whole = rows[Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ].astype(float).fillna(zone) \
+        if Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ in rows else zone
+    qpoint = rows[Col.MIN_FREQUENCY_BZ_QPOINT].where(whole == zone, None) if Col.MIN_FREQUENCY_BZ_QPOINT in rows else None
+    return rows.assign(**{Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ: whole, WHOLE_ZONE_QPOINT: qpoint})
+
+
 def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
-    rows = with_duplicate_verdicts(rows, thresholds_thz)
+    rows = with_whole_zone(with_duplicate_verdicts(rows, thresholds_thz))
     rows = rows.assign(label_id=rows[Col.SOURCE].map(structure_key))
     return labels.merge(rows, on="label_id", how="inner", suffixes=("_labels", ""))  # the run's columns keep their names
 
 
-# The verdicts scored: the published q-points; the Brillouin zone (high-symmetry path, commensurate points,
-# mesh); the supercell's commensurate q-points alone (exact for the force constants: no interpolation); the
-# Brillouin zone without acoustic dips next to Gamma (interpolated where the supercell measures nothing).
+# The verdicts scored: the published q-points; the whole Brillouin zone (high-symmetry path, commensurate points,
+# mesh), acoustic dips included whatever the run's protocol did with them; the supercell's commensurate q-points
+# alone (exact for the force constants: no interpolation); the Brillouin zone without acoustic dips next to
+# Gamma (interpolated where the supercell measures nothing; the accurate preset's headline).
 VERDICTS = ("path", "brillouin_zone", "commensurate", "beyond_acoustic_dips")
 # the verdicts read off one recorded frequency, and how the report and tables prefix them
-_FREQUENCY_OF = {"commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+_FREQUENCY_OF = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ,
+                 "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
                  "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
 _PREFIX = {"path": "", "brillouin_zone": "bz ", "commensurate": "commensurate ",
            "beyond_acoustic_dips": "beyond acoustic dips "}
@@ -111,8 +129,6 @@ def has_verdict(merged: pd.DataFrame, verdict: str, threshold_thz: float) -> boo
     counting those rows unstable."""
     if verdict == "path":
         return verdict_column(threshold_thz) in merged
-    if verdict == "brillouin_zone":
-        return bz_verdict_column(threshold_thz) in merged
     column = _FREQUENCY_OF[verdict]
     return column in merged and not merged.loc[merged[Col.STATUS] == Status.OK, column].isna().any()
 
@@ -121,8 +137,6 @@ def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -
     """Stable as the benchmark counts it (a failure is unstable), on one verdict at one threshold."""
     if verdict == "path":
         return is_stable(merged, threshold_thz)
-    if verdict == "brillouin_zone":
-        return is_stable_bz(merged, threshold_thz)
     frequency = merged[_FREQUENCY_OF[verdict]] if _FREQUENCY_OF[verdict] in merged else None
     if frequency is None:
         return pd.Series(False, index=merged.index)
@@ -276,7 +290,7 @@ def setting_names(groups: list[SettingsGroup]) -> list[str]:
 
 # per verdict: the lowest frequency and where it is
 _MINIMUM = {"path": (Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT),
-            "brillouin_zone": (Col.MIN_FREQUENCY_BZ_THZ, Col.MIN_FREQUENCY_BZ_QPOINT),
+            "brillouin_zone": (Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ, WHOLE_ZONE_QPOINT),
             "commensurate": (Col.MIN_FREQUENCY_COMMENSURATE_THZ, None),
             "beyond_acoustic_dips": (Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT)}
 
