@@ -168,7 +168,11 @@ def main(argv=None) -> int:
     for row in rows.itertuples():
         phonon, forces, seconds, perfect = forces_for(row, potential, args.cache, args.displacement,
                                                       args.zone_boundary, "residual_subtracted" in args.fits)
-        recorded = row.min_frequency_bz_thz  # None or NaN: the run failed after its force constants
+        # the whole zone's, as the refit computes it (a run that set acoustic dips aside keeps it in its own
+        # column; an older run had it as min_frequency_bz_thz). None or NaN: the run failed after its force constants
+        recorded = getattr(row, "min_frequency_bz_with_acoustic_dips_thz", None)
+        if recorded is None or not math.isfinite(recorded):
+            recorded = row.min_frequency_bz_thz
         recorded = round(float(recorded), 4) if recorded is not None and math.isfinite(recorded) else None
         out[row.material] = {"formula": row.formula, "recorded_bz": recorded,
                              "n_supercell_atoms": len(phonon.supercell), "forces_s": round(seconds, 1)}

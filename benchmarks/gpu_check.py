@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,8 +99,18 @@ def run_part(command: list[str], timeout_s: float, env: dict | None = None, name
 
 
 def failure_tail(text: str, lines: int = 6) -> list[str]:
-    """The last lines of a failed part that are not warnings."""
-    kept = [line for line in text.strip().splitlines() if "Warning" not in line and "warnings.warn" not in line]
+    """The last lines of a failed part, less Python's warning lines (``file:line: SomeWarning: ...`` and the
+    source line under it)."""
+    kept, skip_next = [], False
+    for line in text.strip().splitlines():
+        if re.search(r":\d+: \w*Warning: ", line):
+            skip_next = True
+            continue
+        if skip_next and line.startswith("  "):
+            skip_next = False
+            continue
+        skip_next = False
+        kept.append(line)
     return kept[-lines:]
 
 
@@ -194,6 +205,8 @@ def main() -> None:
     args = parser.parse_args()
     refuse_without_gpu()
     LOGS = args.logs
+    if LOGS:
+        LOGS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     left = lambda share: max(30.0, share * (args.budget_s - (time.monotonic() - started)))  # noqa: E731
     figures: dict = {}

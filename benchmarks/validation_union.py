@@ -23,7 +23,9 @@ import pandas as pd
 from phononbench.records import Col
 
 # the per-material columns of each source, by verdict (validate's are the run's own columns)
-_RUN_COLUMNS = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_THZ, "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+# the whole zone: its own column where a protocol set acoustic dips aside in min_frequency_bz_thz (validate writes
+# both; an older CSV has only min_frequency_bz_thz, then the whole zone's)
+_RUN_COLUMNS = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ, "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
                 "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
 _FIT_COLUMNS = {"brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
 
@@ -39,6 +41,8 @@ def from_runs(path: Path, setting: str | None) -> pd.DataFrame:
                         "source": str(path)})
     for verdict, column in _RUN_COLUMNS.items():
         values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
+        if verdict == "brillouin_zone" and Col.MIN_FREQUENCY_BZ_THZ in frame:  # a CSV from before the column
+            values = values.fillna(frame[Col.MIN_FREQUENCY_BZ_THZ])
         out[verdict] = values.where(ok)
         out[f"missing {verdict}"] = ok & values.isna()  # computed before the run recorded this verdict
     return out

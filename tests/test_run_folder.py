@@ -393,7 +393,9 @@ def test_accurate_runs_from_before_and_after_acoustic_dips_were_set_aside_never_
     assert _protocol_label(info["protocol"]).startswith("accurate#")
     refused = runner.invoke(app, ["leaderboard", str(new), str(old)])
     assert refused.exit_code == 2 and "acoustic dips next to Gamma counted in some" in refused.output
-    assert runner.invoke(app, ["leaderboard", str(new), str(new)]).exit_code == 0
+    board = runner.invoke(app, ["leaderboard", str(new), "--format", "json"])
+    assert board.exit_code == 0 and json.loads(board.output)["acoustic_dips"] == "set_aside"
+    assert "Brillouin zone (acoustic dips next to Gamma set aside)" in runner.invoke(app, ["leaderboard", str(new)]).output
 
 
 # 9. Threads -----------------------------------------------------------------------------------------
@@ -498,3 +500,21 @@ def test_list_columns_are_variable_size_and_parts_written_fixed_size_still_read(
     ok = rows[rows[Col.STATUS] == "ok"]
     assert len(ok) == 2 and all(list(m) == [2, 0, 0, 0, 2, 0, 0, 0, 2] for m in ok[Col.SUPERCELL_MATRIX])
     assert all(len(q) == 3 for q in ok[Col.MIN_FREQUENCY_BZ_QPOINT])
+
+
+def test_a_part_with_fixed_size_lists_under_an_older_pyarrow_is_said_and_never_set_aside(tmp_path, monkeypatch):
+    """Where pyarrow is older than 26, a part written fixed-size by an earlier version cannot be read back: reading
+    says why in one line, and a resume refuses instead of setting the intact part aside as damaged."""
+    folder = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6))
+    out = tmp_path / "out"
+    assert _run(folder.parent, "--out", out, *EMT_RUN).exit_code == 0
+    [part] = (out / "structures").glob("part-*.parquet")
+    table = pq.read_table(part)
+    i = table.schema.get_field_index(str(Col.SUPERCELL_MATRIX))
+    pq.write_table(table.set_column(i, str(Col.SUPERCELL_MATRIX), table.column(i).cast(pa.list_(pa.int32(), 9))), part)
+    monkeypatch.setattr(pa, "__version__", "25.0.1")
+    with pytest.raises(SetupError, match="fixed-size lists, which pyarrow 25.0.1 cannot read back"):
+        read_structures(out)
+    result = _run(folder.parent, "--out", out, *EMT_RUN)
+    assert result.exit_code == 2 and "install pyarrow 26 or later" in result.output
+    assert part.exists() and not (out / "damaged").exists()

@@ -212,8 +212,11 @@ def _count(value) -> str:
     return "-" if value is None or pd.isna(value) else str(int(value))
 
 
-def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = False) -> str:
-    verdict = ", Brillouin zone" if brillouin_zone else ""
+DIPS_SET_ASIDE = " (acoustic dips next to Gamma set aside)"  # where the runs' zone verdict leaves them out
+
+
+def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = False, dips_set_aside: bool = False) -> str:
+    verdict = (", Brillouin zone" + (DIPS_SET_ASIDE if dips_set_aside else "")) if brillouin_zone else ""
     lines = [f"| rank | generator | stable at {headline:g} THz{verdict} (95% CI) | stable / relaxed | Brillouin zone | "
              "stable, not 3D | strict | input | unique | model |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -287,9 +290,11 @@ def _html_rows(board: pd.DataFrame, columns) -> str:
     return "".join(body)
 
 
-def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brillouin_zone: bool = False) -> str:
+def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brillouin_zone: bool = False,
+            dips_set_aside: bool = False) -> str:
     """One self-contained page: a sortable table (and the published rows, if any) and the plots inlined."""
     headline = thresholds_thz[0]
+    zone_note = ", acoustic dips next to &Gamma; set aside (docs/VALIDATION.md)" if dips_set_aside else ""
     ours, published = board[board[Col.RUN] != PUBLISHED_RUN], board[board[Col.RUN] == PUBLISHED_RUN]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -342,7 +347,7 @@ th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}th{{curso
 td:nth-child(2),th:nth-child(2){{text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>PhononBench leaderboard</h1>
 <p>Dynamically stable (lowest phonon frequency &ge; {headline:g} THz {"over the Brillouin zone: the high-symmetry path, the commensurate q-points and a mesh" if brillouin_zone else "on the published q-points"}) over relaxed structures, per generator; "Brillouin zone" is the same over the true high-symmetry path, the commensurate
-q-points and a mesh; click a column to sort.</p>
+q-points and a mesh{zone_note}; click a column to sort.</p>
 <table id="leaderboard"><thead><tr>{header}</tr></thead>
 <tbody>{_html_rows(ours, columns)}</tbody></table>
 {reference}
@@ -365,29 +370,31 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
 
 def board_of(run_dirs: list[str | Path], with_published: bool = False):
     """The leaderboard of the runs (and, with ``with_published``, the published figures beside them):
-    (board, structures, thresholds, ranked by the Brillouin-zone verdict)."""
+    (board, structures, thresholds, ranked by the Brillouin-zone verdict, its acoustic dips set aside)."""
     structures, infos = load_runs(run_dirs)
-    thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
+    first = next(iter(infos.values()))
+    thresholds = tuple(first["protocol"]["thresholds_thz"])
     board = build(structures, thresholds, infos)
-    bz = headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
+    bz = headline_verdict(first) == "brillouin_zone"
     if with_published:
         board = pd.concat([board, published_rows(thresholds, bz)], ignore_index=True)
         board[[c for c in COUNTS if c in board]] = board[[c for c in COUNTS if c in board]].astype("Int64")
-    return board, structures, thresholds, bz
+    return board, structures, thresholds, bz, _recorded(first)["acoustic_dips"] == "set_aside"
 
 
 def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -> str:
     if fmt not in FORMATS:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    board, structures, thresholds, bz = board_of(run_dirs, with_published)
+    board, structures, thresholds, bz, dips_set_aside = board_of(run_dirs, with_published)
     if fmt == "md":
-        return to_markdown(board, thresholds[0], bz)
+        return to_markdown(board, thresholds[0], bz, dips_set_aside)
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":
         plain = board.astype(object).where(board.notna(), None)  # JSON has null, not NaN
         records = [{str(k): v for k, v in row.items()} for row in plain.to_dict(orient="records")]
         return json.dumps({"headline_threshold_thz": thresholds[0],
-                           "headline_verdict": "brillouin_zone" if bz else "path", "rows": records},
+                           "headline_verdict": "brillouin_zone" if bz else "path",
+                           "acoustic_dips": "set_aside" if dips_set_aside else "counted", "rows": records},
                           indent=2, default=float)
-    return to_html(board, structures, thresholds, bz)
+    return to_html(board, structures, thresholds, bz, dips_set_aside)

@@ -332,7 +332,7 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
 
 
 def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
-                       verdicts=("path", "brillouin_zone"), threshold_thz: float = -0.1) -> str:
+                       verdicts=("path", "brillouin_zone", "beyond_acoustic_dips"), threshold_thz: float = -0.1) -> str:
     """``differing_verdicts`` per verdict as Markdown, as docs/VALIDATION.md shows it; "" if none differ."""
     return "\n".join(text for verdict in verdicts if (text := _differing_table(
         differing_verdicts(runs, labels, verdict, threshold_thz), verdict, threshold_thz)))
@@ -343,6 +343,7 @@ _PER_MATERIAL_COLUMNS = (Col.STRUCTURE_ID, Col.SOURCE, Col.DUPLICATE_OF, Col.STA
                          Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT, Col.MIN_FREQUENCY_BZ_THZ,
                          Col.MIN_FREQUENCY_BZ_QPOINT, Col.MIN_FREQUENCY_COMMENSURATE_THZ,
                          Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT,
+                         Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ, WHOLE_ZONE_QPOINT,
                          Col.RELAX_WALL_S, Col.PHONON_WALL_S)
 
 

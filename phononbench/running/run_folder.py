@@ -86,9 +86,14 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
     if differing:
+        # a setting no option sets: the preset changed between versions, and the run can only be finished by
+        # the version that started it
+        changed = " (the accurate preset sets acoustic dips aside since this version)" \
+            if "protocol.acoustic_dips" in differing else ""
         raise SetupError(
-            f"the run in this output folder used other settings ({', '.join(differing)}); resuming would mix "
-            "two runs. Use the same settings as before, or another output folder (--out)."
+            f"the run in this output folder used other settings ({', '.join(differing)}){changed}; resuming would "
+            "mix two runs. Use the same settings as before (or the version that started it), or another output "
+            "folder (--out)."
         )
 
 
@@ -169,6 +174,7 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
             if name not in on_disk:
                 raise FileNotFoundError("listed in parts.json, missing")
             columns = None if not skip else [c for c in pq.read_schema(part).names if c not in skip]
+            _readable_lists(part)
             table = _variable_size_lists(pq.read_table(part, columns=columns))
             if ledger is not None and name in ledger and table.num_rows != ledger[name]:
                 raise ValueError(f"{table.num_rows} rows, parts.json says {ledger[name]}")
@@ -190,6 +196,17 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
             log.warning("part file set aside (its structures are computed again): %s", problem)
         write_ledger(out, {p.name: t.num_rows for p, t in zip(parts, tables)})
     return tables, parts
+
+
+def _readable_lists(part: Path) -> None:
+    """A part written with fixed-size lists (before records._column made them variable-size) holds null lists
+    that pyarrow before 26 cannot read back: said so, and never set aside as damaged (it is not)."""
+    if int(pa.__version__.split(".")[0]) >= 26:
+        return
+    if any(pa.types.is_fixed_size_list(f.type) for f in pq.read_schema(part)):
+        raise SetupError(f"{part} was written by an earlier PhononBench with fixed-size lists, which pyarrow "
+                         f"{pa.__version__} cannot read back (apache/arrow#35692); install pyarrow 26 or later "
+                         "to read or resume this run")
 
 
 def _variable_size_lists(table: pa.Table) -> pa.Table:
