@@ -1,7 +1,9 @@
 """What a supercell rule costs in atoms on generated crystals: for each structure of a CIF zip, the atoms of
-the smallest supercell at least L wide (``--supercell L``) and of the zone-boundary one (``--supercell Lzb``:
-twice the smallest at least L/2 wide), side by side, with how many are above 1000 and 2000 atoms (the
-accurate preset's cap).
+the smallest supercell at least L wide (``--supercell L``), of the zone-boundary one (``--supercell Lzb``:
+twice the smallest at least L/2 wide) and of the zone-boundary one that keeps the crystal's rotations
+(``Lzb-sym``: its lattice mapped onto itself by every rotation of the point group, as spglib finds it with
+phonopy's tolerance), side by side, with how many are above 1000 and 2000 atoms (the accurate preset's cap)
+and how many of the plain rules' supercells lose a rotation.
 
     OMP_NUM_THREADS=1 python benchmarks/supercell_sizes.py benchmarks/data/generated_crystals/mattergen/cifs.zip \
         [--length 15] [--limit 300] [--caps 1000 2000]
@@ -20,7 +22,16 @@ import zipfile
 import numpy as np
 from pymatgen.core import Structure
 
-from phononbench.science.supercells import supercell_for_length, supercell_size, zone_boundary_supercell
+from phononbench.science.supercells import keeps_rotations, supercell_for_length, supercell_size, zone_boundary_supercell
+
+
+def rotations_of(structure: Structure) -> np.ndarray:
+    """The crystal's point group, fractional rotations of its cell (spglib, phonopy's default tolerance)."""
+    import spglib
+
+    cell = (structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure])
+    dataset = spglib.get_symmetry(cell, symprec=1e-5)
+    return np.unique(dataset["rotations"], axis=0) if dataset else np.eye(3, dtype=int)[None]
 
 
 def main(argv=None) -> int:
@@ -30,8 +41,11 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=300, help="the first N CIF files in the zip")
     parser.add_argument("--caps", type=int, nargs="+", default=[1000, 2000], help="count the supercells above these")
     args = parser.parse_args(argv)
-    rules = {f"{args.length:g}": supercell_for_length, f"{args.length:g}zb": zone_boundary_supercell}
+    rules = {f"{args.length:g}": lambda cell, length, rotations: supercell_for_length(cell, length),
+             f"{args.length:g}zb": lambda cell, length, rotations: zone_boundary_supercell(cell, length),
+             f"{args.length:g}zb-sym": zone_boundary_supercell}
     atoms = {name: [] for name in rules}
+    losing = {name: 0 for name in rules}
     seconds = {name: 0.0 for name in rules}
     with zipfile.ZipFile(args.cifs) as archive:
         names = sorted(n for n in archive.namelist() if n.endswith(".cif"))[: args.limit]
@@ -39,24 +53,27 @@ def main(argv=None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pymatgen's CIF rounding notes
                 structure = Structure.from_str(archive.read(name).decode(), fmt="cif")
+            rotations = rotations_of(structure)
             for rule, matrix_for in rules.items():
                 start = time.perf_counter()
-                matrix = matrix_for(structure.lattice.matrix, args.length)
+                matrix = matrix_for(structure.lattice.matrix, args.length, rotations)
                 seconds[rule] += time.perf_counter() - start
                 atoms[rule].append(supercell_size(matrix) * len(structure))
+                losing[rule] += int(not keeps_rotations(matrix, rotations)[0])
     figures = {"structures": len(names), "length_a": args.length}
     for rule, sizes in atoms.items():
         sizes = np.asarray(sizes)
         figures[rule] = {"mean_atoms": round(float(sizes.mean()), 1), "median_atoms": float(np.median(sizes)),
                          "p95_atoms": float(np.percentile(sizes, 95)), "max_atoms": int(sizes.max()),
                          **{f"above_{cap}": int((sizes > cap).sum()) for cap in args.caps},
-                         "search_s": round(seconds[rule], 1)}
+                         "losing_a_rotation": losing[rule], "search_s": round(seconds[rule], 1)}
         above = ", ".join(f"above {cap}: {(sizes > cap).sum()}" for cap in args.caps)
         print(f"--supercell {rule:6s} mean {sizes.mean():6.0f}  median {np.median(sizes):5.0f}  "
               f"95th percentile {np.percentile(sizes, 95):5.0f}  max {sizes.max():5d}  {above} (of {len(sizes)})  "
-              f"({seconds[rule]:.0f} s to choose them)")
-    plain, zone = (np.asarray(a, dtype=float) for a in atoms.values())
+              f"losing a rotation: {losing[rule]}  ({seconds[rule]:.0f} s to choose them)")
+    plain, zone, symmetric = (np.asarray(a, dtype=float) for a in atoms.values())
     figures["zb_over_plain_mean_atoms"] = round(float(zone.mean() / plain.mean()), 2)
+    figures["zb_sym_over_zb_mean_atoms"] = round(float(symmetric.mean() / zone.mean()), 2)
     print(json.dumps(figures))
     return 0
 

@@ -28,15 +28,20 @@ from tests.helpers import batched
 CUT = dataclasses.replace(ACCURATE, force_constants_cutoff_at_half_width=True)
 
 
-def _smallest_by_brute_force(cell: np.ndarray, length: float, up_to: int) -> int | None:
+def _smallest_by_brute_force(cell: np.ndarray, length: float, up_to: int, rotations=None) -> int | None:
     """Every sublattice (Hermite normal form) of 1..up_to cells; wide enough when its reciprocal lattice,
-    Minkowski-reduced, has all three vectors no longer than 1/L (its widest basis then has every width >= L)."""
+    Minkowski-reduced, has all three vectors no longer than 1/L (its widest basis then has every width >= L).
+    With ``rotations``, only sublattices that each of them maps onto itself."""
     for n in range(1, up_to + 1):
         for a in (a for a in range(1, n + 1) if n % a == 0):
             for c in (c for c in range(1, n // a + 1) if (n // a) % c == 0):
                 f = n // (a * c)
                 for b, d, e in itertools.product(range(a), range(a), range(c)):
-                    rows = np.array([[a, 0, 0], [b, c, 0], [d, e, f]]) @ cell
+                    form = np.array([[a, 0, 0], [b, c, 0], [d, e, f]])
+                    if rotations is not None and not all(  # R maps each row vector m to R m, which must be whole in the rows
+                            np.allclose(x := np.linalg.solve(form.T, r @ form.T), np.rint(x)) for r in rotations):
+                        continue
+                    rows = form @ cell
                     reduced, _ = minkowski_reduce(np.linalg.inv(rows).T)
                     if np.linalg.norm(reduced, axis=1).max() <= 1 / length + 1e-9:
                         return n
@@ -81,6 +86,46 @@ def test_a_zone_boundary_supercell_is_wide_enough_and_makes_every_half_point_exa
     assert supercell_size(plain) <= supercell_size(matrix)
 
 
+SYMMETRIC = {"fcc Cu primitive": bulk("Cu", "fcc", a=3.61), "hcp Mg": bulk("Mg", "hcp", a=3.21, c=5.21),
+             "wurtzite ZnO": bulk("ZnO", "wurtzite", a=3.25, c=5.2)}
+
+
+@pytest.mark.parametrize("name", SYMMETRIC)
+def test_a_supercell_that_keeps_the_crystals_rotations_is_the_smallest_such(name):
+    """At 12zb each of these cells' plain zone-boundary supercell loses rotations of the point group; with
+    ``-sym`` every rotation maps the supercell's lattice onto itself, it is at least as wide, and no smaller
+    lattice at least half as wide keeps them (the zone-boundary supercell is twice it)."""
+    from phononbench.science.phonons import crystal_rotations, supercell_matrix
+    from phononbench.science.supercells import keeps_rotations
+
+    atoms = SYMMETRIC[name]
+    cell, rotations = atoms.cell[:], crystal_rotations(atoms)
+    plain = supercell_matrix(atoms, None, 12.0, None, zone_boundary=True)
+    symmetric = supercell_matrix(atoms, None, 12.0, None, zone_boundary=True, keep_rotations=True)
+    assert not keeps_rotations(plain, rotations)[0] and keeps_rotations(symmetric, rotations)[0]
+    assert widths(symmetric.T @ cell).min() >= 12.0 - 1e-6 and np.allclose(symmetric % 2, 0)
+    half = symmetric // 2
+    assert supercell_size(half) == _smallest_by_brute_force(cell, 6.0, supercell_size(half), rotations)
+    assert supercell_size(plain) <= supercell_size(symmetric)
+
+
+def test_equivalent_q_points_get_one_frequency_on_a_supercell_that_keeps_the_rotations():
+    """fcc copper under EMT on its 10zb supercell: the plain one keeps 4 of the 48 rotations and its interpolated
+    frequencies at q-points the crystal makes equivalent differ (by 7e-4 THz; CaO under CHGNet on its 15zb, by
+    1.1 THz); the one that keeps them all gives one frequency."""
+    from phononbench.science.phonons import crystal_rotations, force_constants_one, frequencies_at, supercell_matrix
+
+    copper, emt = bulk("Cu", "fcc", a=3.61), load_potential("emt")
+    q = np.random.default_rng(0).random((20, 3)) - 0.5
+    spread = {}
+    for keep in (False, True):
+        phonon = force_constants_one(copper, emt.forces, supercell_matrix(copper, None, 10.0, None, True, keep))
+        at_q = frequencies_at(phonon, q).frequencies_thz
+        spread[keep] = max(np.abs(frequencies_at(phonon, q @ r).frequencies_thz - at_q).max()
+                           for r in crystal_rotations(copper))
+    assert spread[False] > 1e-4 and spread[True] < 1e-6
+
+
 def test_the_hexagonal_supercell_is_smaller_than_any_diagonal_one():
     cell = CELLS["hexagonal (hcp Mg)"][0]
     matrix = supercell_for_length(cell, 8.0)
@@ -99,7 +144,13 @@ def test_supercell_setting_is_checked_before_any_work():
     assert not ACCURATE.with_supercell("2x2x2").ensure_runnable().supercell_zone_boundary
     with pytest.raises(SetupError, match="zone-boundary"):
         dataclasses.replace(PUBLISHED, supercell_zone_boundary=True).ensure_runnable()
-    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9", "1e-300", "100x100x100", "2x2x2zb", "zb", "1zb"):
+    keeping = PUBLISHED.with_supercell("15zb-sym")
+    assert keeping.supercell_keeps_rotations and keeping.supercell_zone_boundary and keeping.supercell_min_length_a == 15
+    assert not keeping.with_supercell("15zb").supercell_keeps_rotations
+    assert not keeping.with_supercell("2x2x2").ensure_runnable().supercell_keeps_rotations
+    with pytest.raises(SetupError, match="rotations"):
+        dataclasses.replace(PUBLISHED, supercell_keeps_rotations=True).ensure_runnable()
+    for bad in ("2x2", "0x1x1", "-5", "abc", "1e9", "1e-300", "100x100x100", "2x2x2zb", "zb", "1zb", "2x2x2-sym", "-sym"):
         with pytest.raises(SetupError, match="supercell"):
             PUBLISHED.with_supercell(bad)
     assert preset("accurate") is ACCURATE and ACCURATE.ensure_runnable() and ACCURATE.headline_verdict == "brillouin_zone"

@@ -138,7 +138,8 @@ def _supercell_phonons(todo: list[int], relaxed, rows, engine: Engine, protocol:
                                      lambda cell: supercell_matrix(cell, protocol.supercell,
                                                                    protocol.supercell_min_length_a,
                                                                    protocol.max_supercell_atoms,
-                                                                   protocol.supercell_zone_boundary),
+                                                                   protocol.supercell_zone_boundary,
+                                                                   protocol.supercell_keeps_rotations),
                                      **phonon_settings(protocol))
     for k, phonon in zip(todo, constants):
         try:

@@ -154,7 +154,8 @@ def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callab
     recorded = row.get(Col.SUPERCELL_MATRIX)
     matrix = (np.asarray(recorded, dtype=int).reshape(3, 3) if isinstance(recorded, (list, np.ndarray)) and len(recorded) == 9 else
               supercell_matrix(unitcell, protocol.supercell, protocol.supercell_min_length_a,
-                               zone_boundary=protocol.supercell_zone_boundary))
+                               zone_boundary=protocol.supercell_zone_boundary,
+                               keep_rotations=protocol.supercell_keeps_rotations))
     cached = bands_folder(out, row, info) / FORCE_CONSTANTS_FILE
     if cached.exists():
         phonon = displace(unitcell, matrix, protocol.displacement_a)

@@ -193,6 +193,7 @@ def supercell_label(protocol: dict) -> str:
     label = ("x".join(map(str, protocol["supercell"])) if protocol.get("supercell")
              else f">={length:g} A" if isinstance(length, (int, float)) else "?")
     label += " zb" if protocol.get("supercell_zone_boundary") and not protocol.get("supercell") else ""
+    label += " sym" if protocol.get("supercell_keeps_rotations") and not protocol.get("supercell") else ""
     label += " cut" if protocol.get("force_constants_cutoff_at_half_width") else ""
     return label + " -residual" if protocol.get("subtract_residual_forces") else label
 

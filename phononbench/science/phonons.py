@@ -51,18 +51,20 @@ class SupercellTooLarge(ValueError):
 
 def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (2, 2, 2),
                      min_length_a: float | None = None, max_atoms: int | None = None,
-                     zone_boundary: bool = False) -> np.ndarray:
+                     zone_boundary: bool = False, keep_rotations: bool = False) -> np.ndarray:
     """The supercell matrix (phonopy's convention) for this cell: the fixed diagonal one, or the smallest
-    at least ``min_length_a`` wide, or with ``zone_boundary`` the zone-boundary one that wide (supercells.py).
+    at least ``min_length_a`` wide, or with ``zone_boundary`` the zone-boundary one that wide (supercells.py);
+    with ``keep_rotations`` the smallest such one whose lattice keeps the crystal's point group.
     Raises ValueError above ``max_atoms`` atoms."""
     from phononbench.science.supercells import supercell_for_length, supercell_size, zone_boundary_supercell
 
+    rotations = crystal_rotations(unitcell) if keep_rotations else None
     if supercell is not None:
         matrix = np.diag(supercell).astype(int)
     elif zone_boundary:
-        matrix = zone_boundary_supercell(np.asarray(unitcell.cell[:]), min_length_a)
+        matrix = zone_boundary_supercell(np.asarray(unitcell.cell[:]), min_length_a, rotations)
     else:
-        matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a)
+        matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a, rotations)
     n_atoms = supercell_size(matrix) * len(unitcell)
     if max_atoms is not None and n_atoms > max_atoms:
         wanted = ("x".join(map(str, supercell)) if supercell is not None else
@@ -70,6 +72,13 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
         raise SupercellTooLarge(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
                          "(max_supercell_atoms)")
     return matrix
+
+
+def crystal_rotations(unitcell: Atoms) -> np.ndarray:
+    """The crystal's point group as phonopy finds it (its default tolerance): fractional rotations of the cell."""
+    from phonopy.structure.symmetry import Symmetry
+
+    return Symmetry(to_phonopy_atoms(unitcell)).pointgroup_operations
 
 
 def displace(unitcell: Atoms, supercell: tuple[int, int, int] | np.ndarray, displacement_a: float) -> Phonopy:

@@ -44,9 +44,22 @@ def widths(cell_rows: np.ndarray) -> np.ndarray:
     return volume[..., None] / areas
 
 
-def supercell_for_length(cell_rows: np.ndarray, min_length_a: float) -> np.ndarray:
+def keeps_rotations(matrices: np.ndarray, rotations: np.ndarray | None) -> np.ndarray:
+    """Which supercell matrices (phonopy's convention, shape (m, 3, 3)) give a lattice that every rotation
+    (fractional, of the unit cell: x' = R x) maps onto itself: M^-1 R M whole. Force constants from a supercell
+    that loses a rotation have only the rotations it keeps (phonopy finds the supercell's own space group), and
+    interpolated frequencies at equivalent q-points differ (docs/VALIDATION.md)."""
+    matrices = np.asarray(matrices, dtype=float).reshape(-1, 3, 3)
+    if rotations is None or not len(rotations):
+        return np.ones(len(matrices), dtype=bool)
+    images = np.einsum("mij,rjk,mkl->mril", np.linalg.inv(matrices), np.asarray(rotations, dtype=float), matrices)
+    return np.all(np.abs(images - np.rint(images)) < 1e-6, axis=(1, 2, 3))
+
+
+def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None) -> np.ndarray:
     """The smallest supercell matrix (phonopy's convention, 3x3 integers) whose supercell has a basis with
-    every perpendicular width >= ``min_length_a``."""
+    every perpendicular width >= ``min_length_a``; with ``rotations`` (the crystal's point group, fractional),
+    the smallest whose lattice keeps them all (``keeps_rotations``; N x N x N of the cell always does)."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
     cell = np.asarray(cell_rows, dtype=float)
@@ -60,31 +73,35 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float) -> np.ndarr
     for basis, to_cell in ((cell, np.eye(3, dtype=np.int64)), (reduced, to_reduced)):
         diagonal = np.diag(np.maximum(1, np.ceil(min_length_a / widths(basis) - 1e-9)).astype(np.int64))
         candidates.append((diagonal @ to_cell).T)
+    # N x N x N of the cell keeps every rotation that maps the cell's lattice onto itself
+    candidates.append(np.eye(3, dtype=np.int64) * int(max(1, math.ceil(min_length_a / widths(cell).min() - 1e-9))))
+    candidates = [m for m in candidates if keeps_rotations(m, rotations)[0]]
     n_low = min_length_a ** 3 / abs(np.linalg.det(cell))
     n_high = min(supercell_size(m) for m in candidates)
     scale = 1.0
     while scale ** 3 * n_low <= n_high:
         ideal = np.rint(scale * min_length_a * np.linalg.inv(cell)).astype(np.int64)  # rows: the cube's edges
-        found = _smallest_wide(ideal[None] + _PERTURBATIONS, cell, min_length_a)
+        found = _smallest_wide(ideal[None] + _PERTURBATIONS, cell, min_length_a, rotations)
         if found is not None:
             candidates.append(found)
         scale *= 1.05
     bound = _choose(np.stack(candidates), cell)
-    smaller = _smallest_below(cell, reduced, to_reduced, min_length_a, math.ceil(n_low - 1e-9), supercell_size(bound))
+    smaller = _smallest_below(cell, reduced, to_reduced, min_length_a, math.ceil(n_low - 1e-9), supercell_size(bound),
+                              rotations)
     return bound if smaller is None else smaller
 
 
-def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float) -> np.ndarray:
+def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None) -> np.ndarray:
     """Twice the smallest supercell at least ``min_length_a / 2`` wide: at least ``min_length_a`` wide, and
     every q-point whose fractional coordinates are all 0 or 1/2 is commensurate with it (M^T q is whole), so
     the frequencies there are exact, not interpolated (points such as K = (1/3, 1/3, 0) need not be). Not
     always the smallest supercell with both properties; on 300 MatterGen crystals at 15 A it has 1.57 times
     the atoms of ``supercell_for_length`` (mean; benchmarks/supercell_sizes.py)."""
-    return 2 * supercell_for_length(cell_rows, min_length_a / 2)
+    return 2 * supercell_for_length(cell_rows, min_length_a / 2, rotations)
 
 
 def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarray, min_length_a: float, n_from: int,
-                    n_bound: int) -> np.ndarray | None:
+                    n_bound: int, rotations: np.ndarray | None = None) -> np.ndarray | None:
     """Every supercell lattice of n_from..n_bound-1 cells (Hermite normal forms over the reduced basis),
     smallest first; None when none is wide enough or there are more than the budget to check."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
@@ -97,6 +114,10 @@ def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarra
             return None
     for n in sizes:
         forms = _hermite_forms(n)  # rows in the reduced basis
+        if rotations is not None:
+            forms = forms[keeps_rotations(np.transpose(forms @ to_reduced, (0, 2, 1)), rotations)]
+            if not len(forms):
+                continue
         ok = _wide_lattices(forms @ reduced, min_length_a)
         if ok.any():
             # each wide lattice's widest basis: the dual of its reduced reciprocal basis
@@ -149,10 +170,13 @@ def _wide_lattices(lattices: np.ndarray, min_length_a: float) -> np.ndarray:
     return np.linalg.det(gram / scale[:, None, None]) > 1e-9
 
 
-def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: float) -> np.ndarray | None:
+def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: float,
+                   rotations: np.ndarray | None = None) -> np.ndarray | None:
     """Among integer row matrices P (supercell rows = P @ cell), the smallest wide enough one."""
     sizes = np.abs(np.rint(np.linalg.det(rows_in_cell.astype(float)))).astype(np.int64)
     ok = sizes > 0
+    if rotations is not None:
+        ok[ok] = keeps_rotations(np.transpose(rows_in_cell[ok], (0, 2, 1)), rotations)
     ok[ok] = widths(rows_in_cell[ok] @ cell).min(axis=-1) >= min_length_a - _TOLERANCE_A
     if not ok.any():
         return None
