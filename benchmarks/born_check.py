@@ -129,7 +129,8 @@ def check(atoms: Atoms, potential, gamma_supercell: str = "1x1x1") -> ElasticChe
     from phononbench.settings import PUBLISHED
 
     spec = PUBLISHED.with_supercell(gamma_supercell)
-    matrix = supercell_matrix(atoms, spec.supercell, spec.supercell_min_length_a, None, spec.supercell_zone_boundary)
+    matrix = supercell_matrix(atoms, spec.supercell, spec.supercell_min_length_a, None, spec.supercell_zone_boundary,
+                              spec.supercell_keeps_rotations)
     phonon = force_constants_one(atoms, potential.forces, matrix, subtract_residual=True)
     predictions = potential.predict(strained_cells(atoms), stress=True)
     return relaxed_ion_elastic_tensor(atoms, [p.stress for p in predictions], [p.forces for p in predictions],

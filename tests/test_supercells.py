@@ -109,6 +109,24 @@ def test_a_supercell_that_keeps_the_crystals_rotations_is_the_smallest_such(name
     assert supercell_size(plain) <= supercell_size(symmetric)
 
 
+def test_a_supercell_that_keeps_the_rotations_does_not_depend_on_the_cells_basis():
+    """fcc copper given in a sheared basis gets the supercell its reduced basis gets (it once got 864 cells for
+    512), and at 15 A (not zone-boundary) the body-centred cube of 432 cells, 15.3 A wide, not the 500-cell
+    simple cube (both keep all 48 rotations); over the cap, the message names the rule."""
+    from phononbench.science.phonons import SupercellTooLarge, crystal_rotations, supercell_matrix
+    from phononbench.science.supercells import keeps_rotations
+
+    copper = bulk("Cu", "fcc", a=3.61)
+    sheared = Atoms("Cu", cell=np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]]) @ copper.cell[:], pbc=True)
+    for atoms in (copper, sheared):
+        matrix = supercell_matrix(atoms, None, 15.0, None, zone_boundary=True, keep_rotations=True)
+        assert supercell_size(matrix) == 512 and keeps_rotations(matrix, crystal_rotations(atoms))[0]
+    cube = supercell_matrix(copper, None, 15.0, None, keep_rotations=True)
+    assert supercell_size(cube) == 432 and widths(cube.T @ copper.cell[:]).min() >= 15.0
+    with pytest.raises(SupercellTooLarge, match=r"\(15zb-sym\) has 512 atoms"):
+        supercell_matrix(copper, None, 15.0, 400, zone_boundary=True, keep_rotations=True)
+
+
 def test_equivalent_q_points_get_one_frequency_on_a_supercell_that_keeps_the_rotations():
     """fcc copper under EMT on its 10zb supercell: the plain one keeps 4 of the 48 rotations and its interpolated
     frequencies at q-points the crystal makes equivalent differ (by 7e-4 THz; CaO under CHGNet on its 15zb, by

@@ -52,14 +52,17 @@ def keeps_rotations(matrices: np.ndarray, rotations: np.ndarray | None) -> np.nd
     matrices = np.asarray(matrices, dtype=float).reshape(-1, 3, 3)
     if rotations is None or not len(rotations):
         return np.ones(len(matrices), dtype=bool)
-    images = np.einsum("mij,rjk,mkl->mril", np.linalg.inv(matrices), np.asarray(rotations, dtype=float), matrices)
+    rotations = np.asarray(rotations, dtype=float)
+    images = np.linalg.inv(matrices)[:, None] @ rotations[None] @ matrices[:, None]
     return np.all(np.abs(images - np.rint(images)) < 1e-6, axis=(1, 2, 3))
 
 
 def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None) -> np.ndarray:
     """The smallest supercell matrix (phonopy's convention, 3x3 integers) whose supercell has a basis with
     every perpendicular width >= ``min_length_a``; with ``rotations`` (the crystal's point group, fractional),
-    the smallest whose lattice keeps them all (``keeps_rotations``; N x N x N of the cell always does)."""
+    the smallest whose lattice keeps them all (``keeps_rotations``; the upper bound is then the best scaled
+    small sublattice that keeps them, ``_scaled_symmetric_sublattices``, so the answer does not depend on the
+    basis the cell is given in)."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
     cell = np.asarray(cell_rows, dtype=float)
@@ -73,9 +76,9 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: 
     for basis, to_cell in ((cell, np.eye(3, dtype=np.int64)), (reduced, to_reduced)):
         diagonal = np.diag(np.maximum(1, np.ceil(min_length_a / widths(basis) - 1e-9)).astype(np.int64))
         candidates.append((diagonal @ to_cell).T)
-    # N x N x N of the cell keeps every rotation that maps the cell's lattice onto itself
-    candidates.append(np.eye(3, dtype=np.int64) * int(max(1, math.ceil(min_length_a / widths(cell).min() - 1e-9))))
-    candidates = [m for m in candidates if keeps_rotations(m, rotations)[0]]
+    if rotations is not None:
+        candidates = [m for m in candidates if keeps_rotations(m, rotations)[0]]
+        candidates += _scaled_symmetric_sublattices(reduced, to_reduced, min_length_a, rotations)
     n_low = min_length_a ** 3 / abs(np.linalg.det(cell))
     n_high = min(supercell_size(m) for m in candidates)
     scale = 1.0
@@ -98,6 +101,30 @@ def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float, rotation
     always the smallest supercell with both properties; on 300 MatterGen crystals at 15 A it has 1.57 times
     the atoms of ``supercell_for_length`` (mean; benchmarks/supercell_sizes.py)."""
     return 2 * supercell_for_length(cell_rows, min_length_a / 2, rotations)
+
+
+SYMMETRIC_SUBLATTICE_INDEX = 16  # up to the body-centred sublattice of a face-centred lattice's doubled cube
+
+
+def _scaled_symmetric_sublattices(reduced: np.ndarray, to_reduced: np.ndarray, min_length_a: float,
+                                  rotations: np.ndarray) -> list[np.ndarray]:
+    """Upper bounds for a supercell that keeps the rotations, whatever basis the cell is given in: each sublattice
+    of index up to SYMMETRIC_SUBLATTICE_INDEX that keeps them (the lattice itself, and its centred and primitive
+    relatives: simple, body- and face-centred cubes of a cubic lattice), in its widest basis, scaled by the
+    smallest whole factor that makes it wide enough (a scaled lattice keeps the rotations its lattice keeps)."""
+    from ase.geometry.minkowski_reduction import minkowski_reduce
+
+    out = []
+    for n in range(1, SYMMETRIC_SUBLATTICE_INDEX + 1):
+        forms = _hermite_forms(n)
+        forms = forms[keeps_rotations(np.transpose(forms @ to_reduced, (0, 2, 1)), rotations)]
+        for form in forms:
+            # the widest basis: the dual of the reduced reciprocal basis (a reduced basis itself need not be)
+            dual_reduced, _ = minkowski_reduce(np.linalg.inv(form @ reduced).T)
+            widest = np.rint(np.linalg.inv(dual_reduced).T @ np.linalg.inv(reduced)).astype(np.int64)
+            factor = max(1, math.ceil(min_length_a / widths(widest @ reduced).min() - 1e-9))
+            out.append((factor * widest @ to_reduced).T)
+    return out
 
 
 def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarray, min_length_a: float, n_from: int,
