@@ -127,6 +127,15 @@ def test_a_supercell_that_keeps_the_rotations_does_not_depend_on_the_cells_basis
         supercell_matrix(copper, None, 15.0, 400, zone_boundary=True, keep_rotations=True)
 
 
+def test_a_cell_with_no_rotation_but_inversion_gets_the_plain_supercell():
+    """Identity and inversion keep every lattice: a triclinic cell's -sym supercell is its plain one."""
+    from phononbench.science.phonons import supercell_matrix
+
+    triclinic = Atoms("Cu", cell=CELLS["triclinic"][0], pbc=True)
+    assert np.array_equal(supercell_matrix(triclinic, None, 15.0, None, True, keep_rotations=True),
+                          supercell_matrix(triclinic, None, 15.0, None, True))
+
+
 def test_equivalent_q_points_get_one_frequency_on_a_supercell_that_keeps_the_rotations():
     """fcc copper under EMT on its 10zb supercell: the plain one keeps 4 of the 48 rotations and its interpolated
     frequencies at q-points the crystal makes equivalent differ (by 7e-4 THz; CaO under CHGNet on its 15zb, by

@@ -72,6 +72,9 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: 
         raise ValueError("a supercell by length needs a cell with a volume and widths (a flat or singular cell)")
     reduced, to_reduced = minkowski_reduce(cell)  # reduced = to_reduced @ cell
     to_reduced = np.asarray(to_reduced, dtype=np.int64)
+    if rotations is not None and all(np.allclose(np.abs(r), np.eye(3)) and np.allclose(r, r[0, 0] * np.eye(3))
+                                     for r in np.asarray(rotations)):
+        rotations = None  # identity and inversion keep every lattice (P1, P-1): nothing to restrict
     candidates = []
     for basis, to_cell in ((cell, np.eye(3, dtype=np.int64)), (reduced, to_reduced)):
         diagonal = np.diag(np.maximum(1, np.ceil(min_length_a / widths(basis) - 1e-9)).astype(np.int64))
