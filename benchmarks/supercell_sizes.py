@@ -21,17 +21,10 @@ import zipfile
 
 import numpy as np
 from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 
+from phononbench.science.phonons import crystal_rotations
 from phononbench.science.supercells import keeps_rotations, supercell_for_length, supercell_size, zone_boundary_supercell
-
-
-def rotations_of(structure: Structure) -> np.ndarray:
-    """The crystal's point group, fractional rotations of its cell (spglib, phonopy's default tolerance)."""
-    import spglib
-
-    cell = (structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure])
-    dataset = spglib.get_symmetry(cell, symprec=1e-5)
-    return np.unique(dataset["rotations"], axis=0) if dataset else np.eye(3, dtype=int)[None]
 
 
 def main(argv=None) -> int:
@@ -53,7 +46,7 @@ def main(argv=None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pymatgen's CIF rounding notes
                 structure = Structure.from_str(archive.read(name).decode(), fmt="cif")
-            rotations = rotations_of(structure)
+            rotations = crystal_rotations(AseAtomsAdaptor.get_atoms(structure))
             for rule, matrix_for in rules.items():
                 start = time.perf_counter()
                 matrix = matrix_for(structure.lattice.matrix, args.length, rotations)

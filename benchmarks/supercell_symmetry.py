@@ -24,15 +24,6 @@ from pathlib import Path
 import numpy as np
 
 
-def kept_rotations(matrix: np.ndarray, rotations: np.ndarray) -> int:
-    """How many rotations (fractional, of the unit cell: x' = R x) map the supercell lattice (columns of the
-    unit cell's lattice times ``matrix``, phonopy's convention) onto itself: M^-1 R M is whole."""
-    matrix = np.asarray(matrix, dtype=float)
-    inverse = np.linalg.inv(matrix)
-    images = np.einsum("ij,rjk,kl->ril", inverse, np.asarray(rotations, dtype=float), matrix)
-    return int(np.all(np.abs(images - np.rint(images)) < 1e-6, axis=(1, 2)).sum())
-
-
 def largest_difference_at_equivalent_q(phonon, n_q: int = 20, seed: int = 0) -> float:
     """Max |frequency(q R) - frequency(q)| (THz) over random q-points and the crystal's rotations."""
     from phononbench.science.phonons import frequencies_at
@@ -52,11 +43,11 @@ def main() -> None:
     if args.frequencies and not args.model:
         raise SystemExit("--frequencies needs --model (the run's potential)")
 
-    from phonopy import Phonopy
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from phononbench.science.phonons import force_constants_one, to_phonopy_atoms
+    from phononbench.science.phonons import crystal_rotations, force_constants_one
+    from phononbench.science.supercells import keeps_rotations
 
     sys.path.insert(0, str(Path(__file__).parent))
     from born_check import rows_of
@@ -72,10 +63,10 @@ def main() -> None:
     for _, row in rows.iterrows():
         atoms = AseAtomsAdaptor.get_atoms(Structure.from_str(row.relaxed_cif, fmt="cif"))
         matrix = np.array(row.supercell_matrix, dtype=float).reshape(3, 3)
-        rotations = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=matrix, primitive_matrix="P") \
-            .primitive_symmetry.pointgroup_operations
+        rotations = crystal_rotations(atoms)
+        kept = sum(bool(keeps_rotations(matrix, [rotation])[0]) for rotation in rotations)
         line = {"material": row.material, "formula": row.formula, "n_supercell_atoms": int(row.n_supercell_atoms),
-                "rotations": len(rotations), "kept": kept_rotations(matrix, rotations)}
+                "rotations": len(rotations), "kept": kept}
         if row.material in args.frequencies:
             phonon = force_constants_one(atoms, potential.forces, matrix, subtract_residual=True)
             line["largest_difference_thz"] = largest_difference_at_equivalent_q(phonon)

@@ -72,8 +72,7 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: 
         raise ValueError("a supercell by length needs a cell with a volume and widths (a flat or singular cell)")
     reduced, to_reduced = minkowski_reduce(cell)  # reduced = to_reduced @ cell
     to_reduced = np.asarray(to_reduced, dtype=np.int64)
-    if rotations is not None and all(np.allclose(np.abs(r), np.eye(3)) and np.allclose(r, r[0, 0] * np.eye(3))
-                                     for r in np.asarray(rotations)):
+    if rotations is not None and all(np.allclose(r, r[0, 0] * np.eye(3)) for r in np.asarray(rotations)):
         rotations = None  # identity and inversion keep every lattice (P1, P-1): nothing to restrict
     candidates = []
     for basis, to_cell in ((cell, np.eye(3, dtype=np.int64)), (reduced, to_reduced)):
@@ -119,9 +118,7 @@ def _scaled_symmetric_sublattices(reduced: np.ndarray, to_reduced: np.ndarray, m
 
     out = []
     for n in range(1, SYMMETRIC_SUBLATTICE_INDEX + 1):
-        forms = _hermite_forms(n)
-        forms = forms[keeps_rotations(np.transpose(forms @ to_reduced, (0, 2, 1)), rotations)]
-        for form in forms:
+        for form in _keeping(_hermite_forms(n), to_reduced, rotations):
             # the widest basis: the dual of the reduced reciprocal basis (a reduced basis itself need not be)
             dual_reduced, _ = minkowski_reduce(np.linalg.inv(form @ reduced).T)
             widest = np.rint(np.linalg.inv(dual_reduced).T @ np.linalg.inv(reduced)).astype(np.int64)
@@ -143,11 +140,9 @@ def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarra
         if total > EXHAUSTIVE_BUDGET:
             return None
     for n in sizes:
-        forms = _hermite_forms(n)  # rows in the reduced basis
-        if rotations is not None:
-            forms = forms[keeps_rotations(np.transpose(forms @ to_reduced, (0, 2, 1)), rotations)]
-            if not len(forms):
-                continue
+        forms = _keeping(_hermite_forms(n), to_reduced, rotations)  # rows in the reduced basis
+        if not len(forms):
+            continue
         ok = _wide_lattices(forms @ reduced, min_length_a)
         if ok.any():
             # each wide lattice's widest basis: the dual of its reduced reciprocal basis
@@ -159,6 +154,13 @@ def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarra
                 matrices.append((np.rint(rows).astype(np.int64) @ to_reduced).T)
             return _choose(np.stack(matrices), cell)
     return None
+
+
+def _keeping(forms: np.ndarray, to_reduced: np.ndarray, rotations: np.ndarray | None) -> np.ndarray:
+    """The Hermite normal forms (rows in the reduced basis) whose lattices keep the rotations; all without them."""
+    if rotations is None:
+        return forms
+    return forms[keeps_rotations(np.transpose(forms @ to_reduced, (0, 2, 1)), rotations)]
 
 
 def _count_hermite(n: int) -> int:
