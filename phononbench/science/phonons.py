@@ -67,9 +67,11 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
         matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a, rotations)
     n_atoms = supercell_size(matrix) * len(unitcell)
     if max_atoms is not None and n_atoms > max_atoms:
-        rule = f"{min_length_a:g}{'zb' if zone_boundary else ''}{'-sym' if keep_rotations else ''}"
-        wanted = ("x".join(map(str, supercell)) if supercell is not None else
-                  f"at least {min_length_a:g} A wide" + (f" ({rule})" if zone_boundary or keep_rotations else ""))
+        if supercell is not None:
+            wanted = "x".join(map(str, supercell))
+        else:
+            rule = f"{min_length_a:g}{'zb' if zone_boundary else ''}{'-sym' if keep_rotations else ''}"
+            wanted = f"at least {min_length_a:g} A wide" + (f" ({rule})" if zone_boundary or keep_rotations else "")
         raise SupercellTooLarge(f"the supercell {wanted} has {n_atoms} atoms, above the cap of {max_atoms} "
                          "(max_supercell_atoms)")
     return matrix
