@@ -153,6 +153,25 @@ def test_equivalent_q_points_get_one_frequency_on_a_supercell_that_keeps_the_rot
     assert spread[False] > 1e-4 and spread[True] < 1e-6
 
 
+def test_the_zone_mesh_keeps_every_q_point_the_supercells_symmetry_does_not_make_equivalent():
+    """On copper's plain 10zb supercell (4 of 48 rotations kept) the irreducible mesh is reduced by those 4 only:
+    every q-point of the full mesh has the frequencies of one it keeps, where reducing by all 48 left out
+    q-points whose interpolated frequencies differ. On the -sym supercell the mesh is the crystal's irreducible one."""
+    import spglib
+
+    from phononbench.science.phonons import force_constants_one, frequencies_at, irreducible_mesh, supercell_matrix
+
+    copper, emt, mesh = bulk("Cu", "fcc", a=3.61), load_potential("emt"), np.array([6, 6, 6])
+    full = np.array(list(itertools.product(*(range(-2, 4),) * 3))) / mesh
+    for keep in (False, True):
+        phonon = force_constants_one(copper, emt.forces, supercell_matrix(copper, None, 10.0, None, True, keep))
+        reduced = irreducible_mesh(phonon, mesh)
+        kept, every = (frequencies_at(phonon, q).frequencies_thz for q in (reduced, full))
+        nearest = np.abs(every[:, None] - kept[None]).max(axis=2).min(axis=1)
+        assert nearest.max() < 1e-9  # each q-point's frequencies are those of one the reduced mesh keeps
+        crystal = spglib.get_ir_reciprocal_mesh(mesh, (copper.cell[:], copper.get_scaled_positions(), [29]))[0]
+        assert (len(reduced) > len(np.unique(crystal))) != keep
+
 def test_the_hexagonal_supercell_is_smaller_than_any_diagonal_one():
     cell = CELLS["hexagonal (hcp Mg)"][0]
     matrix = supercell_for_length(cell, 8.0)
