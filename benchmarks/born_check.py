@@ -29,7 +29,6 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,18 +107,11 @@ def relaxed_ion_elastic_tensor(atoms: Atoms, stresses: list[np.ndarray], forces:
 
 
 def rows_of(runs: list[str]) -> pd.DataFrame:
-    from phononbench.errors import SetupError
-    from phononbench.reading.validation import structure_key, with_whole_zone
+    """The runs' relaxed structures, one per material, with the whole-zone columns validate reads."""
+    from phononbench.reading.validation import rows_by_material, with_whole_zone
     from phononbench.records import Col, Status
-    from phononbench.running.run_folder import read_structures
 
-    try:
-        rows = pd.concat([read_structures(Path(run)) for run in runs], ignore_index=True)
-    except SetupError as exc:
-        raise SystemExit(str(exc)) from None
-    rows = with_whole_zone(rows[rows[Col.STATUS] == Status.OK].copy())  # runs from before its column: as validate
-    rows["material"] = rows[Col.SOURCE].map(structure_key)
-    return rows.drop_duplicates("material")
+    return with_whole_zone(rows_by_material(runs, lambda rows: rows[Col.STATUS] == Status.OK).copy())
 
 
 def check(atoms: Atoms, potential, gamma_supercell: str = "1x1x1") -> ElasticCheck:

@@ -47,17 +47,10 @@ FITS = ("as_produced", "cut", "cut_projector", "symfc", "symfc_cut", "residual_s
 def structures(runs: list[str], ids: list[str]) -> pd.DataFrame:
     """The rows of these materials that have a supercell, in the order asked (a run's current rows, as
     ``phononbench`` reads them); a material in several runs is taken from the first run given."""
-    from phononbench.errors import SetupError
-    from phononbench.reading.validation import structure_key
-    from phononbench.running.run_folder import read_structures
+    from phononbench.reading.validation import rows_by_material
 
-    try:
-        rows = pd.concat([read_structures(Path(run)) for run in runs])
-    except SetupError as exc:
-        raise SystemExit(str(exc)) from None
-    rows["material"] = rows.source.map(structure_key)
-    rows = rows[rows.material.isin(ids) & rows.supercell_matrix.notna()]
-    rows = rows.drop_duplicates("material").set_index("material", drop=False)
+    rows = rows_by_material(runs, lambda rows: rows.supercell_matrix.notna())
+    rows = rows[rows.material.isin(ids)].set_index("material", drop=False)
     return rows.loc[[i for i in ids if i in rows.index]]
 
 

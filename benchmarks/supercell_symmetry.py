@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -49,11 +47,9 @@ def main() -> None:
     from phononbench.science.phonons import crystal_rotations, force_constants_one
     from phononbench.science.supercells import keeps_rotations
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from born_check import rows_of
+    from phononbench.reading.validation import rows_by_material
 
-    rows = rows_of(args.runs)
-    rows = rows[rows.supercell_matrix.notna()]
+    rows = rows_by_material(args.runs, lambda rows: (rows.status == "ok") & rows.supercell_matrix.notna())
     potential = None
     if args.frequencies:
         from phononbench.compute.potentials import load_potential

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from phononbench.reading.validation import FREQUENCY_OF as _RUN_COLUMNS
 from phononbench.records import Col
 
-# the per-material columns of each source, by verdict (validate's are the run's own columns)
-# the whole zone: its own column where a protocol set acoustic dips aside in min_frequency_bz_thz (validate writes
-# both; an older CSV has only min_frequency_bz_thz, then the whole zone's)
-_RUN_COLUMNS = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ, "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
-                "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
+# the per-material columns of each source, by verdict: validate's are the run's own columns, as validate reads
+# them (the whole zone: its own column where a protocol set acoustic dips aside in min_frequency_bz_thz; an older
+# CSV has only min_frequency_bz_thz, then the whole zone's)
 _FIT_COLUMNS = {"brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
 
 

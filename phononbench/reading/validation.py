@@ -42,6 +42,20 @@ def structure_key(source: str) -> str:
     return Path(str(source).split("#")[0]).name.split(".")[0]
 
 
+def rows_by_material(folders, keep=None) -> pd.DataFrame:
+    """The rows of several runs keyed by ``material`` (``structure_key``), one per material: of the rows
+    ``keep`` (a function of the frame, giving a mask) accepts, the first run's. For the benchmarks that take
+    up a run's structures again; a run that cannot be read is one line on stderr."""
+    from phononbench.running.run_folder import read_structures
+
+    try:
+        rows = pd.concat([read_structures(Path(folder)) for folder in folders], ignore_index=True)
+    except SetupError as exc:
+        raise SystemExit(str(exc)) from None
+    rows["material"] = rows[Col.SOURCE].map(structure_key)
+    return rows[keep(rows) if keep is not None else slice(None)].drop_duplicates("material")
+
+
 def with_duplicate_verdicts(rows: pd.DataFrame, thresholds_thz) -> pd.DataFrame:
     """A labelled duplicate (two ids of one crystal) takes the verdict of the structure it duplicates."""
     rows = rows.copy()
@@ -116,7 +130,7 @@ def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) 
 # Gamma (interpolated where the supercell measures nothing; the accurate preset's headline).
 VERDICTS = ("path", "brillouin_zone", "commensurate", "beyond_acoustic_dips")
 # the verdicts read off one recorded frequency, and how the report and tables prefix them
-_FREQUENCY_OF = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ,
+FREQUENCY_OF = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ,
                  "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
                  "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
 _PREFIX = {"path": "", "brillouin_zone": "bz ", "commensurate": "commensurate ",
@@ -129,7 +143,7 @@ def has_verdict(merged: pd.DataFrame, verdict: str, threshold_thz: float) -> boo
     counting those rows unstable."""
     if verdict == "path":
         return verdict_column(threshold_thz) in merged
-    column = _FREQUENCY_OF[verdict]
+    column = FREQUENCY_OF[verdict]
     return column in merged and not merged.loc[merged[Col.STATUS] == Status.OK, column].isna().any()
 
 
@@ -137,7 +151,7 @@ def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -
     """Stable as the benchmark counts it (a failure is unstable), on one verdict at one threshold."""
     if verdict == "path":
         return is_stable(merged, threshold_thz)
-    frequency = merged[_FREQUENCY_OF[verdict]] if _FREQUENCY_OF[verdict] in merged else None
+    frequency = merged[FREQUENCY_OF[verdict]] if FREQUENCY_OF[verdict] in merged else None
     if frequency is None:
         return pd.Series(False, index=merged.index)
     return (merged[Col.STATUS] == Status.OK) & (frequency.astype(float) >= threshold_thz)
@@ -163,7 +177,7 @@ def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
         for verdict in VERDICTS:  # runs from before a verdict have none of it
             if has_verdict(merged, verdict, t):
                 report[f"{_PREFIX[verdict]}{t:g}"] = scores(predicted_stable(merged, verdict, t), dft_stable)
-    partly = [v for v, column in _FREQUENCY_OF.items() if column in merged and not has_verdict(merged, v, 0.0)]
+    partly = [v for v, column in FREQUENCY_OF.items() if column in merged and not has_verdict(merged, v, 0.0)]
     if partly:
         log.warning("verdict%s left out: some computed rows have no %s (computed before the column, or its "
                     "computation failed)", "s" if len(partly) > 1 else "", " or ".join(partly))
