@@ -8,7 +8,9 @@ phonondb_dev under ``accurate`` when part of it was refitted and part run.
 Per verdict (Brillouin zone, commensurate q-points alone, Brillouin zone beyond acoustic dips next to Gamma)
 and threshold: accuracy with its 95% Wilson interval, F1 both ways, the false-unstable rate and the
 materials behind each error; last line JSON. A material given twice is refused (say which source to keep by
-leaving it out of the other): two measurements of one material would be counted twice.
+leaving it out of the other, or with ``--instead``): two measurements of one material would be counted twice.
+
+    python benchmarks/validation_union.py --per-material runs.csv --fits fits.csv --instead again.csv
 """
 
 from __future__ import annotations
@@ -89,11 +91,20 @@ def main(argv=None) -> int:
     parser.add_argument("--setting", help="the setting to take from the per-material CSVs (if several)")
     parser.add_argument("--fits", type=Path, nargs="*", default=[], help="force_constant_fits.py --csv files")
     parser.add_argument("--fit", default="residual_subtracted", help="which fit to take from --fits")
+    parser.add_argument("--instead", type=Path, nargs="*", default=[],
+                        help="validate --per-material CSVs whose materials replace the same materials of the other "
+                             "sources (some materials run again with another setting)")
     args = parser.parse_args(argv)
     parts = [from_runs(p, args.setting) for p in args.per_material] + [from_fits(p, args.fit) for p in args.fits]
     if not parts:
         parser.error("give --per-material and/or --fits")
     rows = pd.concat(parts, ignore_index=True)
+    if args.instead:
+        replacing = pd.concat([from_runs(p, None) for p in args.instead], ignore_index=True)
+        unknown = sorted(set(replacing["material"]) - set(rows["material"]))
+        if unknown:
+            raise SystemExit(f"--instead: not in the other sources: {', '.join(unknown)}")
+        rows = pd.concat([rows[~rows["material"].isin(replacing["material"])], replacing], ignore_index=True)
     twice = rows[rows["material"].duplicated(keep=False)]
     if len(twice):
         raise SystemExit("given twice: " + ", ".join(f"{m} ({', '.join(g['source'])})" for m, g in twice.groupby("material")))
