@@ -31,15 +31,17 @@ from phononbench.records import Col
 _FIT_COLUMNS = {"brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
 
 
-def from_runs(path: Path, setting: str | None) -> pd.DataFrame:
+def from_runs(path: Path, setting: str | None, choose: str = "pick one with --setting") -> pd.DataFrame:
     frame = pd.read_csv(path)
+    if "setting" not in frame or "status" not in frame:
+        raise SystemExit(f"{path}: not a CSV of validate --per-material (no setting or status column)")
     if setting is not None:
         frame = frame[frame["setting"] == setting]
     if frame["setting"].nunique() > 1:
-        raise SystemExit(f"{path}: several settings ({', '.join(frame['setting'].unique())}); pick one with --setting")
+        raise SystemExit(f"{path}: several settings ({', '.join(frame['setting'].unique())}); {choose}")
     ok = frame["status"] == "ok"  # a failure counts as unstable, as the benchmark counts it
     out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
-                        "source": str(path)})
+                        "source": str(path), "setting": frame["setting"]})
     for verdict, column in _RUN_COLUMNS.items():
         values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
         if verdict == "brillouin_zone" and Col.MIN_FREQUENCY_BZ_THZ in frame:  # a CSV from before the column
@@ -55,13 +57,36 @@ def from_fits(path: Path, fit: str) -> pd.DataFrame:
     if frame.empty:
         raise SystemExit(f"{path}: no rows of the fit {fit!r}")
     out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
-                        "source": str(path)})
+                        "source": str(path), "setting": None})
     failed = frame["error"].notna() if "error" in frame else pd.Series(False, index=frame.index)
     for verdict, column in _FIT_COLUMNS.items():
         values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
         out[verdict] = values
         out[f"missing {verdict}"] = ~failed & values.isna()
     return out
+
+
+def _replacing(replaced: pd.DataFrame, replacing: pd.DataFrame) -> pd.DataFrame:
+    """``--instead``'s rows, once each is known to replace a material of the other sources with the same DFT label,
+    computed with the same potential (a setting's first word), saying on stderr what replaces what."""
+    twice = replacing[replacing["material"].duplicated()]
+    if len(twice):
+        raise SystemExit(f"--instead gives these twice: {', '.join(sorted(set(twice['material'])))}")
+    unknown = sorted(set(replacing["material"]) - set(replaced.index))
+    if unknown:
+        raise SystemExit(f"--instead: not in the other sources: {', '.join(unknown)}")
+    before = replaced.loc[replacing["material"]]
+    relabelled = replacing.loc[before["dft"].to_numpy() != replacing["dft"].to_numpy(), "material"]
+    if len(relabelled):
+        raise SystemExit(f"--instead: another DFT label for {', '.join(relabelled)}")
+    potential = {setting.split(" ")[0] for setting in pd.concat([before["setting"], replacing["setting"]]).dropna()}
+    if len(potential) > 1:
+        raise SystemExit(f"--instead: another potential ({', '.join(sorted(potential))}); replace a material's "
+                         "verdict only with one of the same potential")
+    for setting, group in replacing.groupby("setting"):
+        print(f"--instead: {len(group)} materials at {setting} replace those of "
+              f"{', '.join(sorted(before.loc[group['material'], 'source'].unique()))}", file=sys.stderr)
+    return replacing
 
 
 def table(rows: pd.DataFrame, thresholds=(-0.1, -0.001)) -> list[dict]:
@@ -100,11 +125,11 @@ def main(argv=None) -> int:
         parser.error("give --per-material and/or --fits")
     rows = pd.concat(parts, ignore_index=True)
     if args.instead:
-        replacing = pd.concat([from_runs(p, None) for p in args.instead], ignore_index=True)
-        unknown = sorted(set(replacing["material"]) - set(rows["material"]))
-        if unknown:
-            raise SystemExit(f"--instead: not in the other sources: {', '.join(unknown)}")
-        rows = pd.concat([rows[~rows["material"].isin(replacing["material"])], replacing], ignore_index=True)
+        replacing = pd.concat([from_runs(p, None, "give --instead a CSV of one setting") for p in args.instead],
+                              ignore_index=True)
+        rows = pd.concat([rows[~rows["material"].isin(replacing["material"])],
+                          _replacing(rows.drop_duplicates("material").set_index("material"), replacing)],
+                         ignore_index=True)
     twice = rows[rows["material"].duplicated(keep=False)]
     if len(twice):
         raise SystemExit("given twice: " + ", ".join(f"{m} ({', '.join(g['source'])})" for m, g in twice.groupby("material")))

@@ -137,7 +137,7 @@ def test_a_cell_with_no_rotation_but_inversion_gets_the_plain_supercell():
 
 
 def test_equivalent_q_points_get_one_frequency_on_a_supercell_that_keeps_the_rotations():
-    """fcc copper under EMT on its 10zb supercell: the plain one keeps 4 of the 48 rotations and its interpolated
+    """fcc copper under EMT on its 10zb supercell: the plain one keeps 6 of the 48 rotations and its interpolated
     frequencies at q-points the crystal makes equivalent differ (by 7e-4 THz; CaO under CHGNet on its 15zb, by
     1.1 THz); the one that keeps them all gives one frequency."""
     from phononbench.science.phonons import crystal_rotations, force_constants_one, frequencies_at, supercell_matrix
@@ -154,7 +154,7 @@ def test_equivalent_q_points_get_one_frequency_on_a_supercell_that_keeps_the_rot
 
 
 def test_the_zone_mesh_keeps_every_q_point_the_supercells_symmetry_does_not_make_equivalent():
-    """On copper's plain 10zb supercell (4 of 48 rotations kept) the irreducible mesh is reduced by those 4 only:
+    """On copper's plain 10zb supercell (6 of 48 rotations kept) the irreducible mesh is reduced by those 6 only:
     every q-point of the full mesh has the frequencies of one it keeps, where reducing by all 48 left out
     q-points whose interpolated frequencies differ. On the -sym supercell the mesh is the crystal's irreducible one."""
     import spglib

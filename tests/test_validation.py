@@ -245,3 +245,31 @@ def test_a_supercell_label_says_how_its_force_constants_were_made():
     assert validation.supercell_label({**plain, "subtract_residual_forces": True}) == ">=15 A -residual"
     assert validation.supercell_label(ACCURATE.with_supercell("12zb").to_dict()).startswith(">=12 A zb")
     assert validation.supercell_label({}) == validation.supercell_label({"supercell": None}) == "?"
+
+
+def test_validation_union_replaces_materials_only_with_the_same_potential_and_dft_labels(capsys, tmp_path):
+    """The CHGNet 15zb table with the 43 materials run again at 15zb-sym gives the documented headline (87 of
+    120 right at -0.1 THz); another potential's CSV or a CSV with other DFT labels is refused."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from validation_union import main
+
+    docs = Path(__file__).parent.parent / "docs" / "validation"
+    main(["--per-material", str(docs / "chgnet-15zb.csv"), "--instead", str(docs / "chgnet-15zb-sym-43.csv")])
+    captured = capsys.readouterr()
+    headline = next(s for s in json.loads(captured.out.splitlines()[-1])["scores"]
+                    if s["verdict"] == "beyond_acoustic_dips" and s["threshold_thz"] == -0.1)
+    assert headline["tp"] + headline["tn"] == 87 and "43 materials" in captured.err
+    with pytest.raises(SystemExit, match="another potential"):
+        main(["--per-material", str(docs / "chgnet-15zb.csv"), "--instead", str(docs / "sevennet-0-15zb.csv")])
+    with pytest.raises(SystemExit, match="not a CSV of validate"):
+        main(["--per-material", str(docs / "chgnet-15zb.csv"), "--instead", str(docs / "sevennet-l3i5-15zb-fits.csv")])
+    relabelled = pd.read_csv(docs / "chgnet-15zb-sym-43.csv").head(2).assign(dft="unstable")
+    relabelled.to_csv(tmp_path / "relabelled.csv", index=False)
+    with pytest.raises(SystemExit, match="another DFT label for mp-1190"):
+        main(["--per-material", str(docs / "chgnet-15zb.csv"), "--instead", str(tmp_path / "relabelled.csv")])

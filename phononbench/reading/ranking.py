@@ -294,7 +294,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brill
             dips_set_aside: bool = False) -> str:
     """One self-contained page: a sortable table (and the published rows, if any) and the plots inlined."""
     headline = thresholds_thz[0]
-    zone_note = f", {DIPS_SET_ASIDE} (docs/VALIDATION.md)" if dips_set_aside else ""
+    zone_note = f", {DIPS_SET_ASIDE.replace('Gamma', '&Gamma;')} (docs/VALIDATION.md)" if dips_set_aside else ""
     ours, published = board[board[Col.RUN] != PUBLISHED_RUN], board[board[Col.RUN] == PUBLISHED_RUN]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -45,9 +45,11 @@ def structure_key(source: str) -> str:
 def rows_by_material(folders, keep=None) -> pd.DataFrame:
     """The rows of several runs keyed by ``material`` (``structure_key``), one per material: of the rows
     ``keep`` (a function of the frame, giving a mask) accepts, the first run's. For the benchmarks that take
-    up a run's structures again; a run that cannot be read is one line on stderr."""
+    up a run's structures again: a run that cannot be read ends the benchmark with one line saying why."""
     from phononbench.running.run_folder import read_structures
 
+    if not folders:
+        raise SystemExit("no run folders given")
     try:
         rows = pd.concat([read_structures(Path(folder)) for folder in folders], ignore_index=True)
     except SetupError as exc:

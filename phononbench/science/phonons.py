@@ -221,18 +221,15 @@ def zone_frequencies(phonon: Phonopy, npoints: int = 101, mesh_length_a: float =
 
 def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
     """The q-points of a Gamma-centred mesh, one of each set that the force constants' symmetry (and time
-    reversal) makes equivalent (a P1 cell keeps half its mesh; a cubic one a few percent). That symmetry is the
-    crystal's rotations that the supercell keeps: phonopy symmetrizes with the supercell's own space group, so on
-    a supercell that loses rotations the q-points those would map onto each other differ and are all kept."""
+    reversal) makes equivalent: the rotations of the supercell's own space group, with which phonopy symmetrizes
+    them, in the input cell's basis (M R M^-1). On a supercell that loses some of the crystal's rotations, the
+    q-points those would map onto each other have different interpolated frequencies, and all are kept."""
     import spglib
 
-    from .supercells import keeps_rotations
-
     matrix = np.asarray(phonon.supercell_matrix, dtype=float)
-    kept = [r for r in phonon.primitive_symmetry.pointgroup_operations if keeps_rotations(matrix, r[None])[0]]
-    mapping, addresses = spglib.get_stabilized_reciprocal_mesh(np.asarray(mesh, dtype="intc"),
-                                                               np.asarray(kept, dtype="intc"), is_shift=[0, 0, 0],
-                                                               is_time_reversal=True)
+    rotations = np.rint(matrix @ phonon.symmetry.pointgroup_operations @ np.linalg.inv(matrix)).astype("intc")
+    mapping, addresses = spglib.get_stabilized_reciprocal_mesh(np.asarray(mesh, dtype="intc"), rotations,
+                                                               is_shift=[0, 0, 0], is_time_reversal=True)
     return addresses[np.unique(mapping)] / np.asarray(mesh, dtype=float)
 
 
