@@ -116,7 +116,7 @@ def _guarded(action):
 Inputs = Annotated[list[str], typer.Argument(help="Folders, .zip, CIF/POSCAR/extxyz files or CSV/JSON/JSONL/Parquet tables; NAME=PATH sets the generator.")]
 Limit = Annotated[Optional[int], typer.Option(help="At most N structures per generator (in input order).")]
 MaxAtoms = Annotated[Optional[int], typer.Option(help="Largest input cell accepted (atoms; default: no limit).")]
-Supercell = Annotated[Optional[str], typer.Option(help="NxNxN (published: 2x2x2 of the input cell), a minimum width in A (15: the smallest supercell at least that wide in every direction), or a zone-boundary one (15zb: twice the smallest at least 7.5 A wide, so every q-point with coordinates 0 or 1/2 is exact); -sym after a length (15zb-sym) keeps the crystal's rotations.")]
+Supercell = Annotated[Optional[str], typer.Option(help="NxNxN (published: 2x2x2 of the input cell), a minimum width in A (15: the smallest supercell at least that wide in every direction), or a zone-boundary one (15zb: twice the smallest at least 7.5 A wide, so every q-point with coordinates 0 or 1/2 is exact); -sym after a length (15zb-sym: accurate's) keeps the crystal's rotations. It replaces the preset's supercell whole: 20zb alone does not keep them.")]
 MaxSupercellAtoms = Annotated[Optional[int], typer.Option(help="Skip (phonon_failed, saying so) a structure whose supercell has more atoms (default: the preset's; accurate 2000).")]
 RayAddress = Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT (default: a local Ray).")]
 

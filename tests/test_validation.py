@@ -239,7 +239,9 @@ def test_a_supercell_label_says_how_its_force_constants_were_made():
     from phononbench.settings import ACCURATE, PUBLISHED
 
     assert validation.supercell_label(PUBLISHED.to_dict()) == "2x2x2"
-    plain = {**ACCURATE.to_dict(), "subtract_residual_forces": False, "supercell_zone_boundary": False}
+    assert validation.supercell_label(ACCURATE.to_dict()) == ">=15 A zb sym -residual"
+    plain = {**ACCURATE.to_dict(), "subtract_residual_forces": False, "supercell_zone_boundary": False,
+             "supercell_keeps_rotations": False}
     assert validation.supercell_label(plain) == ">=15 A"
     assert validation.supercell_label({**plain, "force_constants_cutoff_at_half_width": True}) == ">=15 A cut"
     assert validation.supercell_label({**plain, "subtract_residual_forces": True}) == ">=15 A -residual"

@@ -223,8 +223,7 @@ def test_a_protocol_that_sets_acoustic_dips_aside_reads_its_zone_verdict_beyond_
     engine = make_engine("batched", load_potential("sevennet-l3i5"))
     as_relaxed = dict(relax_fmax_ev_per_a=50.0, relax_target_fmax_ev_per_a=50.0, relax_cycles=1,
                       relax_steps_per_cycle=1, thresholds_thz=(-0.35,))  # the cell as relaxed, as it is
-    accurate_on_2x2x2 = dataclasses.replace(ACCURATE.with_overrides(**as_relaxed), supercell=(2, 2, 2),
-                                            supercell_min_length_a=None, supercell_zone_boundary=False)
+    accurate_on_2x2x2 = ACCURATE.with_overrides(**as_relaxed).with_supercell("2x2x2")
     counted = compute(items, engine, dataclasses.replace(accurate_on_2x2x2, acoustic_dips="counted"))[0]
     set_aside = compute(items, engine, accurate_on_2x2x2)[0]
     assert counted.status == set_aside.status == "ok" and set_aside.n_supercell_atoms == 32

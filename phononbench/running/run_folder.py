@@ -51,6 +51,12 @@ PACKAGES = ("phononbench", "mattersim", "torch", "torch-sim-atomistic", "ase", "
             "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
 
 # run.json keys that must match for a resume: anything that changes a verdict
+# settings a preset changed between versions: why a run started before refuses to resume under the same preset
+PRESET_CHANGES = {
+    "protocol.acoustic_dips": "the accurate preset sets acoustic dips aside since this version",
+    "protocol.supercell_keeps_rotations": "the accurate preset's supercells keep the crystal's rotations since this "
+                                          "version",
+}
 RESUME_KEYS = ("protocol", "inputs", "limit_per_generator", "engine")
 RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
 INGEST_KEYS = ("max_atoms", "min_distance_a")  # the protocol settings that decide what ingest and dedup give
@@ -86,10 +92,8 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
     if differing:
-        # a setting no option sets: the preset changed between versions, and the run can only be finished by
-        # the version that started it
-        changed = " (the accurate preset sets acoustic dips aside since this version)" \
-            if "protocol.acoustic_dips" in differing else ""
+        # where a preset changed between versions, say so: the run can only be finished by the version that started it
+        changed = "".join(f" ({why})" for setting, why in PRESET_CHANGES.items() if setting in differing)
         raise SetupError(
             f"the run in this output folder used other settings ({', '.join(differing)}){changed}; resuming would "
             "mix two runs. Use the same settings as before (or the version that started it), or another output "
