@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="sevennet-l3i5")
     parser.add_argument("--displacement", type=float, default=0.01)
     parser.add_argument("--zone-boundary", type=float, metavar="L",
-                        help="instead of the run's supercell: twice the smallest one at least L/2 wide")
+                        help="instead of the run's supercell: twice the smallest one at least L/2 wide (plain zb, as "
+                             "accurate before it kept the crystal's rotations)")
     parser.add_argument("--fits", nargs="+", choices=FITS, default=list(FITS))
     parser.add_argument("--labels", type=Path, help="DFT labels (phonondb_dev's labels.csv): score each fit")
     parser.add_argument("--csv", type=Path, help="write one row per structure and fit here")

@@ -118,15 +118,14 @@ def main(argv=None) -> int:
     parser.add_argument("--fit", default="residual_subtracted", help="which fit to take from --fits")
     parser.add_argument("--instead", type=Path, nargs="*", default=[],
                         help="validate --per-material CSVs whose materials replace the same materials of the other "
-                             "sources (some materials run again with another setting)")
+                             "sources (some materials run again with another setting), each in turn")
     args = parser.parse_args(argv)
     parts = [from_runs(p, args.setting) for p in args.per_material] + [from_fits(p, args.fit) for p in args.fits]
     if not parts:
         parser.error("give --per-material and/or --fits")
     rows = pd.concat(parts, ignore_index=True)
-    if args.instead:
-        replacing = pd.concat([from_runs(p, None, "give --instead a CSV of one setting") for p in args.instead],
-                              ignore_index=True)
+    for path in args.instead:  # in the order given: a later one replaces what an earlier one put in
+        replacing = from_runs(path, None, "give --instead a CSV of one setting")
         rows = pd.concat([rows[~rows["material"].isin(replacing["material"])],
                           _replacing(rows.drop_duplicates("material").set_index("material"), replacing)],
                          ignore_index=True)

@@ -103,3 +103,20 @@ def test_plot_bands_of_unstable_bcc_copper(two_runs, tmp_path):
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = runner.invoke(app, ["plot-bands", str(two_runs[1]), "nope"])
     assert missing.exit_code == 2 and "no structure" in missing.output
+
+
+def test_bands_of_a_supercell_the_run_left_out_as_too_large_are_not_computed(tmp_path):
+    """A structure whose supercell was over the run's atom cap (phonon_failed, saying so) is refused by
+    plot-bands with one line, not computed at full size after all."""
+    from ase.build import bulk
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bulk("Cu", "fcc", a=3.61).write(folder / "Cu.cif")
+    out = tmp_path / "capped"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "--model", "emt", "--in-process",
+                                 "--preset", "accurate", "--max-supercell-atoms", "400"])
+    assert result.exit_code == 0, result.output
+    refused = runner.invoke(app, ["plot-bands", str(out), "in/Cu.cif", "--output", str(tmp_path / "bands.png")])
+    assert refused.exit_code == 2 and "(15zb-sym) has 512 atoms, above the cap of 400" in refused.output
+    assert "bands are not computed" in refused.output and not (tmp_path / "bands.png").exists()

@@ -460,9 +460,14 @@ def test_a_run_made_before_a_setting_existed_resumes_at_its_default():
     ensure_resumable(info(PUBLISHED, drop=("acoustic_dips",)), info(PUBLISHED))
     with pytest.raises(SetupError, match=r"protocol\.acoustic_dips\)"):
         ensure_resumable(info(ACCURATE, drop=("acoustic_dips",)), info(ACCURATE))
-    # one from before its supercells kept the crystal's rotations: refused, saying the preset changed
+    # one from before its supercells kept the crystal's rotations: refused, saying the preset changed; a run whose
+    # --supercell the user changed is refused without that (the preset did not change it)
     with pytest.raises(SetupError, match=r"supercell_keeps_rotations\) \(the accurate preset's supercells keep"):
         ensure_resumable(info(ACCURATE, drop=("supercell_keeps_rotations",)), info(ACCURATE))
+    for before, now in ((PUBLISHED.with_supercell("8zb-sym"), PUBLISHED.with_supercell("8zb")),
+                        (ACCURATE, ACCURATE.with_supercell("15zb"))):
+        with pytest.raises(SetupError, match=r"supercell_keeps_rotations\); resuming"):
+            ensure_resumable(info(before), info(now))
     # validate pools runs by the same rule: the old published run and a new one are one protocol
     from phononbench.reading.validation import _settings
 

@@ -147,15 +147,18 @@ def force_constants(out: Path, row: pd.Series, info: dict, potential_for: Callab
     """A phonopy object with the structure's force constants: from the run folder's cache, or computed
     with ``potential_for(run.json's potential)`` and the run's protocol, then cached."""
     from phononbench.compute.method import phonon_settings
-    from phononbench.science.phonons import displace, force_constants_one, supercell_matrix
+    from phononbench.science.phonons import SupercellTooLarge, displace, force_constants_one, supercell_matrix
 
     protocol = ProtocolSettings.from_dict(info["protocol"])
     unitcell = relaxed_unitcell(row)
     recorded = row.get(Col.SUPERCELL_MATRIX)
-    matrix = (np.asarray(recorded, dtype=int).reshape(3, 3) if isinstance(recorded, (list, np.ndarray)) and len(recorded) == 9 else
-              supercell_matrix(unitcell, protocol.supercell, protocol.supercell_min_length_a,
-                               zone_boundary=protocol.supercell_zone_boundary,
-                               keep_rotations=protocol.supercell_keeps_rotations))
+    try:  # a supercell the run left out as too large is not computed here either
+        matrix = (np.asarray(recorded, dtype=int).reshape(3, 3) if isinstance(recorded, (list, np.ndarray)) and len(recorded) == 9 else
+                  supercell_matrix(unitcell, protocol.supercell, protocol.supercell_min_length_a,
+                                   protocol.max_supercell_atoms, zone_boundary=protocol.supercell_zone_boundary,
+                                   keep_rotations=protocol.supercell_keeps_rotations))
+    except SupercellTooLarge as exc:
+        raise SetupError(f"{exc}: its bands are not computed") from None
     cached = bands_folder(out, row, info) / FORCE_CONSTANTS_FILE
     if cached.exists():
         phonon = displace(unitcell, matrix, protocol.displacement_a)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.rates import rate
 from phononbench.records import ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
-from phononbench.settings import ProtocolSettings
+from phononbench.settings import PRESETS, ProtocolSettings
 
 STRUCTURES_DIR = "structures"
 SUPERSEDED_DIR = "superseded"  # rows no longer current (edited or removed inputs, retried failures)
@@ -51,11 +51,11 @@ PACKAGES = ("phononbench", "mattersim", "torch", "torch-sim-atomistic", "ase", "
             "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
 
 # run.json keys that must match for a resume: anything that changes a verdict
-# settings a preset changed between versions: why a run started before refuses to resume under the same preset
+# settings a preset changed between versions: why a run of that preset started before refuses to resume under it
 PRESET_CHANGES = {
-    "protocol.acoustic_dips": "the accurate preset sets acoustic dips aside since this version",
-    "protocol.supercell_keeps_rotations": "the accurate preset's supercells keep the crystal's rotations since this "
-                                          "version",
+    ("accurate", "protocol.acoustic_dips"): "the accurate preset sets acoustic dips aside since 2026-12-04",
+    ("accurate", "protocol.supercell_keeps_rotations"): "the accurate preset's supercells keep the crystal's "
+                                                        "rotations since 2026-12-04",
 }
 RESUME_KEYS = ("protocol", "inputs", "limit_per_generator", "engine")
 RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
@@ -93,12 +93,21 @@ def ensure_resumable(previous: dict, info: dict) -> None:
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
     if differing:
         # where a preset changed between versions, say so: the run can only be finished by the version that started it
-        changed = "".join(f" ({why})" for setting, why in PRESET_CHANGES.items() if setting in differing)
+        changed = "".join(f" ({why})" for (name, setting), why in PRESET_CHANGES.items()
+                          if setting in differing and _preset_changed(name, setting.removeprefix("protocol."),
+                                                                      previous, info))
         raise SetupError(
             f"the run in this output folder used other settings ({', '.join(differing)}){changed}; resuming would "
             "mix two runs. Use the same settings as before (or the version that started it), or another output "
             "folder (--out)."
         )
+
+
+def _preset_changed(name: str, setting: str, previous: dict, info: dict) -> bool:
+    """Whether a setting differs because the preset changed it: both runs are of that preset and this one has the
+    preset's value (not one the user chose with an option)."""
+    names = [p.get("name") if isinstance(p, dict) else None for p in (previous.get("protocol"), info["protocol"])]
+    return names == [name, name] and info["protocol"].get(setting) == getattr(PRESETS[name], setting)
 
 
 def protocol_as_recorded(protocol) -> dict | None:
