@@ -234,9 +234,9 @@ BULK = dataclasses.replace(PUBLISHED, name="bulk", exclude_low_dimensional=True)
 # constants off), the zone-boundary one (twice the smallest at least half as wide: every half-point exact; on
 # 24 DFT-stable phonondb_dev crystals it took SevenNet-l3i5's false-unstables from 8 to 5; 1.6x the atoms of
 # the plain one on 300 MatterGen crystals, 8 of them above 1000: benchmarks/supercell_sizes.py) that keeps the
-# crystal's rotations (on the 43 of phonondb_dev's 120 whose plain one loses some, SevenNet-l3i5's headline is
-# right on 39 -> 40 at -0.1 THz and 37 -> 40 at -0.001, CHGNet's 30 -> 32 and 29 -> 34; 6% more atoms on
-# MatterGen's), residual
+# crystal's rotations (on the 47 of phonondb_dev's 120 whose plain one loses some, SevenNet-l3i5's headline is
+# right on 43 -> 44 at -0.1 THz and 41 -> 43 at -0.001; CHGNet's, on its 43, 30 -> 32 and 29 -> 34; 6% more atoms
+# on MatterGen's), residual
 # forces subtracted, force constants as produced (symmetrized, no cut), and the Brillouin-zone verdict as the
 # headline, with acoustic dips next to Gamma set aside (all 120 of phonondb_dev with SevenNet-l3i5: accuracy
 # 0.883 -> 0.908, false-unstable 9/60 -> 6/60; on the 69 held out when the rule was fixed, 0.884 -> 0.899, no
