@@ -48,8 +48,9 @@ def main() -> None:
     from phononbench.science.supercells import keeps_rotations
 
     from phononbench.reading.validation import rows_by_material
+    from phononbench.records import Status
 
-    rows = rows_by_material(args.runs, lambda rows: (rows.status == "ok") & rows.supercell_matrix.notna())
+    rows = rows_by_material(args.runs, lambda rows: (rows.status == Status.OK) & rows.supercell_matrix.notna())
     potential = None
     if args.frequencies:
         from phononbench.compute.potentials import load_potential

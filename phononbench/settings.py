@@ -236,9 +236,8 @@ BULK = dataclasses.replace(PUBLISHED, name="bulk", exclude_low_dimensional=True)
 # the plain one on 300 MatterGen crystals, 8 of them above 1000: benchmarks/supercell_sizes.py) that keeps the
 # crystal's rotations (on the 47 of phonondb_dev's 120 whose plain one loses some, SevenNet-l3i5's headline is
 # right on 43 -> 44 at -0.1 THz and 41 -> 43 at -0.001; CHGNet's, on its 43, 30 -> 32 and 29 -> 34; 6% more atoms
-# on MatterGen's), residual
-# forces subtracted, force constants as produced (symmetrized, no cut), and the Brillouin-zone verdict as the
-# headline, with acoustic dips next to Gamma set aside (all 120 of phonondb_dev with SevenNet-l3i5: accuracy
+# on MatterGen's), residual forces subtracted, force constants as produced (symmetrized, no cut), and the
+# Brillouin-zone verdict as the headline, with acoustic dips next to Gamma set aside (all 120 of phonondb_dev with SevenNet-l3i5: accuracy
 # 0.883 -> 0.908, false-unstable 9/60 -> 6/60; on the 69 held out when the rule was fixed, 0.884 -> 0.899, no
 # DFT-unstable crystal called stable by it; with the rotations kept: 0.917, 5/60; docs/VALIDATION.md).
 ACCURATE_LENGTH_A = 15.0

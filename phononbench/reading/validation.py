@@ -133,8 +133,8 @@ def merge_with_labels(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) 
 VERDICTS = ("path", "brillouin_zone", "commensurate", "beyond_acoustic_dips")
 # the verdicts read off one recorded frequency, and how the report and tables prefix them
 FREQUENCY_OF = {"brillouin_zone": Col.MIN_FREQUENCY_BZ_WITH_ACOUSTIC_DIPS_THZ,
-                 "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
-                 "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
+                "commensurate": Col.MIN_FREQUENCY_COMMENSURATE_THZ,
+                "beyond_acoustic_dips": Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_THZ}
 _PREFIX = {"path": "", "brillouin_zone": "bz ", "commensurate": "commensurate ",
            "beyond_acoustic_dips": "beyond acoustic dips "}
 

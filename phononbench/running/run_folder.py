@@ -51,15 +51,15 @@ PACKAGES = ("phononbench", "mattersim", "torch", "torch-sim-atomistic", "ase", "
             "chgnet", "sevenn", "ray", "numpy", "pyarrow", "pandas")
 
 # run.json keys that must match for a resume: anything that changes a verdict
+RESUME_KEYS = ("protocol", "inputs", "limit_per_generator", "engine")
+RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
+INGEST_KEYS = ("max_atoms", "min_distance_a")  # the protocol settings that decide what ingest and dedup give
 # settings a preset changed between versions: why a run of that preset started before refuses to resume under it
 PRESET_CHANGES = {
     ("accurate", "protocol.acoustic_dips"): "the accurate preset sets acoustic dips aside since 2026-12-04",
     ("accurate", "protocol.supercell_keeps_rotations"): "the accurate preset's supercells keep the crystal's "
                                                         "rotations since 2026-12-04",
 }
-RESUME_KEYS = ("protocol", "inputs", "limit_per_generator", "engine")
-RESUME_POTENTIAL_KEYS = ("model", "checkpoint_sha256")
-INGEST_KEYS = ("max_atoms", "min_distance_a")  # the protocol settings that decide what ingest and dedup give
 
 
 def package_versions() -> dict[str, str | None]:
