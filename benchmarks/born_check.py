@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 
@@ -198,4 +199,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from phononbench.errors import SetupError
+
+    try:
+        main()
+    except SetupError as exc:  # a run that cannot be read: one line, not a traceback
+        sys.exit(str(exc))

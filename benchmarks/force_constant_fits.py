@@ -219,4 +219,9 @@ def score(table: pd.DataFrame) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from phononbench.errors import SetupError
+
+    try:
+        sys.exit(main())
+    except SetupError as exc:  # a run that cannot be read: one line, not a traceback
+        sys.exit(str(exc))

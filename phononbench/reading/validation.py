@@ -45,15 +45,12 @@ def structure_key(source: str) -> str:
 def rows_by_material(folders, keep=None) -> pd.DataFrame:
     """The rows of several runs keyed by ``material`` (``structure_key``), one per material: of the rows
     ``keep`` (a function of the frame, giving a mask) accepts, the first run's. For the benchmarks that take
-    up a run's structures again: a run that cannot be read ends the benchmark with one line saying why."""
+    up a run's structures again. A run that cannot be read raises SetupError, saying why."""
     from phononbench.running.run_folder import read_structures
 
     if not folders:
-        raise SystemExit("no run folders given")
-    try:
-        rows = pd.concat([read_structures(Path(folder)) for folder in folders], ignore_index=True)
-    except SetupError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SetupError("no run folders given")
+    rows = pd.concat([read_structures(Path(folder)) for folder in folders], ignore_index=True)
     rows["material"] = rows[Col.SOURCE].map(structure_key)
     return rows[keep(rows) if keep is not None else slice(None)].drop_duplicates("material")
 
