@@ -526,3 +526,19 @@ def test_a_part_with_fixed_size_lists_under_an_older_pyarrow_is_said_and_never_s
     result = _run(folder.parent, "--out", out, *EMT_RUN)
     assert result.exit_code == 2 and "install pyarrow 26 or later" in result.output
     assert part.exists() and not (out / "damaged").exists()
+
+
+def test_a_run_started_by_other_method_code_refuses_to_resume():
+    """The package's version number stays 0.1.0 across fixes that change verdicts: run.json records a fingerprint
+    of the science and compute code, and a resume under other code is refused, naming it. A run.json from before
+    the fingerprint existed resumes, as it did then."""
+    from phononbench.running.run_folder import ensure_resumable, environment, method_sha256
+
+    fingerprint = environment()["method_sha256"]
+    assert fingerprint == method_sha256() and len(fingerprint) == 64
+    now = {"protocol": json.loads(json.dumps(PUBLISHED.to_dict())), "inputs": ["in"], "limit_per_generator": None,
+           "engine": "ase", "potential": {"name": "emt"}, "method_sha256": fingerprint}
+    ensure_resumable(dict(now), now)
+    ensure_resumable({k: v for k, v in now.items() if k != "method_sha256"}, now)
+    with pytest.raises(SetupError, match=r"\(method_sha256: phononbench's science or compute code changed"):
+        ensure_resumable({**now, "method_sha256": "0" * 64}, now)

@@ -13,6 +13,7 @@ move to ``superseded/`` (kept for the record, outside the dataset).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -72,9 +73,20 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def method_sha256() -> str:
+    """A fingerprint of the method's code (``phononbench/science`` and ``phononbench/compute``): the package's
+    version number does not change with every fix that changes a verdict, so a resume compares this instead."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("science/*.py"), *root.glob("compute/*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def environment() -> dict:
-    """What ran the run: package versions, Python, host."""
-    return {"versions": package_versions(), "python": platform.python_version(), "host": platform.node()}
+    """What ran the run: package versions, the method's code, Python, host."""
+    return {"versions": package_versions(), "method_sha256": method_sha256(), "python": platform.python_version(),
+            "host": platform.node()}
 
 
 def ensure_resumable(previous: dict, info: dict) -> None:
@@ -91,6 +103,9 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         differing += _differing_protocol(previous, info)
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
+        # a run from before the fingerprint was recorded cannot be told apart: it resumes, as it did then
+        if previous.get("method_sha256") not in (None, info.get("method_sha256")):
+            differing.append("method_sha256: phononbench's science or compute code changed since it started")
     if differing:
         # where a preset changed between versions, say so: the run can only be finished by the version that started it
         changed = "".join(f" ({why})" for (name, setting), why in PRESET_CHANGES.items()
