@@ -528,17 +528,75 @@ def test_a_part_with_fixed_size_lists_under_an_older_pyarrow_is_said_and_never_s
     assert part.exists() and not (out / "damaged").exists()
 
 
-def test_a_run_started_by_other_method_code_refuses_to_resume():
-    """The package's version number stays 0.1.0 across fixes that change verdicts: run.json records a fingerprint
-    of the science and compute code, and a resume under other code is refused, naming it. A run.json from before
-    the fingerprint existed resumes, as it did then."""
-    from phononbench.running.run_folder import ensure_resumable, environment, method_sha256
+def test_the_method_fingerprint_follows_the_code_not_its_comments_layout_or_readers(tmp_path):
+    """run.json's method_sha256: a comment, a docstring, CRLF line ends, an editor's lock file or a reader's change
+    leave it; a change of code anywhere a run computes or stores a result (records.py here) changes it; an install
+    without sources has none (nothing to compare)."""
+    from phononbench.running.run_folder import METHOD_SHA256, method_sha256
 
-    fingerprint = environment()["method_sha256"]
-    assert fingerprint == method_sha256() and len(fingerprint) == 64
-    now = {"protocol": json.loads(json.dumps(PUBLISHED.to_dict())), "inputs": ["in"], "limit_per_generator": None,
-           "engine": "ase", "potential": {"name": "emt"}, "method_sha256": fingerprint}
+    package = tmp_path / "phononbench"
+    shutil.copytree(REPO / "phononbench", package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert method_sha256(package) == METHOD_SHA256 and len(METHOD_SHA256) == 64
+    stability = package / "science" / "stability.py"
+    text = stability.read_text()
+    stability.write_bytes(('"""Reworded."""\n# a new comment\n' + text.split('"""', 2)[2]).replace("\n", "\r\n")
+                          .encode())
+    (package / "science" / ".#phonons.py").symlink_to(tmp_path / "nowhere")  # Emacs' lock file: dangling
+    (package / "reading" / "analysis.py").write_text("x = 1\n")
+    assert method_sha256(package) == METHOD_SHA256
+    records = package / "records.py"
+    records.write_text(records.read_text() + "\nROUNDING = 0.1\n")
+    assert method_sha256(package) not in (None, METHOD_SHA256)
+    assert method_sha256(tmp_path / "empty") is None
+
+
+def test_a_run_started_by_other_method_code_refuses_to_resume_pool_or_start_a_worker(tmp_path, monkeypatch):
+    """The package's version number stays 0.1.0 across fixes that change verdicts: a run records the method's
+    fingerprint, and a resume (or a run into a dedup's folder) under other code is refused, naming both; a run.json
+    from before the fingerprint existed resumes, as it did then. A worker that imports other code than the run's
+    refuses to start; the leaderboard keeps runs of other code apart."""
+    from phononbench.running.run_folder import METHOD_SHA256, ensure_resumable
+    from phononbench.running.worker import Worker
+
+    monkeypatch.chdir(REPO)
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    out, other = tmp_path / "out", tmp_path / "other"
+    assert _run(inputs, "--out", out, *EMT_RUN).exit_code == 0
+    now = _info(out)
+    assert now["method_sha256"] == METHOD_SHA256
     ensure_resumable(dict(now), now)
     ensure_resumable({k: v for k, v in now.items() if k != "method_sha256"}, now)
-    with pytest.raises(SetupError, match=r"\(method_sha256: phononbench's science or compute code changed"):
-        ensure_resumable({**now, "method_sha256": "0" * 64}, now)
+    for stage in ("run", "dedup"):
+        with pytest.raises(SetupError, match=rf"\(method_sha256: phononbench's code changed since the run started, "
+                                             rf"00000000 then, {METHOD_SHA256[:8]} now\)"):
+            ensure_resumable({**now, "stage": stage, "method_sha256": "0" * 64}, now)
+
+    shutil.copytree(out, other)
+    (other / "run.json").write_text(json.dumps({**now, "method_sha256": "0" * 64, "run_id": "other"}))
+    assert "00000000 then" in _error_line(_run(inputs, "--out", other, *EMT_RUN))
+    board = runner.invoke(app, ["leaderboard", str(out), str(other), "--format", "json"])
+    assert board.exit_code == 0, board.output
+    labels = {r["generator"] for r in json.loads(board.output)["rows"]}
+    assert labels == {f"metals (emt, published, code {METHOD_SHA256[:8]})", "metals (emt, published, code 00000000)"}
+
+    spec = WorkerSpec("emt", "cpu", None, None, PUBLISHED.with_overrides(model="emt"), method_sha256="0" * 64)
+    assert f"imports other phononbench code ({METHOD_SHA256[:8]}, from" in Worker(spec).startup_error()
+
+
+@pytest.mark.parametrize("record", ["{not json", "[1]", None])
+def test_a_run_record_that_cannot_be_read_is_one_line_for_every_reader(tmp_path, record):
+    """A corrupt run.json (bad JSON, not an object, a folder in its place) is a SetupError saying so, for the
+    commands and for the benchmarks that read runs (validation.rows_by_material), never a traceback."""
+    from phononbench.reading.validation import _settings, rows_by_material
+
+    if record is None:
+        (tmp_path / "run.json").mkdir()
+    else:
+        (tmp_path / "run.json").write_text(record)
+    with pytest.raises(SetupError, match=r"run\.json (cannot be read|is not a run's record)"):
+        rows_by_material([tmp_path])
+    with pytest.raises(SetupError, match="no run folders given"):
+        rows_by_material([])
+    # validate pools runs only under one method's code
+    info = {"protocol": json.loads(json.dumps(PUBLISHED.to_dict())), "engine": "ase", "potential": {"model": "emt"}}
+    assert _settings({**info, "method_sha256": "a" * 64}) != _settings({**info, "method_sha256": "b" * 64})

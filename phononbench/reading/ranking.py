@@ -33,6 +33,7 @@ PUBLISHED_STABLE, PUBLISHED_RELAXED = "published_n_stable", "published_n_relaxed
 COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.N_INPUT, Col.N_UNIQUE,
           Col.N_DECIDED, PUBLISHED_STABLE, PUBLISHED_RELAXED]
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
+_CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from two codes are not pooled
 
 
 def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -70,7 +71,7 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
             continue
         frames.append(rows.assign(**{
             Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
-            Col.COMPLETE: info.get("status") == "complete"}))
+            Col.COMPLETE: info.get("status") == "complete", _CODE: (info.get("method_sha256") or "unrecorded")[:8]}))
         infos[name] = info
     if not frames:
         raise SetupError("no run can be read" + (f": {problems[0]}" if problems else ""))
@@ -86,6 +87,9 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
                          "needs one")
     structures = pd.concat(frames, ignore_index=True)
     entry = [Col.GENERATOR, Col.MODEL, Col.PROTOCOL]
+    # runs of one entry made by other code of the method are two entries: the label says which code
+    codes = structures.groupby(entry, dropna=False)[_CODE].transform("nunique")
+    structures.loc[codes > 1, Col.PROTOCOL] += ", code " + structures.loc[codes > 1, _CODE]
     structures = structures.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH], keep="last")
     entries_per_generator = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
     several = set(entries_per_generator[entries_per_generator > 1].index)

@@ -416,15 +416,16 @@ def _differing_table(changes: pd.DataFrame, verdict: str, threshold_thz: float) 
 
 
 def _settings(info: dict) -> str:
-    """What must be equal for two runs' verdicts to be scored as one: protocol, engine, potential's weights."""
+    """What must be equal for two runs' verdicts to be scored as one: protocol, engine, potential's weights, and the
+    method's code (runs from before it was recorded pool with each other only)."""
     import json
 
     from phononbench.running.run_folder import RESUME_POTENTIAL_KEYS, protocol_as_recorded
 
     potential = info.get("potential") or {}
     protocol = protocol_as_recorded(info["protocol"])  # as a resume compares them
-    return json.dumps([protocol, info.get("engine"), [potential.get(k) for k in RESUME_POTENTIAL_KEYS]],
-                      sort_keys=True, default=str)
+    return json.dumps([protocol, info.get("engine"), [potential.get(k) for k in RESUME_POTENTIAL_KEYS],
+                       info.get("method_sha256")], sort_keys=True, default=str)
 
 
 def _table_rows(name: str, info: dict, complete: bool, n_inputs, merged: pd.DataFrame, n_labelled: int) -> list[dict]:

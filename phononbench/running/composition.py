@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phononbench.settings import ProtocolSettings
+from phononbench.running.run_folder import METHOD_SHA256
 from phononbench.running.worker import WorkerSpec
 
 
@@ -48,7 +49,7 @@ def compose(protocol: ProtocolSettings, device: str = "cpu", checkpoint: str | N
                                    max_atoms_per_batch=batch_atoms)
     described = {**potential.describe(), "device": device,
                  "max_atoms_per_batch": batch_atoms or default_batch_atoms(device)}  # a shared GPU's: the executor's
-    spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine)
+    spec = WorkerSpec(protocol.model, device, checkpoint, batch_atoms, protocol, engine, method_sha256=METHOD_SHA256)
     if in_process:
         return Composition(described, spec, InProcessExecutor(potential))
     if device.startswith("cuda") and not gpus_per_worker:

@@ -12,6 +12,7 @@ move to ``superseded/`` (kept for the record, outside the dataset).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -73,19 +74,39 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def method_sha256() -> str:
-    """A fingerprint of the method's code (``phononbench/science`` and ``phononbench/compute``): the package's
-    version number does not change with every fix that changes a verdict, so a resume compares this instead."""
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for path in sorted([*root.glob("science/*.py"), *root.glob("compute/*.py")]):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+def _code(text: str) -> str:
+    """A module's code without its comments, docstrings and layout: what a fix that changes a result changes."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def method_sha256(root: Path) -> str | None:
+    """A fingerprint of the method's code: every module of the package but the readers, the web app and the command
+    line, which store nothing a run computes. None where the sources are not installed (nothing to compare)."""
+    digest, read = hashlib.sha256(), 0
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if parts[0] in ("app", "reading", "cli.py") or any(p.startswith(".") for p in parts) or not path.is_file():
+            continue  # editor lock files and the like are not code
+        digest.update("/".join(parts).encode() + b"\0" + _code(path.read_text(encoding="utf-8")).encode() + b"\0")
+        read += 1
+    return digest.hexdigest() if read else None
+
+
+# taken when the package is imported, so a notebook that pulled new code without restarting records the code it runs;
+# the version number stays 0.1.0 across fixes that change verdicts, so a resume compares this instead
+METHOD_SHA256 = method_sha256(Path(__file__).resolve().parent.parent)
 
 
 def environment() -> dict:
     """What ran the run: package versions, the method's code, Python, host."""
-    return {"versions": package_versions(), "method_sha256": method_sha256(), "python": platform.python_version(),
+    return {"versions": package_versions(), "method_sha256": METHOD_SHA256, "python": platform.python_version(),
             "host": platform.node()}
 
 
@@ -103,9 +124,12 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         differing += _differing_protocol(previous, info)
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
-        # a run from before the fingerprint was recorded cannot be told apart: it resumes, as it did then
-        if previous.get("method_sha256") not in (None, info.get("method_sha256")):
-            differing.append("method_sha256: phononbench's science or compute code changed since it started")
+    # a run from before the fingerprint was recorded (or without sources to take it from) cannot be told apart: it
+    # resumes, as it did then
+    before, now = previous.get("method_sha256"), info.get("method_sha256")
+    if before and now and before != now:
+        differing.append(f"method_sha256: phononbench's code changed since the run started, {before[:8]} then, "
+                         f"{now[:8]} now")
     if differing:
         # where a preset changed between versions, say so: the run can only be finished by the version that started it
         changed = "".join(f" ({why})" for (name, setting), why in PRESET_CHANGES.items()
@@ -695,7 +719,13 @@ def read_run_info(out: Path) -> dict:
     path = Path(out) / RUN_FILE
     if not path.exists():
         raise SetupError(f"{path} not found; is {out} a PhononBench output folder?")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(info, dict):
+        raise SetupError(f"{path} is not a run's record (a JSON object)")
+    return info
 
 
 def read_verdict_run_info(out: Path) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from phononbench.compute import method
 from phononbench.compute.engines import make_engine
@@ -16,6 +17,7 @@ from phononbench.errors import reason
 from phononbench.science.ingest import InputStructure
 from phononbench.compute.potentials import Potential, load_potential
 from phononbench.records import StructureResult
+from phononbench.running.run_folder import METHOD_SHA256
 from phononbench.settings import ProtocolSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class WorkerSpec:
     # or small (phonopy), where a thread pool's start-up and spinning cost far more than they save, and a
     # pool per worker oversubscribes the node (benchmarks/threads.py); the model keeps torch's threads
     blas_threads: int = 1
+    # the driver's code (run_folder.METHOD_SHA256): a worker that imports other code refuses to start, as a resume
+    # under other code is refused (a Ray worker's import path is its own)
+    method_sha256: str | None = None
 
 
 class Worker:
@@ -52,6 +57,13 @@ class Worker:
             torch.set_num_threads(spec.threads)
         self.spec = spec
         self.error: str | None = None
+        if spec.method_sha256 and METHOD_SHA256 and spec.method_sha256 != METHOD_SHA256:
+            import phononbench
+
+            self.error = (f"this worker imports other phononbench code ({METHOD_SHA256[:8]}, from "
+                          f"{Path(phononbench.__file__).parent}) than the run ({spec.method_sha256[:8]})")
+            log.error("worker could not start: %s", self.error)
+            return
         try:
             self.potential = potential or load_potential(spec.model, spec.device, spec.checkpoint,
                                                          spec.max_atoms_per_batch)
