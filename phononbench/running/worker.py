@@ -58,10 +58,8 @@ class Worker:
         self.spec = spec
         self.error: str | None = None
         if spec.method_sha256 and METHOD_SHA256 and spec.method_sha256 != METHOD_SHA256:
-            import phononbench
-
             self.error = (f"this worker imports other phononbench code ({METHOD_SHA256[:8]}, from "
-                          f"{Path(phononbench.__file__).parent}) than the run ({spec.method_sha256[:8]})")
+                          f"{Path(__file__).resolve().parents[1]}) than the run ({spec.method_sha256[:8]})")
             log.error("worker could not start: %s", self.error)
             return
         try:
