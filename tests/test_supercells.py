@@ -172,6 +172,35 @@ def test_the_zone_mesh_keeps_every_q_point_the_supercells_symmetry_does_not_make
         crystal = spglib.get_ir_reciprocal_mesh(mesh, (copper.cell[:], copper.get_scaled_positions(), [29]))[0]
         assert (len(reduced) > len(np.unique(crystal))) != keep
 
+@pytest.mark.parametrize("name", ["mp-9252", "mp-7492"])
+def test_the_same_crystal_in_another_basis_gets_the_same_supercell_lattice(data_dir, name):
+    """HgS and La2B2O6 (tests/data/phonondb_ties/SOURCES.md): their smallest 15zb-sym supercell is one of several
+    lattices of one size, equally wide (HgS: in every direction, told apart only by the atoms). Written in other
+    bases (random unimodular changes, the atoms where they were), each must still get the same lattice, of the
+    smallest size that keeps the rotations."""
+    from ase.io import read
+
+    from phononbench.science.phonons import crystal_rotations, supercell_matrix
+
+    atoms = read(data_dir / "phonondb_ties" / f"{name}.POSCAR-unitcell", format="vasp")
+    cell = atoms.cell[:]
+    matrix = supercell_matrix(atoms, None, 15.0, None, True, True)
+    lattice = matrix.T @ cell
+    assert _smallest_by_brute_force(cell, 7.5, supercell_size(matrix) // 8, crystal_rotations(atoms)) == supercell_size(matrix) // 8
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        change = np.eye(3, dtype=int)
+        for i, j in rng.permutation(list(itertools.permutations(range(3), 2)))[:3]:
+            change[i] += rng.choice([-1, 1]) * change[j]
+        rewritten = atoms.copy()
+        rewritten.set_cell(change @ cell, scale_atoms=False)
+        rewritten.wrap()
+        other = supercell_matrix(rewritten, None, 15.0, None, True, True).T @ rewritten.cell[:]
+        basis_change = other @ np.linalg.inv(lattice)
+        assert np.allclose(basis_change, np.rint(basis_change), atol=1e-6), f"another lattice in basis {change.tolist()}"
+        assert round(abs(np.linalg.det(basis_change))) == 1
+
+
 def test_the_hexagonal_supercell_is_smaller_than_any_diagonal_one():
     cell = CELLS["hexagonal (hcp Mg)"][0]
     matrix = supercell_for_length(cell, 8.0)

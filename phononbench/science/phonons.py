@@ -59,12 +59,13 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
     from phononbench.science.supercells import supercell_for_length, supercell_size, zone_boundary_supercell
 
     rotations = crystal_rotations(unitcell) if keep_rotations else None
+    sites = (unitcell.get_scaled_positions(), unitcell.numbers)
     if supercell is not None:
         matrix = np.diag(supercell).astype(int)
     elif zone_boundary:
-        matrix = zone_boundary_supercell(np.asarray(unitcell.cell[:]), min_length_a, rotations)
+        matrix = zone_boundary_supercell(np.asarray(unitcell.cell[:]), min_length_a, rotations, sites)
     else:
-        matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a, rotations)
+        matrix = supercell_for_length(np.asarray(unitcell.cell[:]), min_length_a, rotations, sites)
     n_atoms = supercell_size(matrix) * len(unitcell)
     if max_atoms is not None and n_atoms > max_atoms:
         if supercell is not None:

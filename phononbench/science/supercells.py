@@ -12,7 +12,12 @@ supercell, not the first that rounding a cube finds:
 2. then every supercell lattice with fewer cells, each once (Hermite normal form), from the volume bound
    ``L^3 / V`` (a cube is the widest cell of its volume) up, checked exactly: a lattice has a basis with all
    widths >= L when its reciprocal lattice has three independent vectors no longer than 1/L;
-3. the first size with a wide enough lattice wins; ties go to the widest, then the most diagonal matrix.
+3. the first size with a wide enough lattice wins, the bound's own size included, so every lattice of the
+   winning size is compared: ties go to the widest (its widths in its widest basis, narrowest first), then,
+   given the atoms, to the supercell whose pair distances (minimum image, by species, sorted) are longer at the
+   first that differs (an atom further from another's periodic image).
+   Each step looks at the lattice and the atoms, not at a basis, so the same crystal written in another
+   basis gets the same supercell lattice (the matrix is in the given basis).
 
 Step 2 visits at most ``EXHAUSTIVE_BUDGET`` matrices; past that (one- or two-atom cells at 20 A and more,
 where the cube is close to the bound anyway) the upper bound of step 1 is returned as it is.
@@ -31,7 +36,8 @@ import numpy as np
 _PERTURBATIONS = np.array(list(itertools.product((-1, 0, 1), repeat=9)), dtype=np.int64).reshape(-1, 3, 3)
 _COMBINATIONS = np.array([c for c in itertools.product(range(-2, 3), repeat=3) if any(c)], dtype=float)
 _TOLERANCE_A = 1e-6
-EXHAUSTIVE_BUDGET = 100_000  # Hermite normal forms checked exactly below the upper bound
+EXHAUSTIVE_BUDGET = 100_000  # Hermite normal forms checked exactly up to the upper bound
+Sites = tuple[np.ndarray, np.ndarray]  # fractional positions (n, 3) and atomic numbers (n,) of the cell
 
 
 def widths(cell_rows: np.ndarray) -> np.ndarray:
@@ -57,12 +63,14 @@ def keeps_rotations(matrices: np.ndarray, rotations: np.ndarray | None) -> np.nd
     return np.all(np.abs(images - np.rint(images)) < 1e-6, axis=(1, 2, 3))
 
 
-def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None) -> np.ndarray:
+def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None,
+                         sites: Sites | None = None) -> np.ndarray:
     """The smallest supercell matrix (phonopy's convention, 3x3 integers) whose supercell has a basis with
     every perpendicular width >= ``min_length_a``; with ``rotations`` (the crystal's point group, fractional),
     the smallest whose lattice keeps them all (``keeps_rotations``; the upper bound is then the best scaled
-    small sublattice that keeps them, ``_scaled_symmetric_sublattices``, so the answer does not depend on the
-    basis the cell is given in)."""
+    small sublattice that keeps them, ``_scaled_symmetric_sublattices``). ``sites`` (the cell's fractional
+    positions and atomic numbers) break ties between equally small and equally wide lattices, which only the
+    atoms tell apart (two orientations of one sublattice in a trigonal crystal)."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
     cell = np.asarray(cell_rows, dtype=float)
@@ -88,21 +96,21 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: 
         ideal = np.rint(scale * min_length_a * np.linalg.inv(cell)).astype(np.int64)  # rows: the cube's edges
         found = _smallest_wide(ideal[None] + _PERTURBATIONS, cell, min_length_a, rotations)
         if found is not None:
-            candidates.append(found)
+            candidates.extend(found)
         scale *= 1.05
-    bound = _choose(np.stack(candidates), cell)
-    smaller = _smallest_below(cell, reduced, to_reduced, min_length_a, math.ceil(n_low - 1e-9), supercell_size(bound),
-                              rotations)
-    return bound if smaller is None else smaller
+    n_bound = min(supercell_size(m) for m in candidates)
+    smallest = _smallest_lattices(cell, reduced, to_reduced, min_length_a, math.ceil(n_low - 1e-9), n_bound, rotations)
+    return _choose(np.stack(candidates) if smallest is None else smallest, cell, sites)
 
 
-def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None) -> np.ndarray:
+def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None,
+                            sites: Sites | None = None) -> np.ndarray:
     """Twice the smallest supercell at least ``min_length_a / 2`` wide: at least ``min_length_a`` wide, and
     every q-point whose fractional coordinates are all 0 or 1/2 is commensurate with it (M^T q is whole), so
     the frequencies there are exact, not interpolated (points such as K = (1/3, 1/3, 0) need not be). Not
     always the smallest supercell with both properties; on 300 MatterGen crystals at 15 A it has 1.57 times
     the atoms of ``supercell_for_length`` (mean; benchmarks/supercell_sizes.py)."""
-    return 2 * supercell_for_length(cell_rows, min_length_a / 2, rotations)
+    return 2 * supercell_for_length(cell_rows, min_length_a / 2, rotations, sites)
 
 
 SYMMETRIC_SUBLATTICE_INDEX = 16  # up to the body-centred sublattice of a face-centred lattice's doubled cube
@@ -127,32 +135,35 @@ def _scaled_symmetric_sublattices(reduced: np.ndarray, to_reduced: np.ndarray, m
     return out
 
 
-def _smallest_below(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarray, min_length_a: float, n_from: int,
-                    n_bound: int, rotations: np.ndarray | None = None) -> np.ndarray | None:
-    """Every supercell lattice of n_from..n_bound-1 cells (Hermite normal forms over the reduced basis),
-    smallest first; None when none is wide enough or there are more than the budget to check."""
+def _smallest_lattices(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.ndarray, min_length_a: float,
+                       n_from: int, n_bound: int, rotations: np.ndarray | None = None) -> np.ndarray | None:
+    """Every wide enough supercell lattice of the smallest size from n_from to n_bound cells (Hermite normal forms
+    over the reduced basis), each in its widest basis; None when none is, or when the sizes below the bound are
+    more than the budget to check. The bound's own size is searched when the budget allows it: the lattices there
+    are then all compared, not only those the bound's candidates happened to be."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
-    sizes = range(max(1, n_from), n_bound)
-    total = 0
-    for n in sizes:
+    sizes, total = [], 0
+    for n in range(max(1, n_from), n_bound + 1):
         total += _count_hermite(n)
         if total > EXHAUSTIVE_BUDGET:
-            return None
+            if n < n_bound:
+                return None
+            break
+        sizes.append(n)
     for n in sizes:
         forms = _keeping(_hermite_forms(n), to_reduced, rotations)  # rows in the reduced basis
         if not len(forms):
             continue
         ok = _wide_lattices(forms @ reduced, min_length_a)
         if ok.any():
-            # each wide lattice's widest basis: the dual of its reduced reciprocal basis
             matrices = []
             for form in forms[ok]:
-                dual_rows = np.linalg.inv(form @ reduced).T
-                dual_reduced, _ = minkowski_reduce(dual_rows)
+                # the widest basis: the dual of the reduced reciprocal basis (a reduced basis itself need not be)
+                dual_reduced, _ = minkowski_reduce(np.linalg.inv(form @ reduced).T)
                 rows = np.linalg.inv(dual_reduced).T @ np.linalg.inv(reduced)  # supercell rows in reduced coords
                 matrices.append((np.rint(rows).astype(np.int64) @ to_reduced).T)
-            return _choose(np.stack(matrices), cell)
+            return np.stack(matrices)
     return None
 
 
@@ -204,7 +215,8 @@ def _wide_lattices(lattices: np.ndarray, min_length_a: float) -> np.ndarray:
 
 def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: float,
                    rotations: np.ndarray | None = None) -> np.ndarray | None:
-    """Among integer row matrices P (supercell rows = P @ cell), the smallest wide enough one."""
+    """Among integer row matrices P (supercell rows = P @ cell), the smallest wide enough ones, widest in the basis
+    given (phonopy's convention, shape (k, 3, 3)): candidates for the upper bound, few for ``_choose`` to compare."""
     sizes = np.abs(np.rint(np.linalg.det(rows_in_cell.astype(float)))).astype(np.int64)
     ok = sizes > 0
     if rotations is not None:
@@ -212,20 +224,60 @@ def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: flo
     ok[ok] = widths(rows_in_cell[ok] @ cell).min(axis=-1) >= min_length_a - _TOLERANCE_A
     if not ok.any():
         return None
-    wide = rows_in_cell[ok]
-    return _choose(np.transpose(wide, (0, 2, 1)), cell)
+    wide, sizes = rows_in_cell[ok], sizes[ok]
+    wide, narrowest = wide[sizes == sizes.min()], widths(wide[sizes == sizes.min()] @ cell).min(axis=-1)
+    return np.transpose(wide[narrowest >= narrowest.max() - _TOLERANCE_A], (0, 2, 1))
 
 
-def _choose(matrices: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """Fewest cells, then widest, then fewest off-diagonal entries (phonopy convention matrices)."""
+def _choose(matrices: np.ndarray, cell: np.ndarray, sites: Sites | None = None) -> np.ndarray:
+    """Fewest cells, then the widest lattice (widths of its widest basis, narrowest first), then, given the sites,
+    the longer pair distances, then fewest off-diagonal entries (phonopy convention matrices)."""
     sizes = np.abs(np.rint(np.linalg.det(matrices.astype(float)))).astype(np.int64)
-    narrowest = widths(np.transpose(matrices, (0, 2, 1)) @ cell).min(axis=-1)
+    matrices = matrices[sizes == sizes.min()]
+    lattices = np.transpose(matrices, (0, 2, 1)) @ cell
+    matrices = matrices[_first_by(-_lattice_widths(lattices))]
+    if sites is not None and len(matrices) > 1:
+        lattices = np.transpose(matrices, (0, 2, 1)) @ cell
+        matrices = matrices[_first_by(-np.stack([_pair_distances(lattice, cell, sites) for lattice in lattices]))]
     off_diagonal = np.count_nonzero(matrices * (1 - np.eye(3, dtype=np.int64)), axis=(1, 2))
-    order = np.lexsort((off_diagonal, -np.round(narrowest, 6), sizes))
-    chosen = matrices[order[0]]
+    chosen = matrices[np.argmin(off_diagonal)]
     if np.linalg.det(chosen.astype(float)) < 0:
         chosen = -chosen  # the same lattice, right-handed (phonopy wants a positive determinant)
     return chosen
+
+
+def _first_by(keys: np.ndarray) -> np.ndarray:
+    """Which rows of ``keys`` (m, k) come first in order of their columns, values within _TOLERANCE_A equal."""
+    keep = np.ones(len(keys), dtype=bool)
+    for column in keys.T:
+        keep &= column <= column[keep].min() + _TOLERANCE_A
+        if keep.sum() == 1:
+            break
+    return keep
+
+
+def _lattice_widths(lattices: np.ndarray) -> np.ndarray:
+    """Widths of each lattice's widest basis, narrowest first: the inverse lengths of its Minkowski-reduced
+    reciprocal basis (the successive minima, the same in every basis)."""
+    from ase.geometry.minkowski_reduction import minkowski_reduce
+
+    return np.stack([np.sort(1 / np.linalg.norm(minkowski_reduce(np.linalg.inv(rows).T)[0], axis=1)) for rows in lattices])
+
+
+def _pair_distances(lattice: np.ndarray, cell: np.ndarray, sites: Sites) -> np.ndarray:
+    """Minimum-image distances in the supercell from each atom of one cell to every atom of the supercell,
+    grouped by the two species and sorted: the same for the same supercell in any basis, different for
+    sublattices that sit differently on the atoms."""
+    from ase import Atoms
+    from ase.build import make_supercell
+    from ase.geometry import get_distances
+
+    scaled_positions, numbers = sites
+    unit = Atoms(numbers=numbers, scaled_positions=scaled_positions, cell=cell, pbc=True)
+    supercell = make_supercell(unit, np.rint(lattice @ np.linalg.inv(cell)).astype(np.int64), wrap=True)
+    _, distances = get_distances(unit.positions, supercell.positions, cell=lattice, pbc=True)
+    first, second = np.meshgrid(unit.numbers, supercell.numbers, indexing="ij")
+    return distances.ravel()[np.lexsort((distances.ravel(), second.ravel(), first.ravel()))]
 
 
 def supercell_size(matrix: np.ndarray) -> int:
