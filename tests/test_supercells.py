@@ -21,7 +21,8 @@ from phononbench.compute.potentials import load_potential
 from phononbench.records import Col, Status, counts, is_relaxed
 from phononbench.settings import ACCURATE, PUBLISHED, preset
 from phononbench.science.stability import dimensionality, separated_by_vacuum
-from phononbench.science.supercells import supercell_for_length, supercell_size, widths, zone_boundary_supercell
+from phononbench.science.supercells import (_lattice_widths, _pair_distances, supercell_for_length, supercell_size, widths,
+                                           zone_boundary_supercell)
 from tests.helpers import batched
 
 # the accurate preset with the long-range cut (CHGNet's noise needs it; refused on supercells under 10 A)
@@ -199,6 +200,25 @@ def test_the_same_crystal_in_another_basis_gets_the_same_supercell_lattice(data_
         basis_change = other @ np.linalg.inv(lattice)
         assert np.allclose(basis_change, np.rint(basis_change), atol=1e-6), f"another lattice in basis {change.tolist()}"
         assert round(abs(np.linalg.det(basis_change))) == 1
+        # without -sym the basis may pick among lattices a rotation of the crystal maps onto each other: the same
+        # widths and the same distances between atoms and periodic images, so the same physics, rotated
+        plain = supercell_matrix(atoms, None, 15.0, None, True).T @ cell
+        other = supercell_matrix(rewritten, None, 15.0, None, True).T @ rewritten.cell[:]
+        assert np.allclose(*_lattice_widths(np.stack([plain, other])), atol=1e-6)
+        sites = (atoms.positions, atoms.numbers)
+        assert np.allclose(_pair_distances(plain, cell, sites), _pair_distances(other, cell, sites), atol=1e-6)
+
+
+def test_a_cell_that_is_not_finite_is_refused_in_one_line():
+    """spglib crashes the process on a cell of NaNs; the supercell is refused first, with a ValueError the
+    pipeline records as the structure's reason."""
+    from phononbench.science.phonons import supercell_matrix
+
+    broken = bulk("Cu", "fcc", a=3.61)
+    broken.positions[0, 0] = np.nan
+    for keep_rotations in (False, True):
+        with pytest.raises(ValueError, match="not finite"):
+            supercell_matrix(broken, None, 15.0, None, True, keep_rotations)
 
 
 def test_the_hexagonal_supercell_is_smaller_than_any_diagonal_one():

@@ -58,8 +58,10 @@ def supercell_matrix(unitcell: Atoms, supercell: tuple[int, int, int] | None = (
     Raises ValueError above ``max_atoms`` atoms."""
     from phononbench.science.supercells import supercell_for_length, supercell_size, zone_boundary_supercell
 
+    if not (np.all(np.isfinite(unitcell.cell[:])) and np.all(np.isfinite(unitcell.positions))):
+        raise ValueError("the cell or the positions are not finite numbers")  # spglib would crash on them
     rotations = crystal_rotations(unitcell) if keep_rotations else None
-    sites = (unitcell.get_scaled_positions(), unitcell.numbers)
+    sites = (unitcell.positions, unitcell.numbers)
     if supercell is not None:
         matrix = np.diag(supercell).astype(int)
     elif zone_boundary:

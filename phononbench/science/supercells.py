@@ -16,11 +16,15 @@ supercell, not the first that rounding a cube finds:
    winning size is compared: ties go to the widest (its widths in its widest basis, narrowest first), then,
    given the atoms, to the supercell whose pair distances (minimum image, by species, sorted) are longer at the
    first that differs (an atom further from another's periodic image).
-   Each step looks at the lattice and the atoms, not at a basis, so the same crystal written in another
-   basis gets the same supercell lattice (the matrix is in the given basis).
+   Each step looks at the lattice and the atoms, not at a basis. With the crystal's rotations kept (``-sym``)
+   the same crystal written in another basis gets the same supercell lattice. Without them, lattices that a
+   rotation of the crystal maps onto each other tie in everything and the basis picks among them: the same
+   physics, rotated (the band path then crosses other interpolated q-points). The matrix is in the given
+   basis, that of a step-1 candidate where one spans the chosen lattice (a diagonal one where it fits).
 
-Step 2 visits at most ``EXHAUSTIVE_BUDGET`` matrices; past that (one- or two-atom cells at 20 A and more,
-where the cube is close to the bound anyway) the upper bound of step 1 is returned as it is.
+Step 2 visits at most ``EXHAUSTIVE_BUDGET`` matrices; past that (cells of one to a few atoms at long lengths:
+fcc Cu from 10 A and rock salt at 15 A without ``-sym``) the best upper bound of step 1 is returned, found from
+the basis given, so its size too can depend on the basis.
 
 Matrices are in phonopy's convention: supercell lattice vectors as columns are the unit cell's columns
 times the matrix (in rows, ``supercell = matrix.T @ cell``).
@@ -37,7 +41,7 @@ _PERTURBATIONS = np.array(list(itertools.product((-1, 0, 1), repeat=9)), dtype=n
 _COMBINATIONS = np.array([c for c in itertools.product(range(-2, 3), repeat=3) if any(c)], dtype=float)
 _TOLERANCE_A = 1e-6
 EXHAUSTIVE_BUDGET = 100_000  # Hermite normal forms checked exactly up to the upper bound
-Sites = tuple[np.ndarray, np.ndarray]  # fractional positions (n, 3) and atomic numbers (n,) of the cell
+Sites = tuple[np.ndarray, np.ndarray]  # Cartesian positions (n, 3, A) and atomic numbers (n,) of the cell's atoms
 
 
 def widths(cell_rows: np.ndarray) -> np.ndarray:
@@ -68,7 +72,7 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: 
     """The smallest supercell matrix (phonopy's convention, 3x3 integers) whose supercell has a basis with
     every perpendicular width >= ``min_length_a``; with ``rotations`` (the crystal's point group, fractional),
     the smallest whose lattice keeps them all (``keeps_rotations``; the upper bound is then the best scaled
-    small sublattice that keeps them, ``_scaled_symmetric_sublattices``). ``sites`` (the cell's fractional
+    small sublattice that keeps them, ``_scaled_symmetric_sublattices``). ``sites`` (the cell's atoms: Cartesian
     positions and atomic numbers) break ties between equally small and equally wide lattices, which only the
     atoms tell apart (two orientations of one sublattice in a trigonal crystal)."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
@@ -100,7 +104,8 @@ def supercell_for_length(cell_rows: np.ndarray, min_length_a: float, rotations: 
         scale *= 1.05
     n_bound = min(supercell_size(m) for m in candidates)
     smallest = _smallest_lattices(cell, reduced, to_reduced, min_length_a, math.ceil(n_low - 1e-9), n_bound, rotations)
-    return _choose(np.stack(candidates) if smallest is None else smallest, cell, sites)
+    chosen = _choose(np.stack(candidates) if smallest is None else smallest, cell, sites)
+    return _simplest_basis(chosen, np.stack(candidates), cell)
 
 
 def zone_boundary_supercell(cell_rows: np.ndarray, min_length_a: float, rotations: np.ndarray | None = None,
@@ -139,8 +144,9 @@ def _smallest_lattices(cell: np.ndarray, reduced: np.ndarray, to_reduced: np.nda
                        n_from: int, n_bound: int, rotations: np.ndarray | None = None) -> np.ndarray | None:
     """Every wide enough supercell lattice of the smallest size from n_from to n_bound cells (Hermite normal forms
     over the reduced basis), each in its widest basis; None when none is, or when the sizes below the bound are
-    more than the budget to check. The bound's own size is searched when the budget allows it: the lattices there
-    are then all compared, not only those the bound's candidates happened to be."""
+    more than the budget to check. The bound's own size is searched when the budget allows it (when it does not,
+    None, and the bound's candidates are all there is): the lattices there are then all compared, not only those
+    the bound's candidates happened to be."""
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
     sizes, total = [], 0
@@ -215,8 +221,9 @@ def _wide_lattices(lattices: np.ndarray, min_length_a: float) -> np.ndarray:
 
 def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: float,
                    rotations: np.ndarray | None = None) -> np.ndarray | None:
-    """Among integer row matrices P (supercell rows = P @ cell), the smallest wide enough ones, widest in the basis
-    given (phonopy's convention, shape (k, 3, 3)): candidates for the upper bound, few for ``_choose`` to compare."""
+    """Among integer row matrices P (supercell rows = P @ cell), the smallest wide enough ones, those widest in
+    their own basis (phonopy's convention, shape (k, 3, 3)): candidates for the upper bound, few enough for
+    ``_choose`` to compare."""
     sizes = np.abs(np.rint(np.linalg.det(rows_in_cell.astype(float)))).astype(np.int64)
     ok = sizes > 0
     if rotations is not None:
@@ -246,6 +253,22 @@ def _choose(matrices: np.ndarray, cell: np.ndarray, sites: Sites | None = None) 
     return chosen
 
 
+def _simplest_basis(chosen: np.ndarray, candidates: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """The chosen lattice in the basis of a bound candidate that spans it, if one does (widest in its basis, then
+    fewest off-diagonal entries: a diagonal matrix where one fits), else as chosen. The lattice alone fixes the
+    physics; the basis fixes phonopy's displacement directions, so a supercell recorded before the lattice was
+    chosen this way keeps its matrix where its lattice is the same."""
+    change = np.linalg.inv(candidates.astype(float)) @ chosen.astype(float)  # M_c^-1 M: whole and unimodular if same
+    same = np.all(np.abs(change - np.rint(change)) < 1e-6, axis=(1, 2)) & np.isclose(np.abs(np.linalg.det(change)), 1)
+    if not same.any():
+        return chosen
+    spanning = candidates[same]
+    narrowest = widths(np.transpose(spanning, (0, 2, 1)) @ cell).min(axis=-1)
+    off_diagonal = np.count_nonzero(spanning * (1 - np.eye(3, dtype=np.int64)), axis=(1, 2))
+    simplest = spanning[np.lexsort((off_diagonal, -np.round(narrowest, 6)))[0]]
+    return -simplest if np.linalg.det(simplest.astype(float)) < 0 else simplest
+
+
 def _first_by(keys: np.ndarray) -> np.ndarray:
     """Which rows of ``keys`` (m, k) come first in order of their columns, values within _TOLERANCE_A equal."""
     keep = np.ones(len(keys), dtype=bool)
@@ -272,8 +295,8 @@ def _pair_distances(lattice: np.ndarray, cell: np.ndarray, sites: Sites) -> np.n
     from ase.build import make_supercell
     from ase.geometry import get_distances
 
-    scaled_positions, numbers = sites
-    unit = Atoms(numbers=numbers, scaled_positions=scaled_positions, cell=cell, pbc=True)
+    positions, numbers = sites
+    unit = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
     supercell = make_supercell(unit, np.rint(lattice @ np.linalg.inv(cell)).astype(np.int64), wrap=True)
     _, distances = get_distances(unit.positions, supercell.positions, cell=lattice, pbc=True)
     first, second = np.meshgrid(unit.numbers, supercell.numbers, indexing="ij")
