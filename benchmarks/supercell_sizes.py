@@ -24,8 +24,8 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from phononbench.science.phonons import crystal_rotations
-from phononbench.science.supercells import keeps_rotations, supercell_for_length, supercell_size, zone_boundary_supercell
+from phononbench.science.phonons import crystal_rotations, supercell_matrix
+from phononbench.science.supercells import keeps_rotations, same_lattice, supercell_size
 
 
 def main(argv=None) -> int:
@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=300, help="the first N CIF files in the zip")
     parser.add_argument("--caps", type=int, nargs="+", default=[1000, 2000], help="count the supercells above these")
     args = parser.parse_args(argv)
-    rules = {f"{args.length:g}": lambda cell, length, rotations, sites: supercell_for_length(cell, length, None, sites),
-             f"{args.length:g}zb": lambda cell, length, rotations, sites: zone_boundary_supercell(cell, length, None, sites),
-             f"{args.length:g}zb-sym": zone_boundary_supercell}
+    # (zone boundary, keep rotations) of each rule, chosen as the pipeline chooses them (the -sym rule's time
+    # includes finding the crystal's rotations)
+    rules = {f"{args.length:g}": (False, False), f"{args.length:g}zb": (True, False), f"{args.length:g}zb-sym": (True, True)}
     atoms = {name: [] for name in rules}
     losing = {name: 0 for name in rules}
     rebased = {name: 0 for name in rules}
@@ -52,15 +52,14 @@ def main(argv=None) -> int:
             unit = AseAtomsAdaptor.get_atoms(structure)
             rotations = crystal_rotations(unit)
             other = _in_another_basis(unit, random)
-            for rule, matrix_for in rules.items():
+            for rule, (zone_boundary, keep_rotations) in rules.items():
                 start = time.perf_counter()
-                matrix = matrix_for(unit.cell[:], args.length, rotations, (unit.get_scaled_positions(), unit.numbers))
+                matrix = supercell_matrix(unit, None, args.length, None, zone_boundary, keep_rotations)
                 seconds[rule] += time.perf_counter() - start
                 atoms[rule].append(supercell_size(matrix) * len(structure))
                 losing[rule] += int(not keeps_rotations(matrix, rotations)[0])
-                again = matrix_for(other.cell[:], args.length, crystal_rotations(other) if rule.endswith("-sym") else None,
-                                   (other.get_scaled_positions(), other.numbers))
-                rebased[rule] += int(not _same_lattice(matrix.T @ unit.cell[:], again.T @ other.cell[:]))
+                again = supercell_matrix(other, None, args.length, None, zone_boundary, keep_rotations)
+                rebased[rule] += int(not same_lattice(matrix.T @ unit.cell[:], again.T @ other.cell[:]))
     figures = {"structures": len(names), "length_a": args.length}
     for rule, sizes in atoms.items():
         sizes = np.asarray(sizes)
@@ -90,11 +89,6 @@ def _in_another_basis(unit, random):
     other.set_cell(change @ unit.cell[:], scale_atoms=False)
     other.wrap()
     return other
-
-
-def _same_lattice(rows: np.ndarray, other_rows: np.ndarray) -> bool:
-    change = other_rows @ np.linalg.inv(rows)
-    return bool(np.allclose(change, np.rint(change), atol=1e-6) and round(abs(np.linalg.det(change))) == 1)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ def widths(cell_rows: np.ndarray) -> np.ndarray:
     return volume[..., None] / areas
 
 
+def same_lattice(rows: np.ndarray, other_rows: np.ndarray) -> np.ndarray:
+    """Whether lattices given by basis rows (shape (..., 3, 3), broadcast) are one lattice: each basis is a whole,
+    unimodular combination of the other."""
+    change = np.asarray(other_rows, dtype=float) @ np.linalg.inv(np.asarray(rows, dtype=float))
+    return np.all(np.abs(change - np.rint(change)) < 1e-6, axis=(-2, -1)) & np.isclose(np.abs(np.linalg.det(change)), 1)
+
+
 def keeps_rotations(matrices: np.ndarray, rotations: np.ndarray | None) -> np.ndarray:
     """Which supercell matrices (phonopy's convention, shape (m, 3, 3)) give a lattice that every rotation
     (fractional, of the unit cell: x' = R x) maps onto itself: M^-1 R M whole. Force constants from a supercell
@@ -231,8 +238,8 @@ def _smallest_wide(rows_in_cell: np.ndarray, cell: np.ndarray, min_length_a: flo
     ok[ok] = widths(rows_in_cell[ok] @ cell).min(axis=-1) >= min_length_a - _TOLERANCE_A
     if not ok.any():
         return None
-    wide, sizes = rows_in_cell[ok], sizes[ok]
-    wide, narrowest = wide[sizes == sizes.min()], widths(wide[sizes == sizes.min()] @ cell).min(axis=-1)
+    wide = rows_in_cell[ok][sizes[ok] == sizes[ok].min()]
+    narrowest = widths(wide @ cell).min(axis=-1)
     return np.transpose(wide[narrowest >= narrowest.max() - _TOLERANCE_A], (0, 2, 1))
 
 
@@ -242,9 +249,9 @@ def _choose(matrices: np.ndarray, cell: np.ndarray, sites: Sites | None = None) 
     sizes = np.abs(np.rint(np.linalg.det(matrices.astype(float)))).astype(np.int64)
     matrices = matrices[sizes == sizes.min()]
     lattices = np.transpose(matrices, (0, 2, 1)) @ cell
-    matrices = matrices[_first_by(-_lattice_widths(lattices))]
+    widest = _first_by(-_lattice_widths(lattices))
+    matrices, lattices = matrices[widest], lattices[widest]
     if sites is not None and len(matrices) > 1:
-        lattices = np.transpose(matrices, (0, 2, 1)) @ cell
         matrices = matrices[_first_by(-np.stack([_pair_distances(lattice, cell, sites) for lattice in lattices]))]
     off_diagonal = np.count_nonzero(matrices * (1 - np.eye(3, dtype=np.int64)), axis=(1, 2))
     chosen = matrices[np.argmin(off_diagonal)]
@@ -258,8 +265,7 @@ def _simplest_basis(chosen: np.ndarray, candidates: np.ndarray, cell: np.ndarray
     fewest off-diagonal entries: a diagonal matrix where one fits), else as chosen. The lattice alone fixes the
     physics; the basis fixes phonopy's displacement directions, so a supercell recorded before the lattice was
     chosen this way keeps its matrix where its lattice is the same."""
-    change = np.linalg.inv(candidates.astype(float)) @ chosen.astype(float)  # M_c^-1 M: whole and unimodular if same
-    same = np.all(np.abs(change - np.rint(change)) < 1e-6, axis=(1, 2)) & np.isclose(np.abs(np.linalg.det(change)), 1)
+    same = same_lattice(np.transpose(candidates, (0, 2, 1)) @ cell, chosen.T @ cell)
     if not same.any():
         return chosen
     spanning = candidates[same]
