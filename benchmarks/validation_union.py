@@ -22,13 +22,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from phononbench.reading.validation import FREQUENCY_OF as _RUN_COLUMNS
+from phononbench.reading.validation import FREQUENCY_OF
 from phononbench.records import Col
+
+# per verdict, the lowest frequency's column in validate's per-material CSV ("path": the published path's)
+_RUN_COLUMNS = {"path": Col.MIN_FREQUENCY_THZ, **FREQUENCY_OF}
 
 # the per-material columns of each source, by verdict: validate's are the run's own columns, as validate reads
 # them (the whole zone: its own column where a protocol set acoustic dips aside in min_frequency_bz_thz; an older
 # CSV has only min_frequency_bz_thz, then the whole zone's)
-_FIT_COLUMNS = {"brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
+_FIT_COLUMNS = {"path": None, "brillouin_zone": "bz", "commensurate": "commensurate", "beyond_acoustic_dips": "bz_beyond_acoustic_dips"}
+
+
+def _column(frame: pd.DataFrame, column) -> pd.Series:
+    """A column of the CSV, or not-a-number where the CSV is from before it (or a refit has none)."""
+    return frame[column] if column is not None and column in frame else pd.Series(float("nan"), index=frame.index)
 
 
 def from_runs(path: Path, setting: str | None, choose: str = "pick one with --setting") -> pd.DataFrame:
@@ -41,9 +49,12 @@ def from_runs(path: Path, setting: str | None, choose: str = "pick one with --se
         raise SystemExit(f"{path}: several settings ({', '.join(frame['setting'].unique())}); {choose}")
     ok = frame["status"] == "ok"  # a failure counts as unstable, as the benchmark counts it
     out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
-                        "source": str(path), "setting": frame["setting"]})
+                        "source": str(path), "setting": frame["setting"],
+                        "headline_qpoint": _column(frame, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT),
+                        "n_supercell_atoms": _column(frame, Col.N_SUPERCELL_ATOMS),
+                        "wall_s": _column(frame, Col.RELAX_WALL_S) + _column(frame, Col.PHONON_WALL_S)})
     for verdict, column in _RUN_COLUMNS.items():
-        values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
+        values = _column(frame, column)
         if verdict == "brillouin_zone" and Col.MIN_FREQUENCY_BZ_THZ in frame:  # a CSV from before the column
             values = values.fillna(frame[Col.MIN_FREQUENCY_BZ_THZ])
         out[verdict] = values.where(ok)
@@ -56,11 +67,13 @@ def from_fits(path: Path, fit: str) -> pd.DataFrame:
     frame = frame[frame["fit"] == fit]
     if frame.empty:
         raise SystemExit(f"{path}: no rows of the fit {fit!r}")
+    # a refit of cached forces: no relaxation time, so no wall seconds to compare with a run's
     out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
-                        "source": str(path), "setting": None})
+                        "source": str(path), "setting": None, "headline_qpoint": _column(frame, "qpoint_beyond_acoustic_dips"),
+                        "n_supercell_atoms": _column(frame, "n_supercell_atoms"), "wall_s": float("nan")})
     failed = frame["error"].notna() if "error" in frame else pd.Series(False, index=frame.index)
     for verdict, column in _FIT_COLUMNS.items():
-        values = frame[column] if column in frame else pd.Series(float("nan"), index=frame.index)
+        values = _column(frame, column)
         out[verdict] = values
         out[f"missing {verdict}"] = ~failed & values.isna()
     return out
@@ -87,6 +100,22 @@ def _replacing(replaced: pd.DataFrame, replacing: pd.DataFrame) -> pd.DataFrame:
         print(f"--instead: {len(group)} materials at {setting} replace those of "
               f"{', '.join(sorted(before.loc[group['material'], 'source'].unique()))}", file=sys.stderr)
     return replacing
+
+
+def union(per_material, fits=(), instead=(), setting=None, fit="residual_subtracted") -> pd.DataFrame:
+    """Each material once: the rows of the per-material and refit CSVs, with ``instead``'s in place of the same
+    materials' (in the order given: a later one replaces what an earlier one put in)."""
+    rows = pd.concat([from_runs(p, setting) for p in per_material] + [from_fits(p, fit) for p in fits],
+                     ignore_index=True)
+    for path in instead:
+        replacing = from_runs(path, None, "give --instead a CSV of one setting")
+        rows = pd.concat([rows[~rows["material"].isin(replacing["material"])],
+                          _replacing(rows.drop_duplicates("material").set_index("material"), replacing)],
+                         ignore_index=True)
+    twice = rows[rows["material"].duplicated(keep=False)]
+    if len(twice):
+        raise SystemExit("given twice: " + ", ".join(f"{m} ({', '.join(g['source'])})" for m, g in twice.groupby("material")))
+    return rows
 
 
 def table(rows: pd.DataFrame, thresholds=(-0.1, -0.001)) -> list[dict]:
@@ -120,18 +149,9 @@ def main(argv=None) -> int:
                         help="validate --per-material CSVs whose materials replace the same materials of the other "
                              "sources (some materials run again with another setting), each in turn")
     args = parser.parse_args(argv)
-    parts = [from_runs(p, args.setting) for p in args.per_material] + [from_fits(p, args.fit) for p in args.fits]
-    if not parts:
+    if not args.per_material and not args.fits:
         parser.error("give --per-material and/or --fits")
-    rows = pd.concat(parts, ignore_index=True)
-    for path in args.instead:  # in the order given: a later one replaces what an earlier one put in
-        replacing = from_runs(path, None, "give --instead a CSV of one setting")
-        rows = pd.concat([rows[~rows["material"].isin(replacing["material"])],
-                          _replacing(rows.drop_duplicates("material").set_index("material"), replacing)],
-                         ignore_index=True)
-    twice = rows[rows["material"].duplicated(keep=False)]
-    if len(twice):
-        raise SystemExit("given twice: " + ", ".join(f"{m} ({', '.join(g['source'])})" for m, g in twice.groupby("material")))
+    rows = union(args.per_material, args.fits, args.instead, args.setting, args.fit)
     results = table(rows)
     for r in results:
         low, high = r["accuracy_ci"]

@@ -1,0 +1,155 @@
+"""The whole validation table of docs/VALIDATION.md: every potential x supercell of a recipe (docs/validation/table.toml),
+each row the union of its per-material CSVs as ``validation_union.py`` makes it, scored on every verdict and threshold.
+
+    python benchmarks/validation_table.py docs/validation/table.toml --markdown docs/validation/table.md
+
+Writes Markdown: the summary (accuracy with its 95% Wilson interval and false-unstable count per verdict), every
+metric per verdict and threshold (F1 both ways, false-unstable and false-stable rates), the cost (supercell atoms,
+wall seconds), and per potential the materials whose headline verdict changes with the supercell, with each
+supercell's lowest frequency and its q-point. A row whose CSVs are not there yet is listed as not measured.
+Last line JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+
+from validation_union import table, union
+
+THRESHOLDS = (-0.1, -0.001)
+HEADLINE = "beyond_acoustic_dips"  # accurate's verdict; also computed on the 2x2x2 runs, so supercells compare
+_VERDICT_NAMES = {"path": "path", "brillouin_zone": "zone", "commensurate": "commensurate",
+                  HEADLINE: "headline"}
+
+
+def read_recipe(path: Path) -> list[dict]:
+    rows = tomllib.loads(path.read_text())["row"]
+    for row in rows:
+        for key in ("per_material", "fits", "instead"):
+            row[key] = [path.parent / name for name in row.get(key, [])]
+    return rows
+
+
+def measure(recipe: dict) -> tuple[pd.DataFrame, list[dict]] | None:
+    """The row's materials and its scores, or None when one of its CSVs is not there yet."""
+    if not all(p.exists() for key in ("per_material", "fits", "instead") for p in recipe[key]):
+        return None
+    materials = union(recipe["per_material"], recipe["fits"], recipe["instead"], recipe.get("setting"))
+    return materials, table(materials, THRESHOLDS)
+
+
+def label(recipe: dict) -> str:
+    return recipe["supercell"] + (f" (`{recipe['preset']}`)" if "preset" in recipe else "")
+
+
+def _cost(materials: pd.DataFrame) -> tuple[str, str]:
+    atoms = materials["n_supercell_atoms"].astype(float)
+    wall = materials["wall_s"].astype(float).dropna()
+    seconds = f"{wall.median():.0f}" + ("" if len(wall) == len(materials) else f" ({len(wall)} run)") if len(wall) else "—"
+    return f"{atoms.mean():.0f} (max {atoms.max():.0f})", seconds
+
+
+def _score(scores: list[dict], verdict: str, threshold: float) -> dict | None:
+    return next((s for s in scores if s["verdict"] == verdict and s["threshold_thz"] == threshold), None)
+
+
+def _accuracy(s: dict | None) -> str:
+    if s is None:
+        return "—"
+    low, high = s["accuracy_ci"]
+    return f"{s['accuracy']:.3f} ({low:.3f}-{high:.3f}), {s['fn']}"
+
+
+def summary(measured: list[tuple[dict, tuple | None]]) -> str:
+    lines = ["| potential | supercell | n | supercell atoms, mean | wall s, median | path, -0.1 | zone, -0.1 | "
+             "commensurate, -0.1 | headline, -0.1 | headline, -0.001 |", "|---" * 10 + "|"]
+    for recipe, result in measured:
+        if result is None:
+            lines.append(f"| {recipe['potential']} | {label(recipe)} | not measured | | | | | | | |")
+            continue
+        materials, scores = result
+        cells = [_accuracy(_score(scores, v, -0.1)) for v in ("path", "brillouin_zone", "commensurate", HEADLINE)]
+        lines.append(f"| {recipe['potential']} | {label(recipe)} | {len(materials)} | " + " | ".join(_cost(materials))
+                     + " | " + " | ".join(cells) + f" | {_accuracy(_score(scores, HEADLINE, -0.001))} |")
+    return "\n".join(lines) + "\n"
+
+
+def every_metric(measured: list[tuple[dict, tuple | None]]) -> str:
+    lines = ["| potential | supercell | verdict | threshold (THz) | accuracy (95% Wilson) | F1 stable | F1 imaginary | "
+             "false-unstable | false-stable |", "|---" * 9 + "|"]
+    for recipe, result in measured:
+        for s in [] if result is None else result[1]:
+            low, high = s["accuracy_ci"]
+            lines.append(f"| {recipe['potential']} | {label(recipe)} | {_VERDICT_NAMES[s['verdict']]} | {s['threshold_thz']:g} | "
+                         f"{s['accuracy']:.3f} ({low:.3f}-{high:.3f}) | {s['f1_stable']:.3f} | {s['f1_unstable']:.3f} | "
+                         f"{s['false_unstable_rate']:.3f} ({s['fn']}/{s['fn'] + s['tp']}) | {s['fp']}/{s['fp'] + s['tn']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _where(frequency: float, qpoint) -> str:
+    if pd.isna(frequency):
+        return "failed"
+    q = json.loads(qpoint) if isinstance(qpoint, str) else None
+    return f"{frequency:.3f}" + (" at (" + ", ".join(f"{x:.3g}" for x in q) + ")" if q else "")
+
+
+def changing_with_supercell(potential: str, rows: list[tuple[dict, pd.DataFrame]]) -> tuple[str, int]:
+    """The materials whose headline verdict differs between this potential's supercells, at either threshold."""
+    frames = {label(recipe): materials.set_index("material") for recipe, materials in rows}
+    common = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    lines = []
+    for material in common:
+        frequency = {name: float(f.loc[material, HEADLINE]) for name, f in frames.items()}
+        changes = [t for t in THRESHOLDS if len({v >= t for v in frequency.values()}) > 1]  # NaN: unstable
+        if not changes:
+            continue
+        first = next(iter(frames.values())).loc[material]
+        cells = []
+        for name, f in frames.items():
+            stable = frequency[name] >= changes[0]
+            right = stable == (first["dft"] == "stable")
+            cells.append(f"{_where(frequency[name], f.loc[material, 'headline_qpoint'])}, "
+                         f"{'right' if right else 'wrong'}")
+        lines.append(f"| {first['formula']} ({material}) | {first['dft']} | "
+                     + ", ".join(f"{t:g}" for t in changes) + " | " + " | ".join(cells) + " |")
+    head = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma (THz), its q-point, and the verdict at "
+            "the first threshold where it changes", "",
+            "| material | DFT | changes at (THz) | " + " | ".join(frames) + " |", "|---" * (3 + len(frames)) + "|"]
+    return "\n".join(head + lines) + "\n", len(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", type=Path, help="a TOML file of [[row]]s, as docs/validation/table.toml")
+    parser.add_argument("--markdown", type=Path, help="write the tables here (else print them)")
+    args = parser.parse_args(argv)
+    measured = [(recipe, measure(recipe)) for recipe in read_recipe(args.recipe)]
+    parts = ["## Summary\n\nEach cell: accuracy (95% Wilson interval), DFT-stable materials called unstable (of 60). "
+             "Wall seconds per structure (relaxation and phonons) were measured with other jobs beside; refits of "
+             "cached forces have none.\n", summary(measured),
+             "## Every metric\n", every_metric(measured), "## Verdicts that change with the supercell\n"]
+    changing = {}
+    for potential in dict.fromkeys(recipe["potential"] for recipe, _ in measured):
+        rows = [(recipe, result[0]) for recipe, result in measured if recipe["potential"] == potential and result]
+        if len(rows) > 1:
+            text, changing[potential] = changing_with_supercell(potential, rows)
+            parts.append(text)
+    markdown = "\n".join(parts)
+    if args.markdown:
+        args.markdown.write_text(markdown)
+    else:
+        print(markdown)
+    print(json.dumps({"rows": [{"potential": r["potential"], "supercell": r["supercell"],
+                                "scores": None if m is None else m[1]} for r, m in measured],
+                      "changing_with_supercell": changing}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
