@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     parts = ["## Summary\n\nEach cell: accuracy (95% Wilson interval), DFT-stable materials called unstable (of 60). "
              "Wall seconds per structure (relaxation and phonons) were measured with other jobs beside; refits of "
              "cached forces have none.\n", summary(measured),
+             "Where each row comes from (docs/VALIDATION.md's sections of those sessions):\n",
+             "\n".join(f"- {r['potential']}, {label(r)}: {r.get('measured', '?')}" for r, _ in measured) + "\n",
              "## Every metric\n", every_metric(measured), "## Verdicts that change with the supercell\n"]
     changing = {}
     for potential in dict.fromkeys(recipe["potential"] for recipe, _ in measured):
