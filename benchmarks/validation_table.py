@@ -28,17 +28,42 @@ _VERDICT_NAMES = {"path": "path", "brillouin_zone": "zone", "commensurate": "com
                   HEADLINE: "headline"}
 
 
+_KEYS = {"potential": str, "supercell": str, "preset": str, "setting": str, "measured": str, "note": str,
+         "per_material": list, "fits": list, "instead": list}
+_FILES = ("per_material", "fits", "instead")
+
+
 def read_recipe(path: Path) -> list[dict]:
-    rows = tomllib.loads(path.read_text())["row"]
-    for row in rows:
-        for key in ("per_material", "fits", "instead"):
+    """The recipe's rows, each checked before any CSV is read: a typo in a key must not score another row."""
+    try:
+        rows = tomllib.loads(path.read_text()).get("row", [])
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SystemExit(f"{path}: cannot read the recipe ({error})") from None
+    if not rows:
+        raise SystemExit(f"{path}: no [[row]] in the recipe")
+    for number, row in enumerate(rows, 1):
+        where = f"{path}, row {number}"
+        unknown = sorted(set(row) - set(_KEYS))
+        if unknown:
+            raise SystemExit(f"{where}: unknown keys {', '.join(unknown)} (known: {', '.join(_KEYS)})")
+        wrong = [k for k, v in row.items() if not isinstance(v, _KEYS[k])]
+        if wrong or any(not isinstance(name, str) for k in _FILES for name in row.get(k, [])):
+            raise SystemExit(f"{where}: {', '.join(wrong) or 'a file name'}: of the wrong type "
+                             "(the files are lists of names, the rest text)")
+        if "potential" not in row or "supercell" not in row or not row.get("per_material", []) + row.get("fits", []):
+            raise SystemExit(f"{where}: give potential, supercell and per_material or fits")
+        for key in _FILES:
             row[key] = [path.parent / name for name in row.get(key, [])]
     return rows
 
 
+def absent(recipe: dict) -> list[str]:
+    return [p.name for key in _FILES for p in recipe[key] if not p.exists()]
+
+
 def measure(recipe: dict) -> tuple[pd.DataFrame, list[dict]] | None:
-    """The row's materials and its scores, or None when one of its CSVs is not there yet."""
-    if not all(p.exists() for key in ("per_material", "fits", "instead") for p in recipe[key]):
+    """The row's materials and its scores, or None when one of its CSVs is not there (yet)."""
+    if absent(recipe):
         return None
     materials = union(recipe["per_material"], recipe["fits"], recipe["instead"], recipe.get("setting"))
     return materials, table(materials, THRESHOLDS)
@@ -49,10 +74,13 @@ def label(recipe: dict) -> str:
 
 
 def _cost(materials: pd.DataFrame) -> tuple[str, str]:
-    atoms = materials["n_supercell_atoms"].astype(float)
+    """Mean and largest supercell, and median wall seconds, over the structures that have them (a supercell above
+    the atom cap has no recorded size; a refit no wall time)."""
+    atoms = materials["n_supercell_atoms"].astype(float).dropna()
     wall = materials["wall_s"].astype(float).dropna()
     seconds = f"{wall.median():.0f}" + ("" if len(wall) == len(materials) else f" ({len(wall)} run)") if len(wall) else "—"
-    return f"{atoms.mean():.0f} (max {atoms.max():.0f})", seconds
+    size = f"{atoms.mean():.0f} (max {atoms.max():.0f}" + ("" if len(atoms) == len(materials) else f"; {len(atoms)} computed") + ")"
+    return size, seconds
 
 
 def _score(scores: list[dict], verdict: str, threshold: float) -> dict | None:
@@ -71,7 +99,7 @@ def summary(measured: list[tuple[dict, tuple | None]]) -> str:
              "commensurate, -0.1 | headline, -0.1 | headline, -0.001 |", "|---" * 10 + "|"]
     for recipe, result in measured:
         if result is None:
-            lines.append(f"| {recipe['potential']} | {label(recipe)} | not measured | | | | | | | |")
+            lines.append(f"| {recipe['potential']} | {label(recipe)} | not measured (no {', '.join(absent(recipe))}) | | | | | | | |")
             continue
         materials, scores = result
         cells = [_accuracy(_score(scores, v, -0.1)) for v in ("path", "brillouin_zone", "commensurate", HEADLINE)]
@@ -92,34 +120,48 @@ def every_metric(measured: list[tuple[dict, tuple | None]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _where(frequency: float, qpoint) -> str:
+def _qpoint(text) -> str:
+    """A q-point as the CSVs write it ("[0.0, 0.5, 0.0]", or numpy's "[0. 0.5 0.]"), shortened; "" if none."""
+    if not isinstance(text, str):
+        return ""
+    numbers = text.strip("[]() ").replace(",", " ").split()
+    try:
+        return " at (" + ", ".join(f"{float(x):.3g}" for x in numbers) + ")" if numbers else ""
+    except ValueError:
+        return f" at {text}"
+
+
+def _cell(row: pd.Series | None, dft_stable: bool) -> str:
+    if row is None:
+        return "not computed"
+    if row["status"] != "ok":
+        return "failed (unstable: " + " / ".join("right" if not dft_stable else "wrong" for _ in THRESHOLDS) + ")"
+    frequency = float(row[HEADLINE])
     if pd.isna(frequency):
-        return "failed"
-    q = json.loads(qpoint) if isinstance(qpoint, str) else None
-    return f"{frequency:.3f}" + (" at (" + ", ".join(f"{x:.3g}" for x in q) + ")" if q else "")
+        return "not recorded"
+    verdicts = " / ".join("right" if (frequency >= t) == dft_stable else "wrong" for t in THRESHOLDS)
+    return f"{frequency:.3f}{_qpoint(row['headline_qpoint'])}: {verdicts}"
 
 
 def changing_with_supercell(potential: str, rows: list[tuple[dict, pd.DataFrame]]) -> tuple[str, int]:
-    """The materials whose headline verdict differs between this potential's supercells, at either threshold."""
-    frames = {label(recipe): materials.set_index("material") for recipe, materials in rows}
-    common = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    """The materials whose headline verdict differs between this potential's supercells at either threshold,
+    among the supercells that computed them (a failure is unstable; a supercell without the headline is left out)."""
+    frames = {label(recipe): materials.set_index("material") for recipe, materials in rows
+              if not materials[f"missing {HEADLINE}"].astype(bool).any()}
     lines = []
-    for material in common:
-        frequency = {name: float(f.loc[material, HEADLINE]) for name, f in frames.items()}
-        changes = [t for t in THRESHOLDS if len({v >= t for v in frequency.values()}) > 1]  # NaN: unstable
+    for material in sorted(set().union(*(f.index for f in frames.values()))):
+        having = {name: f.loc[material] for name, f in frames.items() if material in f.index}
+        frequency = [float(r[HEADLINE]) if r["status"] == "ok" else float("nan") for r in having.values()]
+        changes = [t for t in THRESHOLDS if len({v >= t for v in frequency}) > 1]  # NaN: failed, unstable
         if not changes:
             continue
-        first = next(iter(frames.values())).loc[material]
-        cells = []
-        for name, f in frames.items():
-            stable = frequency[name] >= changes[0]
-            right = stable == (first["dft"] == "stable")
-            cells.append(f"{_where(frequency[name], f.loc[material, 'headline_qpoint'])}, "
-                         f"{'right' if right else 'wrong'}")
+        first = next(iter(having.values()))
+        cells = [_cell(having.get(name), first["dft"] == "stable") for name in frames]
         lines.append(f"| {first['formula']} ({material}) | {first['dft']} | "
                      + ", ".join(f"{t:g}" for t in changes) + " | " + " | ".join(cells) + " |")
-    head = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma (THz), its q-point, and the verdict at "
-            "the first threshold where it changes", "",
+    thresholds = " / ".join(f"{t:g}" for t in THRESHOLDS)
+    head = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma (THz), its q-point, and whether the "
+            f"verdict is right at {thresholds} THz", "",
             "| material | DFT | changes at (THz) | " + " | ".join(frames) + " |", "|---" * (3 + len(frames)) + "|"]
     return "\n".join(head + lines) + "\n", len(lines)
 

@@ -39,20 +39,29 @@ def _column(frame: pd.DataFrame, column) -> pd.Series:
     return frame[column] if column is not None and column in frame else pd.Series(float("nan"), index=frame.index)
 
 
-def from_runs(path: Path, setting: str | None, choose: str = "pick one with --setting") -> pd.DataFrame:
-    frame = pd.read_csv(path)
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise SystemExit(f"{path}: cannot read it as a CSV ({type(error).__name__}: {error})") from None
+
+
+def from_runs(path: Path, setting: str | None, choose: str = "pick one (--setting, or setting = in a recipe)") -> pd.DataFrame:
+    frame = _read(path)
     if "setting" not in frame or "status" not in frame:
         raise SystemExit(f"{path}: not a CSV of validate --per-material (no setting or status column)")
     if setting is not None:
+        if not (frame["setting"] == setting).any():
+            raise SystemExit(f"{path}: no rows of the setting {setting!r} (it has: {', '.join(frame['setting'].unique())})")
         frame = frame[frame["setting"] == setting]
     if frame["setting"].nunique() > 1:
         raise SystemExit(f"{path}: several settings ({', '.join(frame['setting'].unique())}); {choose}")
     ok = frame["status"] == "ok"  # a failure counts as unstable, as the benchmark counts it
     out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
-                        "source": str(path), "setting": frame["setting"],
+                        "source": str(path), "setting": frame["setting"], "status": frame["status"],
                         "headline_qpoint": _column(frame, Col.MIN_FREQUENCY_BEYOND_ACOUSTIC_DIPS_QPOINT),
                         "n_supercell_atoms": _column(frame, Col.N_SUPERCELL_ATOMS),
-                        "wall_s": _column(frame, Col.RELAX_WALL_S) + _column(frame, Col.PHONON_WALL_S)})
+                        "wall_s": (_column(frame, Col.RELAX_WALL_S) + _column(frame, Col.PHONON_WALL_S)).where(ok)})
     for verdict, column in _RUN_COLUMNS.items():
         values = _column(frame, column)
         if verdict == "brillouin_zone" and Col.MIN_FREQUENCY_BZ_THZ in frame:  # a CSV from before the column
@@ -63,7 +72,9 @@ def from_runs(path: Path, setting: str | None, choose: str = "pick one with --se
 
 
 def from_fits(path: Path, fit: str) -> pd.DataFrame:
-    frame = pd.read_csv(path)
+    frame = _read(path)
+    if "fit" not in frame:
+        raise SystemExit(f"{path}: not a CSV of force_constant_fits.py --csv (no fit column)")
     frame = frame[frame["fit"] == fit]
     if frame.empty:
         raise SystemExit(f"{path}: no rows of the fit {fit!r}")
@@ -72,6 +83,7 @@ def from_fits(path: Path, fit: str) -> pd.DataFrame:
                         "source": str(path), "setting": None, "headline_qpoint": _column(frame, "qpoint_beyond_acoustic_dips"),
                         "n_supercell_atoms": _column(frame, "n_supercell_atoms"), "wall_s": float("nan")})
     failed = frame["error"].notna() if "error" in frame else pd.Series(False, index=frame.index)
+    out["status"] = failed.map({True: "failed", False: "ok"})
     for verdict, column in _FIT_COLUMNS.items():
         values = _column(frame, column)
         out[verdict] = values
@@ -112,6 +124,9 @@ def union(per_material, fits=(), instead=(), setting=None, fit="residual_subtrac
         rows = pd.concat([rows[~rows["material"].isin(replacing["material"])],
                           _replacing(rows.drop_duplicates("material").set_index("material"), replacing)],
                          ignore_index=True)
+    potentials = sorted({str(s).split(" ")[0] for s in rows["setting"].dropna()})
+    if len(potentials) > 1:  # refits carry no setting: their potential is the caller's to keep apart
+        raise SystemExit(f"several potentials in one table ({', '.join(potentials)}): score each on its own")
     twice = rows[rows["material"].duplicated(keep=False)]
     if len(twice):
         raise SystemExit("given twice: " + ", ".join(f"{m} ({', '.join(g['source'])})" for m, g in twice.groupby("material")))

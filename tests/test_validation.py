@@ -297,5 +297,14 @@ def test_the_validation_table_is_built_from_the_committed_csvs_and_says_what_is_
     headline = next(s for s in accurate["scores"] if s["verdict"] == "beyond_acoustic_dips" and s["threshold_thz"] == -0.1)
     assert (headline["tp"] + headline["tn"], headline["fn"]) == (110, 5)
     markdown = (tmp_path / "table.md").read_text()
-    assert "| SevenNet-l3i5 | 30zb-sym | not measured |" in markdown
-    assert "| TbCl2F (mp-560119) | stable | -0.1, -0.001 | -6.174 at (0, 0, 0), wrong |" in markdown
+    assert "| SevenNet-l3i5 | 30zb-sym | not measured (no absent.csv) |" in markdown
+    assert "| TbCl2F (mp-560119) | stable | -0.1, -0.001 | -6.174 at (0, 0, 0): wrong / wrong |" in markdown
+    assert "| AgI (mp-567809) | stable |" in markdown and "-0.009 at (0, 0.179, -0): right / wrong |" in markdown
+
+    import pytest
+
+    typo = tmp_path / "typo.toml"  # a misspelt instead would score the 15zb rows under the 15zb-sym name
+    typo.write_text(f'[[row]]\npotential = "CHGNet"\nsupercell = "15zb-sym"\nper_material = ["{docs}/chgnet-15zb.csv"]\n'
+                    f'instaed = ["{docs}/chgnet-15zb-sym-43.csv"]\n')
+    with pytest.raises(SystemExit, match="unknown keys instaed"):
+        main([str(typo)])
