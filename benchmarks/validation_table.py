@@ -87,11 +87,13 @@ def _score(scores: list[dict], verdict: str, threshold: float) -> dict | None:
     return next((s for s in scores if s["verdict"] == verdict and s["threshold_thz"] == threshold), None)
 
 
-def _accuracy(s: dict | None) -> str:
-    if s is None:
-        return "—"
+def _with_interval(s: dict) -> str:
     low, high = s["accuracy_ci"]
-    return f"{s['accuracy']:.3f} ({low:.3f}-{high:.3f}), {s['fn']}"
+    return f"{s['accuracy']:.3f} ({low:.3f}-{high:.3f})"
+
+
+def _accuracy(s: dict | None) -> str:
+    return "—" if s is None else f"{_with_interval(s)}, {s['fn']}"
 
 
 def summary(measured: list[tuple[dict, tuple | None]]) -> str:
@@ -113,9 +115,8 @@ def every_metric(measured: list[tuple[dict, tuple | None]]) -> str:
              "false-unstable | false-stable |", "|---" * 9 + "|"]
     for recipe, result in measured:
         for s in [] if result is None else result[1]:
-            low, high = s["accuracy_ci"]
             lines.append(f"| {recipe['potential']} | {label(recipe)} | {_VERDICT_NAMES[s['verdict']]} | {s['threshold_thz']:g} | "
-                         f"{s['accuracy']:.3f} ({low:.3f}-{high:.3f}) | {s['f1_stable']:.3f} | {s['f1_unstable']:.3f} | "
+                         f"{_with_interval(s)} | {s['f1_stable']:.3f} | {s['f1_unstable']:.3f} | "
                          f"{s['false_unstable_rate']:.3f} ({s['fn']}/{s['fn'] + s['tp']}) | {s['fp']}/{s['fp'] + s['tn']} |")
     return "\n".join(lines) + "\n"
 
