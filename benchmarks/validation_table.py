@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from phononbench.reading.validation import CHANGES_AT, stable_column, verdict_changes
 from validation_union import table, union
 
 THRESHOLDS = (-0.1, -0.001)
@@ -121,50 +122,25 @@ def every_metric(measured: list[tuple[dict, tuple | None]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _qpoint(text) -> str:
-    """A q-point as the CSVs write it ("[0.0, 0.5, 0.0]", or numpy's "[0. 0.5 0.]"), shortened; "" if none."""
-    if not isinstance(text, str):
-        return ""
-    numbers = text.strip("[]() ").replace(",", " ").split()
-    try:
-        return " at (" + ", ".join(f"{float(x):.3g}" for x in numbers) + ")" if numbers else ""
-    except ValueError:
-        return f" at {text}"
-
-
-def _cell(row: pd.Series | None, dft_stable: bool) -> str:
-    if row is None:
-        return "not computed"
-    if row["status"] != "ok":
-        return "failed (unstable: " + " / ".join("right" if not dft_stable else "wrong" for _ in THRESHOLDS) + ")"
-    frequency = float(row[HEADLINE])
-    if pd.isna(frequency):
-        return "not recorded"
-    verdicts = " / ".join("right" if (frequency >= t) == dft_stable else "wrong" for t in THRESHOLDS)
-    return f"{frequency:.3f}{_qpoint(row['headline_qpoint'])}: {verdicts}"
-
-
 def changing_with_supercell(potential: str, rows: list[tuple[dict, pd.DataFrame]]) -> tuple[str, int]:
     """The materials whose headline verdict differs between this potential's supercells at either threshold,
     among the supercells that computed them (a failure is unstable; a supercell without the headline is left out)."""
-    frames = {label(recipe): materials.set_index("material") for recipe, materials in rows
-              if not materials[f"missing {HEADLINE}"].astype(bool).any()}
-    lines = []
-    for material in sorted(set().union(*(f.index for f in frames.values()))):
-        having = {name: f.loc[material] for name, f in frames.items() if material in f.index}
-        frequency = [float(r[HEADLINE]) if r["status"] == "ok" else float("nan") for r in having.values()]
-        changes = [t for t in THRESHOLDS if len({v >= t for v in frequency}) > 1]  # NaN: failed, unstable
-        if not changes:
+    settings = {}
+    for recipe, materials in rows:
+        if materials[f"missing {HEADLINE}"].astype(bool).any():
             continue
-        first = next(iter(having.values()))
-        cells = [_cell(having.get(name), first["dft"] == "stable") for name in frames]
-        lines.append(f"| {first['formula']} ({material}) | {first['dft']} | "
-                     + ", ".join(f"{t:g}" for t in changes) + " | " + " | ".join(cells) + " |")
+        frequency = materials[HEADLINE].astype(float)
+        computed = materials["status"] == "ok"
+        settings[label(recipe)] = materials.assign(frequency=frequency, qpoint=materials["headline_qpoint"], **{
+            stable_column(t): computed & (frequency >= t) for t in THRESHOLDS}).set_index("material")
+    changes = verdict_changes(settings, THRESHOLDS)
     thresholds = " / ".join(f"{t:g}" for t in THRESHOLDS)
-    head = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma (THz), its q-point, and whether the "
-            f"verdict is right at {thresholds} THz", "",
-            "| material | DFT | changes at (THz) | " + " | ".join(frames) + " |", "|---" * (3 + len(frames)) + "|"]
-    return "\n".join(head + lines) + "\n", len(lines)
+    lines = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma, its q-point, and the verdict at "
+             f"{thresholds} THz, right or wrong", "",
+             f"| material | DFT | {CHANGES_AT} | " + " | ".join(settings) + " |", "|---" * (3 + len(settings)) + "|"]
+    lines += [f"| {r['formula']} ({r['material']}) | {r['dft']} | {r[CHANGES_AT]} | " + " | ".join(r[s] for s in settings) + " |"
+              for r in changes.to_dict("records")]
+    return "\n".join(lines) + "\n", len(changes)
 
 
 def main(argv=None) -> int:

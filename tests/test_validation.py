@@ -82,7 +82,7 @@ def test_validate_reports_scores_and_confusion_matrix(data_dir, tmp_path):
     assert [c for c in changes.columns if c.startswith("chgnet 2x2x2 (published) [")] == [
         "chgnet 2x2x2 (published) [validate]", "chgnet 2x2x2 (published) [copy]"]  # alike in words: runs named
     text = validation.differing_markdown(runs, load_labels(subset / "labels.csv"), ("brillouin_zone",))
-    assert ("0.5 THz" if flipped else "-3.25 THz") in text and f"{rows.loc[k, Col.MIN_FREQUENCY_BZ_THZ]:.3g} THz" in text
+    assert ("0.500 THz" if flipped else "-3.250 THz") in text and f"{rows.loc[k, Col.MIN_FREQUENCY_BZ_THZ]:.3f} THz" in text
     assert " at (" in text and ("stable (" if flipped else "unstable (") in text
 
     # the same folder twice (or through a link) is one run; a run with no rows yet is left out, saying so
@@ -298,8 +298,9 @@ def test_the_validation_table_is_built_from_the_committed_csvs_and_says_what_is_
     assert (headline["tp"] + headline["tn"], headline["fn"]) == (110, 5)
     markdown = (tmp_path / "table.md").read_text()
     assert "| SevenNet-l3i5 | 30zb-sym | not measured (no absent.csv) |" in markdown
-    assert "| TbCl2F (mp-560119) | stable | -0.1, -0.001 | -6.174 at (0, 0, 0): wrong / wrong |" in markdown
-    assert "| AgI (mp-567809) | stable |" in markdown and "-0.009 at (0, 0.179, -0): right / wrong |" in markdown
+    assert ("| TbCl2F (mp-560119) | stable | -0.1, -0.001 | -6.174 THz at (0, 0, 0): unstable (wrong) / unstable (wrong) |"
+            in markdown)
+    assert "| AgI (mp-567809) | stable |" in markdown and "-0.009 THz at (0, 0.179, -0): stable (right) / unstable (wrong) |" in markdown
 
     import pytest
 

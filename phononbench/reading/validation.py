@@ -311,38 +311,77 @@ _MINIMUM = {"path": (Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_QPOINT),
 
 def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
                        verdict: str = "brillouin_zone", threshold_thz: float = -0.1) -> pd.DataFrame:
-    """The materials whose verdict differs between settings (runs of one setting pooled, as ``table`` does):
-    one row per material with its DFT label and, per setting, the lowest frequency (THz), its q-point and
-    whether the verdict is right ("not computed" under a setting that has no row for it). Settings whose
-    runs lack the verdict's column or threshold are left out."""
+    """The materials whose verdict differs between settings (runs of one setting pooled, as ``table`` does), as
+    ``verdict_changes`` gives them. Settings whose runs lack the verdict's column or threshold are left out."""
     frequency_column, q_column = _MINIMUM[verdict]
     groups = [g for g in settings_groups(runs, labels)
               if frequency_column in g.merged and has_verdict(g.merged, verdict, threshold_thz)]
     if len(groups) < 2:
         return pd.DataFrame()
-    per_setting = []
+    settings = {}
     for group, setting in zip(groups, setting_names(groups)):
         merged = group.merged.set_index("label_id")
-        per_setting.append((setting, merged, predicted_stable(merged, verdict, threshold_thz)))
+        settings[setting] = pd.DataFrame({
+            "formula": merged[Col.FORMULA] if Col.FORMULA in merged else "", "dft": merged["label"],
+            "status": merged[Col.STATUS], "frequency": merged[frequency_column].astype(float),
+            "qpoint": merged[q_column] if q_column in merged else None,
+            stable_column(threshold_thz): predicted_stable(merged, verdict, threshold_thz).astype(bool)})
+    return verdict_changes(settings, (threshold_thz,))
+
+
+def stable_column(threshold_thz: float) -> str:
+    return f"stable at {threshold_thz:g}"
+
+
+CHANGES_AT = "changes at (THz)"
+
+
+def verdict_changes(settings: dict[str, pd.DataFrame], thresholds_thz) -> pd.DataFrame:
+    """The materials whose verdict differs between settings at any of the thresholds, among the settings that
+    computed them. ``settings`` maps a setting's name to its materials: a frame indexed by material with
+    ``formula``, ``dft`` (the label), ``status``, ``frequency`` (the verdict's lowest, THz), ``qpoint`` (where it
+    is; None where not known) and a ``stable_column`` per threshold (a failure unstable). One row per material:
+    formula, DFT label, the thresholds at which it changes, and per setting the lowest frequency, its q-point and
+    the verdict at each threshold, right or wrong ("not computed" where a setting has no row for it)."""
     out = []
-    for material in sorted(set().union(*(m.index for _, m, _ in per_setting))):
-        having = [(setting, merged, stable) for setting, merged, stable in per_setting if material in merged.index]
-        if len({bool(stable[material]) for _, _, stable in having}) < 2:
+    for material in sorted(set().union(*(frame.index for frame in settings.values()))):
+        having = {name: frame.loc[material] for name, frame in settings.items() if material in frame.index}
+        changes = [t for t in thresholds_thz if len({bool(r[stable_column(t)]) for r in having.values()}) > 1]
+        if not changes:
             continue  # one verdict, or one setting only
-        first = having[0][1].loc[material]
-        row = {"material": material, "formula": first.get(Col.FORMULA, ""), "dft": first["label"]}
-        for setting, merged, stable in per_setting:
-            if material not in merged.index:
-                row[setting] = "not computed"
-                continue
-            r = merged.loc[material]
-            q = r[q_column] if q_column and q_column in merged else None
-            where = "" if q is None or not hasattr(q, "__len__") else " at (" + ", ".join(f"{x:.3g}" for x in q) + ")"
-            frequency = f"{float(r[frequency_column]):.3g} THz" if r[Col.STATUS] == Status.OK else str(r[Col.STATUS])
-            right = bool(stable[material]) == (r["label"] == "stable")
-            row[setting] = f"{frequency}{where}, {'stable' if stable[material] else 'unstable'} ({'right' if right else 'wrong'})"
+        first = next(iter(having.values()))
+        row = {"material": material, "formula": first["formula"], "dft": first["dft"],
+               CHANGES_AT: ", ".join(f"{t:g}" for t in changes)}
+        for name in settings:
+            row[name] = _change_cell(having.get(name), thresholds_thz)
         out.append(row)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["material", "formula", "dft", CHANGES_AT, *settings])
+
+
+def _change_cell(row: pd.Series | None, thresholds_thz) -> str:
+    if row is None:
+        return "not computed"
+    verdicts = " / ".join(f"{'stable' if stable else 'unstable'} ({'right' if stable == (row['dft'] == 'stable') else 'wrong'})"
+                          for stable in (bool(row[stable_column(t)]) for t in thresholds_thz))
+    if row["status"] != Status.OK:
+        return f"{row['status']}: {verdicts}"
+    if pd.isna(row["frequency"]):
+        return f"not recorded: {verdicts}"
+    return f"{float(row['frequency']):.3f} THz{_at(row.get('qpoint'))}: {verdicts}"
+
+
+def _at(qpoint) -> str:
+    """" at (0.5, 0, 0)" for a q-point as a run keeps it (numbers) or a CSV writes it ("[0.5, 0.0, 0.0]", or
+    numpy's "[0.5 0. 0.]"); "" where there is none."""
+    if isinstance(qpoint, str):
+        text = qpoint.strip("[]() ").replace(",", " ").split()
+        try:
+            qpoint = [float(x) for x in text]
+        except ValueError:
+            return f" at {qpoint}"
+    if qpoint is None or not hasattr(qpoint, "__len__") or len(qpoint) == 0:
+        return ""
+    return " at (" + ", ".join(f"{float(x):.3g}" for x in qpoint) + ")"
 
 
 def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
@@ -407,7 +446,7 @@ def _plain(value):
 def _differing_table(changes: pd.DataFrame, verdict: str, threshold_thz: float) -> str:
     if changes.empty:
         return ""
-    settings = [c for c in changes.columns if c not in ("material", "formula", "dft")]
+    settings = [c for c in changes.columns if c not in ("material", "formula", "dft", CHANGES_AT)]
     lines = [f"Verdicts that differ between settings ({verdict}, {threshold_thz:g} THz): lowest frequency, where, verdict",
              "", "| material | DFT | " + " | ".join(settings) + " |", "|" + "---|" * (2 + len(settings))]
     for r in changes.to_dict("records"):
