@@ -55,6 +55,10 @@ def read_recipe(path: Path) -> list[dict]:
             raise SystemExit(f"{where}: give potential, supercell and per_material or fits")
         for key in _FILES:
             row[key] = [path.parent / name for name in row.get(key, [])]
+    named = [(row["potential"], label(row)) for row in rows]
+    twice = sorted({" ".join(n) for n in named if named.count(n) > 1})
+    if twice:
+        raise SystemExit(f"{path}: {', '.join(twice)}: more than one row (name the supercells apart)")
     return rows
 
 
@@ -133,10 +137,14 @@ def changing_with_supercell(potential: str, rows: list[tuple[dict, pd.DataFrame]
         computed = materials["status"] == "ok"
         settings[label(recipe)] = materials.assign(frequency=frequency, qpoint=materials["headline_qpoint"], **{
             stable_column(t): computed & (frequency >= t) for t in THRESHOLDS}).set_index("material")
+    left_out = [label(recipe) for recipe, _ in rows if label(recipe) not in settings]
+    if len(settings) < 2:
+        return f"{potential}: fewer than two supercells record the headline ({', '.join(left_out)} do not)\n", 0
     changes = verdict_changes(settings, THRESHOLDS)
     thresholds = " / ".join(f"{t:g}" for t in THRESHOLDS)
     lines = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma, its q-point, and the verdict at "
-             f"{thresholds} THz, right or wrong", "",
+             f"{thresholds} THz, right or wrong"
+             + (f" ({', '.join(left_out)}: left out, the headline not recorded for all)" if left_out else ""), "",
              f"| material | DFT | {CHANGES_AT} | " + " | ".join(settings) + " |", "|---" * (3 + len(settings)) + "|"]
     lines += [f"| {r['formula']} ({r['material']}) | {r['dft']} | {r[CHANGES_AT]} | " + " | ".join(r[s] for s in settings) + " |"
               for r in changes.to_dict("records")]

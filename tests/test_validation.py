@@ -309,3 +309,35 @@ def test_the_validation_table_is_built_from_the_committed_csvs_and_says_what_is_
                     f'instaed = ["{docs}/chgnet-15zb-sym-43.csv"]\n')
     with pytest.raises(SystemExit, match="unknown keys instaed"):
         main([str(typo)])
+    twice = tmp_path / "twice.toml"  # two rows of one name: the second would hide the first's changes
+    twice.write_text(2 * f'[[row]]\npotential = "CHGNet"\nsupercell = "15zb"\nper_material = ["{docs}/chgnet-15zb.csv"]\n')
+    with pytest.raises(SystemExit, match="CHGNet 15zb: more than one row"):
+        main([str(twice)])
+
+
+def test_verdict_changes_names_each_change_once_with_digits_enough_to_see_the_threshold():
+    """The materials whose verdict changes between settings: at the thresholds where it changes, a frequency that
+    three decimals would round onto the threshold's other side printed in full, a missing verdict unstable, and a
+    material given twice in one setting, or labelled two ways, refused rather than compared."""
+    import pandas as pd
+    import pytest
+
+    from phononbench.reading.validation import CHANGES_AT, stable_column, verdict_changes
+
+    def setting(frequency, dft="stable", status="ok", material="mp-1"):
+        return pd.DataFrame({"formula": ["ZnSe"], "dft": [dft], "status": [status], "frequency": [frequency],
+                             "qpoint": ["[0.5 0.  0. ]"], **{stable_column(t): [status == "ok" and frequency >= t]
+                                                            for t in (-0.1, -0.001)}}, index=[material])
+
+    changes = verdict_changes({"12 A": setting(-0.0012), "15 A": setting(0.0), "20 A": setting(0.0, material="mp-2")},
+                              iter((-0.1, -0.001)))
+    assert changes.to_dict("records") == [{
+        "material": "mp-1", "formula": "ZnSe", "dft": "stable", CHANGES_AT: "-0.001",
+        "12 A": "-0.001200 THz at (0.5, 0, 0): stable (right) / unstable (wrong)",
+        "15 A": "0.000 THz at (0.5, 0, 0): stable (right) / stable (right)", "20 A": "not computed"}]
+    failed = setting(float("nan"), status="phonon_failed")
+    assert verdict_changes({"a": failed, "b": setting(0.0)}, (-0.1,))["a"].tolist() == ["phonon_failed: unstable (wrong)"]
+    with pytest.raises(ValueError, match="labelled stable and unstable"):
+        verdict_changes({"a": setting(-0.05), "b": setting(-0.2, dft="unstable")}, (-0.1,))
+    with pytest.raises(ValueError, match="mp-1 more than once"):
+        verdict_changes({"a": pd.concat([setting(-0.05), setting(0.1)]), "b": setting(-0.2)}, (-0.1,))

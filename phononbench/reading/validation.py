@@ -321,6 +321,11 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
     settings = {}
     for group, setting in zip(groups, setting_names(groups)):
         merged = group.merged.set_index("label_id")
+        repeated = merged.index[merged.index.duplicated()]
+        if len(repeated):
+            log.warning("%s: %s given more than once; the first file's verdict is compared between settings",
+                        setting, ", ".join(map(str, sorted(set(repeated))[:5])))
+            merged = merged[~merged.index.duplicated()]
         settings[setting] = pd.DataFrame({
             "formula": merged[Col.FORMULA] if Col.FORMULA in merged else "", "dft": merged["label"],
             "status": merged[Col.STATUS], "frequency": merged[frequency_column].astype(float),
@@ -343,10 +348,18 @@ def verdict_changes(settings: dict[str, pd.DataFrame], thresholds_thz) -> pd.Dat
     is; None where not known) and a ``stable_column`` per threshold (a failure unstable). One row per material:
     formula, DFT label, the thresholds at which it changes, and per setting the lowest frequency, its q-point and
     the verdict at each threshold, right or wrong ("not computed" where a setting has no row for it)."""
+    thresholds_thz = tuple(thresholds_thz)
+    for name, frame in settings.items():
+        repeated = frame.index[frame.index.duplicated()]
+        if len(repeated):
+            raise ValueError(f"{name}: {', '.join(map(str, sorted(set(repeated))[:5]))} more than once")
     out = []
     for material in sorted(set().union(*(frame.index for frame in settings.values()))):
         having = {name: frame.loc[material] for name, frame in settings.items() if material in frame.index}
-        changes = [t for t in thresholds_thz if len({bool(r[stable_column(t)]) for r in having.values()}) > 1]
+        labels = {r["dft"] for r in having.values()}
+        if len(labels) > 1:
+            raise ValueError(f"{material}: labelled {' and '.join(sorted(labels))} in different settings")
+        changes = [t for t in thresholds_thz if len({_stable(r, t) for r in having.values()}) > 1]
         if not changes:
             continue  # one verdict, or one setting only
         first = next(iter(having.values()))
@@ -358,16 +371,26 @@ def verdict_changes(settings: dict[str, pd.DataFrame], thresholds_thz) -> pd.Dat
     return pd.DataFrame(out, columns=["material", "formula", "dft", CHANGES_AT, *settings])
 
 
+def _stable(row: pd.Series, threshold_thz: float) -> bool:
+    """Called stable; a verdict not there (NA) is not."""
+    stable = row[stable_column(threshold_thz)]
+    return False if pd.isna(stable) else bool(stable)
+
+
 def _change_cell(row: pd.Series | None, thresholds_thz) -> str:
     if row is None:
         return "not computed"
     verdicts = " / ".join(f"{'stable' if stable else 'unstable'} ({'right' if stable == (row['dft'] == 'stable') else 'wrong'})"
-                          for stable in (bool(row[stable_column(t)]) for t in thresholds_thz))
+                          for stable in (_stable(row, t) for t in thresholds_thz))
     if row["status"] != Status.OK:
         return f"{row['status']}: {verdicts}"
     if pd.isna(row["frequency"]):
         return f"not recorded: {verdicts}"
-    return f"{float(row['frequency']):.3f} THz{_at(row.get('qpoint'))}: {verdicts}"
+    frequency = float(row["frequency"])
+    text = f"{frequency:.3f}"
+    if any((float(text) >= t) != (frequency >= t) for t in thresholds_thz):
+        text = f"{frequency:.6f}"  # rounded, it would read as on the other side of a threshold
+    return f"{text} THz{_at(row.get('qpoint'))}: {verdicts}"
 
 
 def _at(qpoint) -> str:
