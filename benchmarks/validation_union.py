@@ -149,9 +149,14 @@ def table(rows: pd.DataFrame, thresholds=(-0.1, -0.001)) -> list[dict]:
             out.append({"verdict": verdict, "threshold_thz": threshold, "n": s["n"], "accuracy": s["accuracy"],
                         "accuracy_ci": s["accuracy_ci"], "f1_stable": s["f1"], "f1_unstable": s["f1_unstable"],
                         "false_unstable_rate": s["false_unstable_rate"], **s["confusion"],
-                        "false_unstable": sorted(rows.loc[dft_stable & ~stable, "formula"]),
-                        "false_stable": sorted(rows.loc[~dft_stable & stable, "formula"])})
+                        "false_unstable": _named(rows[dft_stable & ~stable]),
+                        "false_stable": _named(rows[~dft_stable & stable])})
     return out
+
+
+def _named(rows: pd.DataFrame) -> list[str]:
+    """The materials as "formula (id)": two polymorphs of one formula (KNbO3) are two materials."""
+    return sorted(f"{f} ({m})" for f, m in zip(rows["formula"], rows["material"]))
 
 
 def main(argv=None) -> int:

@@ -296,6 +296,8 @@ def test_the_validation_table_is_built_from_the_committed_csvs_and_says_what_is_
     accurate = next(r for r in result["rows"] if r["potential"] == "SevenNet-l3i5" and r["supercell"] == "15zb-sym")
     headline = next(s for s in accurate["scores"] if s["verdict"] == "beyond_acoustic_dips" and s["threshold_thz"] == -0.1)
     assert (headline["tp"] + headline["tn"], headline["fn"]) == (110, 5)
+    assert headline["false_unstable"] == ["Cs2TeI6 (mp-540957)", "LaBO3 (mp-7492)", "Li2CeN2 (mp-8181)",
+                                          "SrBiClO2 (mp-547244)", "ThCl4 (mp-567431)"]  # the documented five
     markdown = (tmp_path / "table.md").read_text()
     assert "| SevenNet-l3i5 | 30zb-sym | not measured (no absent.csv) |" in markdown
     assert ("| TbCl2F (mp-560119) | stable | -0.1, -0.001 | -6.174 THz at (0, 0, 0): unstable (wrong) / unstable (wrong) |"
