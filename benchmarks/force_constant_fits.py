@@ -197,6 +197,7 @@ def main(argv=None) -> int:
         for column in ("qpoint", "qpoint_beyond_acoustic_dips"):
             if column in table:
                 table[column] = table[column].map(json.dumps, na_action="ignore")
+        table.insert(0, "potential", args.model)  # so that a union with runs can check it is the same potential
         table.to_csv(args.csv, index=False)
     print(json.dumps({"structures": out, "scores": scores}))
     return 0

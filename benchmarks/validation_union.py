@@ -80,7 +80,8 @@ def from_fits(path: Path, fit: str) -> pd.DataFrame:
         raise SystemExit(f"{path}: no rows of the fit {fit!r}")
     # a refit of cached forces: no relaxation time, so no wall seconds to compare with a run's
     out = pd.DataFrame({"material": frame["material"], "formula": frame["formula"], "dft": frame["dft"],
-                        "source": str(path), "setting": None, "headline_qpoint": _column(frame, "qpoint_beyond_acoustic_dips"),
+                        "source": str(path), "setting": None, "potential": _column(frame, "potential"),
+                        "headline_qpoint": _column(frame, "qpoint_beyond_acoustic_dips"),
                         "n_supercell_atoms": _column(frame, "n_supercell_atoms"), "wall_s": float("nan")})
     failed = frame["error"].notna() if "error" in frame else pd.Series(False, index=frame.index)
     out["status"] = failed.map({True: "failed", False: "ok"})
@@ -124,8 +125,11 @@ def union(per_material, fits=(), instead=(), setting=None, fit="residual_subtrac
         rows = pd.concat([rows[~rows["material"].isin(replacing["material"])],
                           _replacing(rows.drop_duplicates("material").set_index("material"), replacing)],
                          ignore_index=True)
-    potentials = sorted({str(s).split(" ")[0] for s in rows["setting"].dropna()})
-    if len(potentials) > 1:  # refits carry no setting: their potential is the caller's to keep apart
+    # a setting begins with its potential's name; refits name theirs (those written before the column do not,
+    # and are the caller's to keep apart)
+    named = rows["setting"].dropna().map(lambda s: str(s).split(" ")[0])
+    potentials = sorted(set(named) | set(rows.get("potential", pd.Series(dtype=object)).dropna()))
+    if len(potentials) > 1:
         raise SystemExit(f"several potentials in one table ({', '.join(potentials)}): score each on its own")
     twice = rows[rows["material"].duplicated(keep=False)]
     if len(twice):

@@ -271,6 +271,12 @@ def test_validation_union_replaces_materials_only_with_the_same_potential_and_df
         main(["--per-material", str(docs / "chgnet-15zb.csv"), "--instead", str(docs / "sevennet-0-15zb.csv")])
     with pytest.raises(SystemExit, match="not a CSV of validate"):
         main(["--per-material", str(docs / "chgnet-15zb.csv"), "--instead", str(docs / "sevennet-l3i5-15zb-fits.csv")])
+    named = pd.read_csv(docs / "sevennet-l3i5-15zb-fits.csv").assign(potential="sevennet-l3i5")
+    named.to_csv(tmp_path / "fits.csv", index=False)  # refits name their potential (since the column exists)
+    with pytest.raises(SystemExit, match="several potentials in one table \\(chgnet, sevennet-l3i5\\)"):
+        main(["--per-material", str(docs / "chgnet-15zb.csv"), "--fits", str(tmp_path / "fits.csv")])
+    main(["--per-material", str(docs / "sevennet-l3i5-15zb-first69.csv"), "--fits", str(tmp_path / "fits.csv")])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["n"] == 120
     relabelled = pd.read_csv(docs / "chgnet-15zb-sym-43.csv").head(2).assign(dft="unstable")
     relabelled.to_csv(tmp_path / "relabelled.csv", index=False)
     with pytest.raises(SystemExit, match="another DFT label for mp-1190"):
