@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from phononbench.reading.validation import CHANGES_AT, stable_column, verdict_changes
+from phononbench.reading.validation import changes_markdown, stable_column, verdict_changes
 from validation_union import table, union
 
 THRESHOLDS = (-0.1, -0.001)
@@ -142,13 +142,10 @@ def changing_with_supercell(potential: str, rows: list[tuple[dict, pd.DataFrame]
         return f"{potential}: fewer than two supercells record the headline ({', '.join(left_out)} do not)\n", 0
     changes = verdict_changes(settings, THRESHOLDS)
     thresholds = " / ".join(f"{t:g}" for t in THRESHOLDS)
-    lines = [f"{potential}: lowest frequency beyond acoustic dips next to Gamma, its q-point, and the verdict at "
-             f"{thresholds} THz, right or wrong"
-             + (f" ({', '.join(left_out)}: left out, the headline not recorded for all)" if left_out else ""), "",
-             f"| material | DFT | {CHANGES_AT} | " + " | ".join(settings) + " |", "|---" * (3 + len(settings)) + "|"]
-    lines += [f"| {r['formula']} ({r['material']}) | {r['dft']} | {r[CHANGES_AT]} | " + " | ".join(r[s] for s in settings) + " |"
-              for r in changes.to_dict("records")]
-    return "\n".join(lines) + "\n", len(changes)
+    heading = (f"{potential}: lowest frequency beyond acoustic dips next to Gamma, its q-point, and the verdict at "
+               f"{thresholds} THz, right or wrong"
+               + (f" ({', '.join(left_out)}: left out, the headline not recorded for all)" if left_out else ""))
+    return changes_markdown(changes, heading, with_thresholds=True), len(changes)
 
 
 def main(argv=None) -> int:

@@ -32,9 +32,14 @@ def load_labels(path: str | Path) -> pd.DataFrame:
         raise SetupError(f"{path}: labels must be 'stable' or 'unstable', found {sorted(unknown)}")
     repeated = labels[id_column][labels[id_column].duplicated()]
     if len(repeated):
-        raise SetupError(f"{path}: each id once; {', '.join(map(str, sorted(set(repeated))[:5]))} "
+        raise SetupError(f"{path}: each id once; {_first_five(repeated)} "
                          f"appear{'s' if repeated.nunique() == 1 else ''} more than once")
     return labels.rename(columns={id_column: "label_id"})
+
+
+def _first_five(values) -> str:
+    """Up to five of the values, once each, sorted: for messages that name what is wrong."""
+    return ", ".join(map(str, sorted(set(values))[:5]))
 
 
 def structure_key(source: str) -> str:
@@ -324,7 +329,7 @@ def differing_verdicts(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.Da
         repeated = merged.index[merged.index.duplicated()]
         if len(repeated):
             log.warning("%s: %s given more than once; the first file's verdict is compared between settings",
-                        setting, ", ".join(map(str, sorted(set(repeated))[:5])))
+                        setting, _first_five(repeated))
             merged = merged[~merged.index.duplicated()]
         settings[setting] = pd.DataFrame({
             "formula": merged[Col.FORMULA] if Col.FORMULA in merged else "", "dft": merged["label"],
@@ -352,7 +357,7 @@ def verdict_changes(settings: dict[str, pd.DataFrame], thresholds_thz) -> pd.Dat
     for name, frame in settings.items():
         repeated = frame.index[frame.index.duplicated()]
         if len(repeated):
-            raise ValueError(f"{name}: {', '.join(map(str, sorted(set(repeated))[:5]))} more than once")
+            raise ValueError(f"{name}: {_first_five(repeated)} more than once")
     out = []
     for material in sorted(set().union(*(frame.index for frame in settings.values()))):
         having = {name: frame.loc[material] for name, frame in settings.items() if material in frame.index}
@@ -410,8 +415,21 @@ def _at(qpoint) -> str:
 def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
                        verdicts=("path", "brillouin_zone", "beyond_acoustic_dips"), threshold_thz: float = -0.1) -> str:
     """``differing_verdicts`` per verdict as Markdown, as docs/VALIDATION.md shows it; "" if none differ."""
-    return "\n".join(text for verdict in verdicts if (text := _differing_table(
-        differing_verdicts(runs, labels, verdict, threshold_thz), verdict, threshold_thz)))
+    return "\n".join(changes_markdown(changes, f"Verdicts that differ between settings ({verdict}, {threshold_thz:g} THz): "
+                                            "lowest frequency, where, verdict")
+                     for verdict in verdicts if not (changes := differing_verdicts(runs, labels, verdict, threshold_thz)).empty)
+
+
+def changes_markdown(changes: pd.DataFrame, heading: str, with_thresholds: bool = False) -> str:
+    """``verdict_changes``' rows as a Markdown table under ``heading``, with the column of the thresholds at which
+    each changes where there are several."""
+    settings = [c for c in changes.columns if c not in ("material", "formula", "dft", CHANGES_AT)]
+    first = ["DFT", CHANGES_AT] if with_thresholds else ["DFT"]
+    lines = [heading, "", "| material | " + " | ".join(first + settings) + " |", "|---" * (1 + len(first) + len(settings)) + "|"]
+    for r in changes.to_dict("records"):
+        cells = [r["dft"], r[CHANGES_AT]] if with_thresholds else [r["dft"]]
+        lines.append(f"| {r['formula']} ({r['material']}) | " + " | ".join(cells + [r[c] for c in settings]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # the per-material table's columns taken from the run, where the run has them
@@ -464,17 +482,6 @@ def _plain(value):
         numbers = numbers.reshape(3, 3) if numbers.size == 9 else numbers
         return json.dumps(np.where(np.isfinite(numbers), numbers, None).tolist())
     return value
-
-
-def _differing_table(changes: pd.DataFrame, verdict: str, threshold_thz: float) -> str:
-    if changes.empty:
-        return ""
-    settings = [c for c in changes.columns if c not in ("material", "formula", "dft", CHANGES_AT)]
-    lines = [f"Verdicts that differ between settings ({verdict}, {threshold_thz:g} THz): lowest frequency, where, verdict",
-             "", "| material | DFT | " + " | ".join(settings) + " |", "|" + "---|" * (2 + len(settings))]
-    for r in changes.to_dict("records"):
-        lines.append(f"| {r['formula']} ({r['material']}) | {r['dft']} | " + " | ".join(r[s] for s in settings) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _settings(info: dict) -> str:
