@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from phononbench.reading.report import markdown_cell
 from phononbench.reading.validation import changes_markdown, stable_column, verdict_changes
 from validation_union import table, union
 
@@ -106,11 +107,11 @@ def summary(measured: list[tuple[dict, tuple | None]]) -> str:
              "commensurate, -0.1 | headline, -0.1 | headline, -0.001 |", "|---" * 10 + "|"]
     for recipe, result in measured:
         if result is None:
-            lines.append(f"| {recipe['potential']} | {label(recipe)} | not measured (no {', '.join(absent(recipe))}) | | | | | | | |")
+            lines.append(f"| {markdown_cell(recipe['potential'])} | {markdown_cell(label(recipe))} | not measured (no {', '.join(absent(recipe))}) | | | | | | | |")
             continue
         materials, scores = result
         cells = [_accuracy(_score(scores, v, -0.1)) for v in ("path", "brillouin_zone", "commensurate", HEADLINE)]
-        lines.append(f"| {recipe['potential']} | {label(recipe)} | {len(materials)} | " + " | ".join(_cost(materials))
+        lines.append(f"| {markdown_cell(recipe['potential'])} | {markdown_cell(label(recipe))} | {len(materials)} | " + " | ".join(_cost(materials))
                      + " | " + " | ".join(cells) + f" | {_accuracy(_score(scores, HEADLINE, -0.001))} |")
     return "\n".join(lines) + "\n"
 
@@ -120,7 +121,7 @@ def every_metric(measured: list[tuple[dict, tuple | None]]) -> str:
              "false-unstable | false-stable |", "|---" * 9 + "|"]
     for recipe, result in measured:
         for s in [] if result is None else result[1]:
-            lines.append(f"| {recipe['potential']} | {label(recipe)} | {_VERDICT_NAMES[s['verdict']]} | {s['threshold_thz']:g} | "
+            lines.append(f"| {markdown_cell(recipe['potential'])} | {markdown_cell(label(recipe))} | {_VERDICT_NAMES[s['verdict']]} | {s['threshold_thz']:g} | "
                          f"{_with_interval(s)} | {s['f1_stable']:.3f} | {s['f1_unstable']:.3f} | "
                          f"{s['false_unstable_rate']:.3f} ({s['fn']}/{s['fn'] + s['tp']}) | {s['fp']}/{s['fp'] + s['tn']} |")
     return "\n".join(lines) + "\n"

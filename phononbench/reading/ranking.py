@@ -19,7 +19,7 @@ from phononbench.reading import analysis, plots
 from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
-from phononbench.reading.report import percent
+from phononbench.reading.report import markdown_cell, percent
 from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
 
@@ -226,10 +226,10 @@ def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = Fal
              "|---|---|---|---|---|---|---|---|---|---|"]
     ours = board[board[Col.RUN] != PUBLISHED_RUN]
     for _, r in ours.iterrows():
-        lines.append(f"| {_count(r[Col.RANK])} | {entry_name(r)} | {percent(r[Col.STABILITY_RATE])} "
+        lines.append(f"| {_count(r[Col.RANK])} | {markdown_cell(entry_name(r))} | {percent(r[Col.STABILITY_RATE])} "
                      f"({percent(r[Col.CI_LOW])}-{percent(r[Col.CI_HIGH])}) | {r[Col.N_STABLE]}/{r[Col.N_RELAXED]} | "
                      f"{percent(r[Col.STABILITY_RATE_BZ])} | {_count(r[Col.N_STABLE_NOT_3D])} | "
-                     f"{percent(r[Col.STRICT_STABILITY_RATE])} | {r[Col.N_INPUT]} | {r[Col.N_UNIQUE]} | {r[Col.MODEL]} |")
+                     f"{percent(r[Col.STRICT_STABILITY_RATE])} | {r[Col.N_INPUT]} | {r[Col.N_UNIQUE]} | {markdown_cell(r[Col.MODEL])} |")
     published = board[board[Col.RUN] == PUBLISHED_RUN]
     if len(published):
         lines += ["", "Published (MatterSim v1.0.0 5M, published path; each at its own threshold: compare a row with "

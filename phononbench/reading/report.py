@@ -16,6 +16,12 @@ def percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def markdown_cell(text) -> str:
+    """Text as one Markdown table cell: a "|" or a line break in a name (a generator's, a run folder's) would
+    split the row."""
+    return " ".join(str(text).splitlines()).replace("|", "\\|")
+
+
 def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -> Table:
     """Counts once per generator, then per threshold (headline first) the published-path rate and the
     Brillouin-zone rate, and how many stable structures are not 3D-bonded at the headline threshold."""

@@ -15,6 +15,7 @@ import pandas as pd
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, Status, bz_verdict_column, is_stable, verdict_column
+from phononbench.reading.report import markdown_cell
 
 log = logging.getLogger(__name__)
 
@@ -425,10 +426,11 @@ def changes_markdown(changes: pd.DataFrame, heading: str, with_thresholds: bool 
     each changes where there are several."""
     settings = [c for c in changes.columns if c not in ("material", "formula", "dft", CHANGES_AT)]
     first = ["DFT", CHANGES_AT] if with_thresholds else ["DFT"]
-    lines = [heading, "", "| material | " + " | ".join(first + settings) + " |", "|---" * (1 + len(first) + len(settings)) + "|"]
+    lines = [heading, "", "| material | " + " | ".join(map(markdown_cell, first + settings)) + " |",
+             "|---" * (1 + len(first) + len(settings)) + "|"]
     for r in changes.to_dict("records"):
         cells = [r["dft"], r[CHANGES_AT]] if with_thresholds else [r["dft"]]
-        lines.append(f"| {r['formula']} ({r['material']}) | " + " | ".join(cells + [r[c] for c in settings]) + " |")
+        lines.append("| " + " | ".join(map(markdown_cell, [f"{r['formula']} ({r['material']})", *cells, *(r[c] for c in settings)])) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -531,7 +533,7 @@ def to_markdown(board: pd.DataFrame) -> str:
              "F1 imaginary | false unstable | TP | FP | FN | TN | supercell atoms | wall s / structure |",
              "|" + "---|" * 16]
     for r in board.itertuples(index=False):
-        lines.append(f"| {run_label(r)} | {r.potential} | {r.supercell} | {r.verdict} | {r.threshold_thz:g} | {r.n} | "
+        lines.append(f"| {markdown_cell(run_label(r))} | {markdown_cell(r.potential)} | {markdown_cell(r.supercell)} | {r.verdict} | {r.threshold_thz:g} | {r.n} | "
                      f"{r.accuracy:.3f} ({r.accuracy_low:.3f}-{r.accuracy_high:.3f}) | {r.f1_stable:.3f} | "
                      f"{r.f1_unstable:.3f} | {r.false_unstable_rate:.3f} | {r.tp} | {r.fp} | {r.fn} | {r.tn} | "
                      f"{r.mean_supercell_atoms:.0f} | {r.wall_s_per_structure:.1f} |")
