@@ -76,7 +76,8 @@ def measure(recipe: dict) -> tuple[pd.DataFrame, list[dict]] | None:
 
 
 def label(recipe: dict) -> str:
-    return recipe["supercell"] + (f" (`{recipe['preset']}`)" if "preset" in recipe else "")
+    """The supercell as the tables name it, in Markdown."""
+    return markdown_cell(recipe["supercell"]) + (f" (`{recipe['preset']}`)" if "preset" in recipe else "")
 
 
 def _cost(materials: pd.DataFrame) -> tuple[str, str]:
@@ -107,11 +108,11 @@ def summary(measured: list[tuple[dict, tuple | None]]) -> str:
              "commensurate, -0.1 | headline, -0.1 | headline, -0.001 |", "|---" * 10 + "|"]
     for recipe, result in measured:
         if result is None:
-            lines.append(f"| {markdown_cell(recipe['potential'])} | {markdown_cell(label(recipe))} | not measured (no {', '.join(absent(recipe))}) | | | | | | | |")
+            lines.append(f"| {markdown_cell(recipe['potential'])} | {label(recipe)} | not measured (no {', '.join(absent(recipe))}) | | | | | | | |")
             continue
         materials, scores = result
         cells = [_accuracy(_score(scores, v, -0.1)) for v in ("path", "brillouin_zone", "commensurate", HEADLINE)]
-        lines.append(f"| {markdown_cell(recipe['potential'])} | {markdown_cell(label(recipe))} | {len(materials)} | " + " | ".join(_cost(materials))
+        lines.append(f"| {markdown_cell(recipe['potential'])} | {label(recipe)} | {len(materials)} | " + " | ".join(_cost(materials))
                      + " | " + " | ".join(cells) + f" | {_accuracy(_score(scores, HEADLINE, -0.001))} |")
     return "\n".join(lines) + "\n"
 
@@ -121,7 +122,7 @@ def every_metric(measured: list[tuple[dict, tuple | None]]) -> str:
              "false-unstable | false-stable |", "|---" * 9 + "|"]
     for recipe, result in measured:
         for s in [] if result is None else result[1]:
-            lines.append(f"| {markdown_cell(recipe['potential'])} | {markdown_cell(label(recipe))} | {_VERDICT_NAMES[s['verdict']]} | {s['threshold_thz']:g} | "
+            lines.append(f"| {markdown_cell(recipe['potential'])} | {label(recipe)} | {_VERDICT_NAMES[s['verdict']]} | {s['threshold_thz']:g} | "
                          f"{_with_interval(s)} | {s['f1_stable']:.3f} | {s['f1_unstable']:.3f} | "
                          f"{s['false_unstable_rate']:.3f} ({s['fn']}/{s['fn'] + s['tp']}) | {s['fp']}/{s['fp'] + s['tn']} |")
     return "\n".join(lines) + "\n"

@@ -468,12 +468,18 @@ def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run."
 
     def action():
         from phononbench.reading.report import summary_table
-        from phononbench.running.run_folder import read_summary, read_verdict_run_info
+        from rich.markup import escape
+
+        from phononbench.running.run_folder import SUMMARY_FILE, read_summary, read_verdict_run_info, summary_file_differs
 
         info = read_verdict_run_info(out)
         summary = read_summary(out)
         title = f"PhononBench ({info['protocol']['name']} protocol, {info['potential']['model']})"
         console.print(summary_table(summary, title=title))
+        if summary_file_differs(out, summary):
+            err_console.print(f"[yellow]{escape(str(out / SUMMARY_FILE))} is missing or differs from the run's rows (edited, or "
+                              "copied from another run): the table above is made from the rows; `phononbench run` "
+                              "with the same settings writes the file again[/]", highlight=False)
 
     _guarded(action)
 

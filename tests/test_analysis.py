@@ -97,15 +97,15 @@ def test_leaderboard_merges_runs_in_every_format(two_runs, tmp_path):
 
 
 def test_markdown_leaderboard_keeps_one_row_per_generator_whatever_its_name(two_runs):
-    """A generator's name comes from a folder or a table's column: a "|" or a line break in it must not split
-    the Markdown row (nor shift the rate into the generator's column)."""
+    """A generator's name comes from a folder or a table's column: a "|", a line break or raw HTML in it must
+    not split the Markdown row (nor shift the rate into the generator's column)."""
     from phononbench.reading import ranking
 
     board, _, thresholds, bz, dips = ranking.board_of(list(two_runs))
-    board[Col.GENERATOR] = ["Matter|Gen", "DiffCSP\nMP-20"]
+    board[Col.GENERATOR] = ["Matter|Gen", "<td>DiffCSP\nMP-20"]
     rows = ranking.to_markdown(board, thresholds[0], bz, dips).splitlines()
     assert len(rows) == 4 and {row.replace("\\|", "").count("|") for row in rows} == {11}
-    assert rows[2].startswith("| 1 | Matter\\|Gen | 75.0%") and rows[3].startswith("| 2 | DiffCSP MP-20 | 0.0%")
+    assert rows[2].startswith("| 1 | Matter\\|Gen | 75.0%") and rows[3].startswith("| 2 | \\<td\\>DiffCSP MP-20 | 0.0%")
 
 
 def test_plot_bands_of_unstable_bcc_copper(two_runs, tmp_path):

@@ -375,6 +375,15 @@ def test_leaderboard_entries_are_generator_potential_protocol_and_unfinished_run
     assert f"metals ({model}, published) (unfinished: 1 of 2 decided)" in md
 
 
+def _as_another_run(copy: Path, info: dict) -> None:
+    """A copied run folder made another run's (its run.json ``info`` under a new run_id), as an earlier run's
+    would be: a copy with the same run_id counts once, as the same run, and its parts name the run that wrote
+    them (parts written before they did name none)."""
+    (copy / "run.json").write_text(json.dumps({**info, "run_id": "another-run"}))
+    for part in (copy / "structures").glob("part-*.parquet"):
+        pq.write_table(pq.read_table(part).replace_schema_metadata(None), part)
+
+
 def test_accurate_runs_from_before_and_after_acoustic_dips_were_set_aside_never_share_a_board(tmp_path):
     """An accurate run written before the preset set acoustic dips aside ranked by the whole zone: labelled
     apart from a new one, and one leaderboard refuses the two (its Brillouin-zone column would mix them)."""
@@ -387,8 +396,7 @@ def test_accurate_runs_from_before_and_after_acoustic_dips_were_set_aside_never_
     shutil.copytree(new, old)
     info = _info(old)
     del info["protocol"]["acoustic_dips"]
-    info["run_id"] = "an-earlier-run"  # a copy with the same run_id would count once, as the same run
-    (old / "run.json").write_text(json.dumps(info))
+    _as_another_run(old, info)
     assert _protocol_label(_info(new)["protocol"]) == "accurate"
     assert _protocol_label(info["protocol"]).startswith("accurate#")
     refused = runner.invoke(app, ["leaderboard", str(new), str(old)])
@@ -396,6 +404,34 @@ def test_accurate_runs_from_before_and_after_acoustic_dips_were_set_aside_never_
     board = runner.invoke(app, ["leaderboard", str(new), "--format", "json"])
     assert board.exit_code == 0 and json.loads(board.output)["acoustic_dips"] == "set_aside"
     assert "Brillouin zone (acoustic dips next to Gamma set aside)" in runner.invoke(app, ["leaderboard", str(new)]).output
+
+
+def test_a_board_refuses_what_would_make_it_depend_on_order_or_mix_thresholds_or_entries(tmp_path):
+    """Two copies of one run that have gone apart, runs with other strict thresholds, and a generator named as
+    another's entry label are refused, each in one line: any of them would put a wrong number on the board."""
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6), Al=bulk("Al", "fcc", a=4.05)).parent
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    assert _run(inputs, "--out", run, *EMT_RUN).exit_code == 0
+    shutil.copytree(run, copy)
+    board = runner.invoke(app, ["leaderboard", str(run), str(copy), "--format", "json"])
+    assert board.exit_code == 0 and json.loads(board.output)["rows"][0]["n_relaxed"] == 2  # an unchanged copy: once
+    _metals(inputs / "metals", Ni=bulk("Ni", "fcc", a=3.52))
+    assert _run(inputs, "--out", copy, *EMT_RUN).exit_code == 0  # the copy resumed with one more input
+    for order in ((run, copy), (copy, run)):
+        refused = runner.invoke(app, ["leaderboard", *map(str, order)])
+        assert refused.exit_code == 2 and "are copies of one run" in refused.output and "give one of them" in refused.output
+
+    strict = tmp_path / "strict"
+    assert _run(inputs, "--out", strict, *EMT_RUN, "--threshold", "-0.1", "--threshold", "-0.01").exit_code == 0
+    refused = runner.invoke(app, ["leaderboard", str(run), str(strict)])
+    assert refused.exit_code == 2 and "different strict (last) thresholds (-0.001, -0.01 THz)" in refused.output
+
+    tiered, named = tmp_path / "tiered", tmp_path / "named"
+    assert _run(inputs, "--out", tiered, *EMT_RUN, "--preset", "tiered").exit_code == 0
+    _metals(tmp_path / "in3" / "metals (emt, tiered)", Cu=bulk("Cu", "fcc", a=3.6))
+    assert _run(tmp_path / "in3", "--out", named, *EMT_RUN).exit_code == 0
+    refused = runner.invoke(app, ["leaderboard", str(run), str(tiered), str(named)])
+    assert refused.exit_code == 2 and "'metals (emt, tiered)' reads as another entry's label" in refused.output
 
 
 # 9. Threads -----------------------------------------------------------------------------------------
@@ -572,7 +608,7 @@ def test_a_run_started_by_other_method_code_refuses_to_resume_pool_or_start_a_wo
             ensure_resumable({**now, "stage": stage, "method_sha256": "0" * 64}, now)
 
     shutil.copytree(out, other)
-    (other / "run.json").write_text(json.dumps({**now, "method_sha256": "0" * 64, "run_id": "other"}))
+    _as_another_run(other, {**now, "method_sha256": "0" * 64})
     assert "00000000 then" in _error_line(_run(inputs, "--out", other, *EMT_RUN))
     board = runner.invoke(app, ["leaderboard", str(out), str(other), "--format", "json"])
     assert board.exit_code == 0, board.output

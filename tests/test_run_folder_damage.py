@@ -75,6 +75,37 @@ def test_a_lost_or_damaged_part_makes_the_run_incomplete_everywhere_until_a_resu
     assert len(read_structures(out)) == 4 and _cli("summarize", out).exit_code == 0
 
 
+def test_a_part_or_summary_copied_in_from_another_run_is_never_counted(finished, tmp_path):
+    """A part file copied from another run folder (listed in no ledger, or under this run's own part's name)
+    is refused by every reader and set aside by a resume; a summary.parquet copied from another run is not
+    what summarize shows."""
+    inputs, out = finished
+    other = tmp_path / "other"
+    assert _cli("run", inputs / "bcc", "--out", other, *EMT_RUN, "--max-atoms", "1").exit_code == 0
+    (foreign,) = (other / "structures").glob("part-*.parquet")
+    (own,) = (out / "structures").glob("part-*.parquet")
+    expected = read_structures(out).sort_values(Col.STRUCTURE_ID).reset_index(drop=True)
+    table = _cli("summarize", out).output
+
+    shutil.copy(other / "summary.parquet", out / "summary.parquet")
+    shown = _cli("summarize", out)
+    assert shown.exit_code == 0 and shown.output.startswith(table) and "differs from the run's rows" in shown.output
+
+    for copied in (out / "structures" / foreign.name, own):  # beside this run's part, then in its place
+        saved = own.read_bytes()
+        shutil.copy(foreign, copied)
+        for command in (["summarize", out], ["leaderboard", out], ["export", out, "--stable"]):
+            line = _one_error_line(_cli(*command))
+            assert f"structures/{copied.name}: written by another run" in line, command
+        assert _cli("run", inputs, "--out", out, *EMT_RUN).exit_code == 0  # sets it aside, computes what it lacks
+        assert (out / "damaged" / copied.name).exists()
+        again = read_structures(out).sort_values(Col.STRUCTURE_ID).reset_index(drop=True)
+        pd.testing.assert_frame_equal(again[[Col.STRUCTURE_ID, Col.STATUS, Col.MIN_FREQUENCY_THZ]],
+                                      expected[[Col.STRUCTURE_ID, Col.STATUS, Col.MIN_FREQUENCY_THZ]])
+        shutil.rmtree(out / "damaged")
+        (own,) = (out / "structures").glob("part-*.parquet")
+
+
 def test_a_folder_from_before_the_ledger_still_knows_an_input_without_a_row(finished):
     _, out = finished
     (out / "parts.json").unlink()

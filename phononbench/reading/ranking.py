@@ -20,7 +20,8 @@ from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
 from phononbench.reading.report import markdown_cell, percent
-from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
+from phononbench.running.run_folder import (protocol_as_recorded, read_ledger, read_manifest, read_structures,
+                                            read_verdict_run_info)
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
@@ -39,19 +40,24 @@ _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from
 def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """All structures of the runs, one leaderboard entry per (generator, potential, protocol).
 
-    A run given twice (the same folder, or a copy with the same run_id) counts once. Runs that share an
+    A run given twice (the same folder, or an unchanged copy) counts once; two copies of one run that have
+    gone apart (one resumed with more inputs) are refused, as the board would depend on their order. Runs that share an
     entry pool their structures (a structure computed in both counts once). Each row carries its entry's
     label (the generator, qualified by potential and protocol where a generator has several entries), the
     run it came from and whether that run finished; ``infos`` maps run names to their run.json, with the
     inputs each run's manifest lists per generator under ``inputs_per_generator``. An incomplete run (a
     part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there."""
-    frames, infos, seen = [], {}, set()
+    frames, infos, seen = [], {}, {}
     for directory in run_dirs:
         info = read_verdict_run_info(directory)
         identity = info.get("run_id") or str(Path(directory).resolve())
         if identity in seen:
+            first, ledger = seen[identity]
+            if Path(first).resolve() != Path(directory).resolve() and _ledger(directory) != ledger:
+                raise SetupError(f"{first} and {directory} are copies of one run (run_id {identity[:8]}) that have "
+                                 "gone apart (their rows differ); give one of them")
             continue
-        seen.add(identity)
+        seen[identity] = (directory, _ledger(directory))
         name = Path(directory).resolve().name
         if name in infos:
             name = f"{name} ({identity[:6]})"
@@ -78,6 +84,9 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
     if len({t[0] for t in thresholds}) > 1:
         raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
+    if len({t[-1] for t in thresholds}) > 1:
+        raise SetupError("the runs use different strict (last) thresholds (" + ", ".join(sorted(f"{t[-1]:g}" for t in thresholds))
+                         + " THz); the board's strict column needs one")
     if len({headline_verdict(i) for i in infos.values()}) > 1:
         raise SetupError("the runs rank by different verdicts (published path and Brillouin zone: presets "
                          "published and accurate); a leaderboard needs one")
@@ -96,7 +105,18 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     structures[_AS_NAMED] = structures[Col.GENERATOR]
     structures[Col.GENERATOR] = [f"{g} ({m}, {p})" if g in several else g for g, m, p in
                                  zip(structures[Col.GENERATOR], structures[Col.MODEL], structures[Col.PROTOCOL])]
+    labels = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
+    if (labels > 1).any():  # a generator named as another's entry is labelled ("G (emt, tiered)"): they would pool
+        raise SetupError(f"generator {labels[labels > 1].index[0]!r} reads as another entry's label; rename it")
     return structures.reset_index(drop=True), infos
+
+
+def _ledger(directory) -> dict | None:
+    """What a run folder's rows are (its parts and their rows), to tell two copies of one run apart."""
+    try:
+        return read_ledger(Path(directory))
+    except IncompleteRun:
+        return None
 
 
 def _protocol_label(protocol: dict) -> str:

@@ -16,10 +16,14 @@ def percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
+_MARKDOWN_ACTIVE = str.maketrans({c: "\\" + c for c in "\\|<>&*`[]"})
+
+
 def markdown_cell(text) -> str:
-    """Text as one Markdown table cell: a "|" or a line break in a name (a generator's, a run folder's) would
-    split the row."""
-    return " ".join(str(text).splitlines()).replace("|", "\\|")
+    """A name (a generator's, a run folder's) as one Markdown table cell, shown as written: a "|" or a line
+    break would split the row, raw HTML would add cells or run script where the table is rendered, and
+    emphasis, code or links would change what it reads. Underscores, common in names, are left as they are."""
+    return " ".join(str(text).splitlines()).translate(_MARKDOWN_ACTIVE)
 
 
 def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -> Table:

@@ -416,17 +416,18 @@ def _at(qpoint) -> str:
 def differing_markdown(runs: dict[str, tuple[dict, pd.DataFrame]], labels: pd.DataFrame,
                        verdicts=("path", "brillouin_zone", "beyond_acoustic_dips"), threshold_thz: float = -0.1) -> str:
     """``differing_verdicts`` per verdict as Markdown, as docs/VALIDATION.md shows it; "" if none differ."""
-    return "\n".join(changes_markdown(changes, f"Verdicts that differ between settings ({verdict}, {threshold_thz:g} THz): "
-                                            "lowest frequency, where, verdict")
+    return "\n".join(changes_markdown(changes.rename(columns=markdown_cell),  # settings' names as written
+                                       f"Verdicts that differ between settings ({verdict}, {threshold_thz:g} THz): "
+                                       "lowest frequency, where, verdict")
                      for verdict in verdicts if not (changes := differing_verdicts(runs, labels, verdict, threshold_thz)).empty)
 
 
 def changes_markdown(changes: pd.DataFrame, heading: str, with_thresholds: bool = False) -> str:
     """``verdict_changes``' rows as a Markdown table under ``heading``, with the column of the thresholds at which
-    each changes where there are several."""
+    each changes where there are several. The settings' names (the columns) are Markdown already."""
     settings = [c for c in changes.columns if c not in ("material", "formula", "dft", CHANGES_AT)]
     first = ["DFT", CHANGES_AT] if with_thresholds else ["DFT"]
-    lines = [heading, "", "| material | " + " | ".join(map(markdown_cell, first + settings)) + " |",
+    lines = [heading, "", "| material | " + " | ".join(first + settings) + " |",
              "|---" * (1 + len(first) + len(settings)) + "|"]
     for r in changes.to_dict("records"):
         cells = [r["dft"], r[CHANGES_AT]] if with_thresholds else [r["dft"]]

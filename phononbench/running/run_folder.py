@@ -38,6 +38,7 @@ STRUCTURES_DIR = "structures"
 SUPERSEDED_DIR = "superseded"  # rows no longer current (edited or removed inputs, retried failures)
 DAMAGED_DIR = "damaged"  # part files a resume could not read, set aside (their structures are computed again)
 PARTS_FILE = "parts.json"  # the ledger: part file name -> rows
+PART_RUN_ID = b"phononbench_run_id"  # in a part file's metadata: the run that wrote it
 SUMMARY_FILE = "summary.parquet"
 RUN_FILE = "run.json"
 LOG_FILE = "run.log"
@@ -219,6 +220,7 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
     ledger = read_ledger(out) if not repair else _ledger_or_rebuild(out)
     on_disk = {p.name for p in directory.glob("part-*.parquet")}
     names = sorted(on_disk | set(ledger or {}))  # names sort in writing order
+    run_id = run_id_of(out)
     tables, parts, problems = [], [], []
     for name in names:
         part = directory / name
@@ -228,6 +230,9 @@ def _read_parts(out: Path, skip: tuple[str, ...], repair: bool) -> tuple[list[pa
             columns = None if not skip else [c for c in pq.read_schema(part).names if c not in skip]
             _readable_lists(part)
             table = _variable_size_lists(pq.read_table(part, columns=columns))
+            written_by = (table.schema.metadata or {}).get(PART_RUN_ID, b"").decode()
+            if run_id and written_by and written_by != run_id:  # copied in from another run folder
+                raise ValueError(f"written by another run ({written_by[:8]}), not this one ({run_id[:8]})")
             if ledger is not None and name in ledger and table.num_rows != ledger[name]:
                 raise ValueError(f"{table.num_rows} rows, parts.json says {ledger[name]}")
         except (OSError, ValueError, pa.ArrowException) as exc:
@@ -261,6 +266,22 @@ def _readable_lists(part: Path) -> None:
                          "to read or resume this run")
 
 
+def run_id_of(out: Path) -> str | None:
+    """run.json's run_id, or None where there is none to read (a folder from before it, or damaged)."""
+    try:
+        run_id = json.loads((Path(out) / RUN_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
+def _write_part(table: pa.Table, path: Path, run_id: str | None) -> None:
+    """A part file, with the run that wrote it in its metadata: a part copied in from another run is refused."""
+    if run_id:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_RUN_ID: run_id.encode()})
+    _write_atomically(table, path)
+
+
 def _variable_size_lists(table: pa.Table) -> pa.Table:
     """A part written before the lists became variable-size (records._column), as parts are written now."""
     fixed = [i for i, f in enumerate(table.schema) if pa.types.is_fixed_size_list(f.type)]
@@ -273,20 +294,6 @@ def _variable_size_lists(table: pa.Table) -> pa.Table:
 def _incomplete(out: Path, problem: str) -> IncompleteRun:
     return IncompleteRun(f"run {out} is incomplete: {problem}; `phononbench run` with the same settings into "
                          f"{out} computes its structures again")
-
-
-def ensure_parts_readable(out: Path) -> None:
-    """Every part file of the ledger is there with its rows (Parquet footers only, no rows read);
-    IncompleteRun naming the first that is not. A folder from before the ledger passes."""
-    for name, n_rows in (read_ledger(out) or {}).items():
-        try:
-            found = pq.read_metadata(Path(out) / STRUCTURES_DIR / name).num_rows
-        except FileNotFoundError:
-            raise _incomplete(out, f"{STRUCTURES_DIR}/{name}: listed in parts.json, missing") from None
-        except (OSError, pa.ArrowException) as exc:
-            raise _incomplete(out, f"{STRUCTURES_DIR}/{name}: {' '.join(str(exc).split())[:200]}") from None
-        if found != n_rows:
-            raise _incomplete(out, f"{STRUCTURES_DIR}/{name}: {found} rows, parts.json says {n_rows}")
 
 
 def _ledger_stamp(out: Path) -> int | None:
@@ -366,15 +373,16 @@ def finalize_rows(out: Path, rows_per_part: int = 50_000) -> pa.Table | None:
     if len(keep) == every.num_rows and len(parts) <= 1:
         return current  # already one row per input, in one part
     tag = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
+    run_id = run_id_of(out)
     superseded = np.setdiff1d(np.arange(every.num_rows), keep)
     if len(superseded):
         (Path(out) / SUPERSEDED_DIR).mkdir(exist_ok=True)
-        _write_atomically(every.take(superseded), Path(out) / SUPERSEDED_DIR / f"part-{tag}.parquet")
+        _write_part(every.take(superseded), Path(out) / SUPERSEDED_DIR / f"part-{tag}.parquet", run_id)
     ledger = {}
     for n, start in enumerate(range(0, max(current.num_rows, 1), rows_per_part)):
         name = f"part-{tag}-final-{n:05d}.parquet"
         piece = current.slice(start, rows_per_part)
-        _write_atomically(piece, Path(out) / STRUCTURES_DIR / name)
+        _write_part(piece, Path(out) / STRUCTURES_DIR / name, run_id)
         ledger[name] = piece.num_rows
     write_ledger(out, ledger)
     for part in parts:
@@ -583,6 +591,7 @@ class ResultWriter:
         self.n_parts = 0
         self.out = Path(out)
         self.ledger = read_ledger(out) or {}  # a resume has set aside what it could not read
+        self.run_id = run_id_of(out)
 
     def add(self, result: StructureResult | dict) -> None:
         """A row: a StructureResult, or a row already written once (copied under another id)."""
@@ -596,7 +605,7 @@ class ResultWriter:
         if self.pending:
             table = pa.Table.from_pylist(self.pending, schema=self.schema)
             name = f"part-{self.run_tag}-{self.n_parts:05d}.parquet"
-            _write_atomically(table, self.directory / name)
+            _write_part(table, self.directory / name, self.run_id)
             self.ledger[name] = table.num_rows
             write_ledger(self.out, self.ledger)  # after the part: a crash between leaves an unlisted part, read all the same
             self.n_parts += 1
@@ -697,15 +706,23 @@ def write_summary(out: Path, summary: pd.DataFrame) -> Path:
 
 
 def read_summary(out: Path) -> pd.DataFrame:
-    path = Path(out) / SUMMARY_FILE
-    if not path.exists():
-        raise SetupError(f"{path} not found; is {out} a finished PhononBench run?")
-    if not _finished(out):  # a resume going or stopped: the summary is an earlier finish's
+    """The per-generator table of a finished run, made again from its rows as they are now (seconds, even for
+    a large run): summary.parquet is that table for readers of the files, and a copy from another run, or one
+    edited, must not be what is shown. ``summary_file_differs`` says whether the file still matches."""
+    info = read_verdict_run_info(out)
+    if not _finished(out):  # a resume going or stopped: the summary would be an earlier finish's
         raise IncompleteRun(f"the run in {out} has not finished (run.json says "
-                            f"{_status(out)!r}); its summary would be an earlier run's: `phononbench run` with the "
-                            "same settings finishes it")
-    ensure_parts_readable(out)  # the summary holds only if the rows it was made from are all still there
-    return pd.read_parquet(path)
+                            f"{_status(out)!r}); `phononbench run` with the same settings finishes it")
+    return summarize(read_structures(out, skip=(Col.RELAXED_CIF,)), tuple(info["protocol"]["thresholds_thz"]))
+
+
+def summary_file_differs(out: Path, summary: pd.DataFrame) -> bool:
+    """summary.parquet is missing, unreadable, or not ``summary`` (the table its run's rows give)."""
+    try:
+        written = pd.read_parquet(Path(out) / SUMMARY_FILE)
+    except (OSError, ValueError, pa.ArrowException):
+        return True
+    return not written.equals(summary)
 
 
 def write_run_info(out: Path, info: dict) -> None:
