@@ -382,7 +382,7 @@ def export(
     stable: Annotated[bool, typer.Option("--stable", help="Export the stable structures (the one selection there is; say it).")] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Threshold in THz, one of the run's (default: its headline).")] = None,
     bz: Annotated[bool, typer.Option("--bz", help="Stable over the Brillouin zone, not only on the published q-points (as the run's protocol reads the zone: accurate sets acoustic dips next to Gamma aside).")] = False,
-    format: Annotated[str, typer.Option("--format", help="cif-zip (CIF files and index.csv), extxyz or parquet.")] = "cif-zip",
+    format: Annotated[str, typer.Option("--format", help="cif-zip (CIF files and index.csv), extxyz (ASE reads a number-like id or generator back as a number) or parquet.")] = "cif-zip",
     output: Annotated[Optional[Path], typer.Option(help="File to write (default OUT/stable_at_T_thz[_bz].zip|.extxyz|.parquet).")] = None,
 ) -> None:
     """The stable set: relaxed cells of the stable structures, with ids, generators and lowest frequencies."""

@@ -118,6 +118,16 @@ def test_every_table_format_reads_the_same(tmp_path):
         assert not items[1].valid, name
 
 
+def test_a_generator_column_of_numbers_or_flags_keeps_them_as_names(tmp_path):
+    """Generator ids written as numbers in JSON or Parquet (1000, 7, true) are names as written, each its own
+    generator, never all folded into the file's name; a missing one is the file's generator."""
+    cif = str(__import__("pymatgen.io.cif", fromlist=["CifWriter"]).CifWriter(Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])))
+    (tmp_path / "t.json").write_text(json.dumps([{"cif": cif, "generator": g} for g in (1000, 7, True, None, " 7 ")]))
+    assert [i.generator for i in _read(tmp_path / "t.json")] == ["1000", "7", "True", "t", "7"]
+    pd.DataFrame({"cif": [cif] * 3, "generator": [3, 4, None]}).astype({"generator": "Int64"}).to_parquet(tmp_path / "p.parquet")
+    assert [i.generator for i in _read(tmp_path / "p.parquet")] == ["3", "4", "p"]
+
+
 def test_table_without_structure_column_is_one_invalid_row(tmp_path):
     pd.DataFrame({"smiles": ["CCO"]}).to_csv(tmp_path / "molecules.csv", index=False)
     (item,) = _read(tmp_path / "molecules.csv")

@@ -315,19 +315,22 @@ def test_positive_thresholds_need_their_flag(tmp_path):
 
 
 def test_generator_names_that_look_like_labels_markup_or_tex(tmp_path):
-    names = ["(all)", "x[bold]y", "a$\\b$c"]  # "$\b$": mathtext that cannot render
+    names = ["(all)", "x[bold]y", "a$\\b$c", "Gen ", "L" * 120]  # "$\b$": mathtext that cannot render
     for k, name in enumerate(names):
         _metals(tmp_path / "in" / name, **{f"Cu{k}": bulk("Cu", "fcc", a=3.6 + 0.01 * k)})
     out = tmp_path / "out"
     result = _run(tmp_path / "in", "--out", out, *EMT_RUN)
     assert result.exit_code == 0, result.output
-    for name in names[1:]:
+    for name in names[1:3]:
         assert name in result.output
     assert "'(all)'" in result.output  # a generator called (all) is quoted, the pooled row is not
+    assert "'Gen '" in result.output  # not to be taken for "Gen"
+    # a long name folds onto more lines, its numbers shown beside it
+    assert any("L" * 30 in line and "1/1" in line for line in result.output.splitlines()), result.output
     summary = pd.read_parquet(out / "summary.parquet")
     headline = summary[summary[Col.THRESHOLD_THZ] == -0.1]
     assert headline[~headline[Col.POOLED]].set_index(Col.GENERATOR)[Col.N_INPUT].to_dict() == {n: 1 for n in names}
-    assert headline[headline[Col.POOLED]][Col.N_INPUT].tolist() == [3]
+    assert headline[headline[Col.POOLED]][Col.N_INPUT].tolist() == [len(names)]
 
     page = tmp_path / "board.html"
     board = runner.invoke(app, ["leaderboard", str(out), "--format", "html", "--output", str(page)])

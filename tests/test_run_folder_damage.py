@@ -106,6 +106,19 @@ def test_a_part_or_summary_copied_in_from_another_run_is_never_counted(finished,
         (own,) = (out / "structures").glob("part-*.parquet")
 
 
+@pytest.mark.parametrize("edit, why", [
+    (lambda info: info["protocol"].update(thresholds_thz=[-0.05]), "names thresholds its rows were not computed at (-0.05 THz"),
+    (lambda info: info.pop("protocol"), "lacks its protocol's name and thresholds"),
+    (lambda info: info["potential"].pop("model"), "lacks its protocol's name and thresholds or its potential's name")])
+def test_a_run_record_edited_out_of_step_with_its_rows_is_one_line_for_every_reader(finished, edit, why):
+    _, out = finished
+    info = json.loads((out / "run.json").read_text())
+    edit(info)
+    (out / "run.json").write_text(json.dumps(info))
+    for command in (["summarize", out], ["leaderboard", out], ["export", out, "--stable"]):
+        assert why in _one_error_line(_cli(*command)), command
+
+
 def test_a_folder_from_before_the_ledger_still_knows_an_input_without_a_row(finished):
     _, out = finished
     (out / "parts.json").unlink()

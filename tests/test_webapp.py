@@ -250,17 +250,21 @@ def _ids_in(path: Path, fmt: str, relaxed: dict[str, str]) -> list[str]:
     if fmt == "cif-zip":
         with zipfile.ZipFile(path) as archive:
             index = pd.read_csv(archive.open("index.csv"))
+            assert index[Col.N_ATOMS].dtype == "int64" and index[Col.SPACEGROUP_NUMBER].dtype == "int64"  # not 1.0
             for name, sid in zip(index["file"], index[Col.STRUCTURE_ID]):  # each file is the relaxed cell
                 assert archive.read(name).decode() == relaxed[sid]
             return list(index[Col.STRUCTURE_ID])
     if fmt == "extxyz":
+        import numpy as np
         from ase.io import read
 
         frames = read(path, index=":", format="extxyz")
         for atoms in frames:
             assert isinstance(atoms.info["min_frequency_thz"], float) and atoms.info["generator"]
+            assert all(isinstance(atoms.info[c], (int, np.integer)) for c in (Col.N_ATOMS, Col.SPACEGROUP_NUMBER))
         return [atoms.info[Col.STRUCTURE_ID] for atoms in frames]
     table = pd.read_parquet(path)
+    assert table[Col.N_ATOMS].dtype == "Int64"
     assert list(table[Col.RELAXED_CIF]) == [relaxed[s] for s in table[Col.STRUCTURE_ID]]
     return list(table[Col.STRUCTURE_ID])
 
@@ -285,6 +289,22 @@ def test_export_refuses_what_the_run_cannot_answer(emt_run):
     result = runner.invoke(app, ["export", str(emt_run), "--stable", "--format", "xlsx"])
     assert result.exit_code == 2 and "unknown format 'xlsx'" in result.output
     assert "--stable" in runner.invoke(app, ["export", str(emt_run)]).output
+
+
+def test_an_extxyz_export_refuses_a_name_with_a_line_break_and_leaves_nothing(tmp_path):
+    """A line break in an id or generator would make the whole extxyz file unreadable: refused in one line,
+    with no half-written file; the zip (names in its index) takes it."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    cif = str(CifWriter(Structure(Lattice.cubic(3.6), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])))
+    pd.DataFrame({"cif": [cif], "generator": ["Matter\nGen"]}).to_csv(tmp_path / "table.csv", index=False)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(tmp_path / "table.csv"), "--out", str(out), "--model", "emt", "--in-process"]).exit_code == 0
+    refused = runner.invoke(app, ["export", str(out), "--stable", "--format", "extxyz"])
+    assert refused.exit_code == 2 and "has a line break, which extxyz cannot hold" in refused.output
+    assert not list(out.glob("*stable*")) and not list(out.glob(".*partial"))
+    assert runner.invoke(app, ["export", str(out), "--stable", "--format", "cif-zip"]).exit_code == 0
 
 
 def test_the_web_export_is_the_same_set(server):

@@ -24,6 +24,7 @@ INDEX_FILE = "index.csv"  # inside the zip: which file is which structure
 # what travels with each cell
 COLUMNS = [Col.STRUCTURE_ID, Col.GENERATOR, Col.FORMULA, Col.N_ATOMS, Col.SPACEGROUP_NUMBER, Col.CRYSTAL_SYSTEM,
            Col.ENERGY_PER_ATOM_EV, Col.MIN_FREQUENCY_THZ, Col.MIN_FREQUENCY_BZ_THZ, Col.STRUCTURE_HASH]
+COUNTS = [Col.N_ATOMS, Col.SPACEGROUP_NUMBER]  # whole numbers, written as such (a float column holds them)
 
 
 def choose_threshold(info: dict, threshold_thz: float | None) -> float:
@@ -56,6 +57,7 @@ def file_name(structure_id: str, taken: set[str]) -> str:
 
 def write(stable: pd.DataFrame, fmt: str, handle: BinaryIO) -> None:
     """The chosen rows' relaxed cells, with COLUMNS, to a binary file in one of FORMATS."""
+    stable = stable.astype({c: "Int64" for c in COUNTS})
     if fmt == "cif-zip":
         taken: set[str] = set()
         index = stable[COLUMNS].copy()
@@ -68,10 +70,16 @@ def write(stable: pd.DataFrame, fmt: str, handle: BinaryIO) -> None:
         from ase.io import read
         from ase.io import write as write_atoms
 
+        broken = stable[Col.STRUCTURE_ID].str.contains("[\r\n]") | stable[Col.GENERATOR].str.contains("[\r\n]")
+        if broken.any():  # one line per frame's header: a line break would make the whole file unreadable
+            raise SetupError(f"{stable.loc[broken, Col.STRUCTURE_ID].iloc[0]!r} (or its generator) has a line break, "
+                             "which extxyz cannot hold; export as parquet or cif-zip", setting="format")
         frames = []
         for _, row in stable.iterrows():
             atoms = read(io.StringIO(row[Col.RELAXED_CIF]), format="cif")
-            atoms.info = {str(c): row[c] for c in COLUMNS if row[c] is not None and not pd.isna(row[c])}
+            # ASE reads a value that looks like a number back as one ("1e3" -> 1000.0): the other formats keep text
+            atoms.info = {str(c): int(row[c]) if c in COUNTS else row[c] for c in COLUMNS
+                          if row[c] is not None and not pd.isna(row[c])}
             frames.append(atoms)
         text = io.StringIO()
         write_atoms(text, frames, format="extxyz")
@@ -93,7 +101,11 @@ def export_stable(out: Path, fmt: str, threshold_thz: float | None = None, bz: b
     stable = stable_rows(read_structures(out), threshold, bz)
     target = Path(target or Path(out) / f"stable_at_{threshold:g}_thz{'_bz' if bz else ''}{FORMATS[fmt]}")
     partial = target.with_name(f".{target.name}.partial")
-    with open(partial, "wb") as handle:
-        write(stable, fmt, handle)
+    try:
+        with open(partial, "wb") as handle:
+            write(stable, fmt, handle)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # nothing half-written left beside the run
+        raise
     partial.replace(target)
     return target, len(stable)

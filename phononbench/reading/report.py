@@ -26,12 +26,15 @@ def markdown_cell(text) -> str:
     return " ".join(str(text).splitlines()).translate(_MARKDOWN_ACTIVE)
 
 
+GENERATOR_WIDTH = 40  # a longer name folds onto more lines rather than squeezing the numbers out of the table
+
+
 def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -> Table:
     """Counts once per generator, then per threshold (headline first) the published-path rate and the
     Brillouin-zone rate, and how many stable structures are not 3D-bonded at the headline threshold."""
     thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
     table = Table(title=Text(title))  # names shown as they are, never as markup
-    table.add_column("generator", style="bold", no_wrap=True)
+    table.add_column("generator", style="bold", overflow="fold", max_width=GENERATOR_WIDTH)
     for name in ("input", "valid", "unique", "relaxed", "phonons", "phonon failed", "not relaxed"):
         table.add_column(name, justify="right", no_wrap=True)
     for t in thresholds:
@@ -73,7 +76,7 @@ def _not_relaxed(row: pd.Series) -> str:
 def unique_table(counts: pd.DataFrame, title: str = "PhononBench inputs") -> Table:
     """Input, valid and unique structures per generator (``pipeline.unique_counts``), pooled row last."""
     table = Table(title=Text(title))
-    table.add_column("generator", style="bold", no_wrap=True)
+    table.add_column("generator", style="bold", overflow="fold", max_width=GENERATOR_WIDTH)
     for name in ("input", "valid", "unique"):
         table.add_column(name, justify="right", no_wrap=True)
     rows = list(counts.itertuples(index=False))
@@ -84,7 +87,8 @@ def unique_table(counts: pd.DataFrame, title: str = "PhononBench inputs") -> Tab
 
 
 def _generator_cell(generator: str, pooled: bool) -> Text:
-    """A generator's name as it is, never read as rich markup; one that reads like the pooled row's label is
-    quoted, the pooled row in italics."""
-    return Text(generator if pooled or generator != ALL_GENERATORS else repr(generator),
-                style="italic" if pooled else "")
+    """A generator's name as it is, never read as rich markup; one that could be taken for another (the pooled
+    row's label, a line break, a space at an end, an invisible character) is quoted with its escapes, the pooled
+    row in italics."""
+    plain = pooled or (generator != ALL_GENERATORS and generator.isprintable() and generator == generator.strip())
+    return Text(generator if plain else repr(generator), style="italic" if pooled else "")

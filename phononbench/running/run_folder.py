@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.rates import rate
-from phononbench.records import ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema
+from phononbench.records import (ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema,
+                                 verdict_column)
 from phononbench.settings import PRESETS, ProtocolSettings
 
 STRUCTURES_DIR = "structures"
@@ -746,9 +747,26 @@ def read_run_info(out: Path) -> dict:
 
 
 def read_verdict_run_info(out: Path) -> dict:
-    """run.json of a folder that holds verdicts (not only a dedup)."""
+    """run.json of a folder that holds verdicts (not only a dedup), with what its readers take from it there:
+    the protocol's name and thresholds (those its rows were computed at) and the potential's name."""
     info = read_run_info(out)
     if info.get("stage") == "dedup":
         raise SetupError(f"{out} holds only a dedup, no verdicts yet; `phononbench run` with the same inputs "
                          f"and --out {out} computes them")
+    protocol, potential = info.get("protocol"), info.get("potential")
+    thresholds = protocol.get("thresholds_thz") if isinstance(protocol, dict) else None
+    if not (isinstance(thresholds, list) and thresholds and all(isinstance(t, (int, float)) for t in thresholds)
+            and isinstance(protocol.get("name"), str) and isinstance(potential, dict)
+            and isinstance(potential.get("model"), str)):
+        raise SetupError(f"{Path(out) / RUN_FILE} lacks its protocol's name and thresholds or its potential's "
+                         "name (edited or damaged?)")
+    part = max((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"), default=None)  # the newest: the run's settings
+    try:
+        columns = set(pq.read_schema(part).names) if part is not None else None
+    except (OSError, pa.ArrowException):
+        columns = None  # a damaged part: the rows' readers say which
+    missing = [t for t in thresholds if columns is not None and verdict_column(t) not in columns]
+    if missing:
+        raise SetupError(f"{Path(out) / RUN_FILE} names thresholds its rows were not computed at "
+                         f"({', '.join(f'{t:g}' for t in missing)} THz; edited?)")
     return info

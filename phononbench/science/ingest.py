@@ -426,11 +426,20 @@ def _read_table_file(data: bytes, sid: str, generator: str, source: str) -> Iter
     generator_column = by_lower.get(GENERATOR_COLUMN)
     generators = [generator] * len(texts)
     if generator_column is not None:
-        generators = [v.strip() if isinstance(v, str) and v.strip() else generator
-                      for v in table[generator_column].tolist()]
+        generators = [_generator_name(v, generator) for v in table[generator_column].tolist()]
     for start in range(0, len(texts), TABLE_ROWS_PER_JOB):
         rows = slice(start, start + TABLE_ROWS_PER_JOB)
         yield ReadJob(_parse_table_rows, (texts[rows], generators[rows], start), sid, generator, source)
+
+
+def _generator_name(value, default: str) -> str:
+    """A table's generator cell as a name: text stripped, a number or a flag as written ("1000", "True": a
+    column of generator ids is not every row the file's name); empty or missing, the file's generator."""
+    import pandas as pd
+
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return default
+    return str(value).strip() or default
 
 
 def _parse_table_rows(data: tuple, sid: str, generator: str, source: str) -> Iterator[InputStructure]:
