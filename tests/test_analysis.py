@@ -132,3 +132,11 @@ def test_bands_of_a_supercell_the_run_left_out_as_too_large_are_not_computed(tmp
     refused = runner.invoke(app, ["plot-bands", str(out), "in/Cu.cif", "--output", str(tmp_path / "bands.png")])
     assert refused.exit_code == 2 and "(15zb-sym) has 512 atoms, above the cap of 400" in refused.output
     assert "bands are not computed" in refused.output and not (tmp_path / "bands.png").exists()
+
+
+def test_plot_labels_are_one_short_line_shown_literally():
+    """A 10 kB or multi-line generator name would push the plot out of its figure: cut, on one line; "$" literal."""
+    from phononbench.reading.plots import LABEL_LENGTH, label
+
+    assert label("L" * 10_000) == "L" * (LABEL_LENGTH - 3) + "..." and label("Matter\nGen") == "Matter Gen"
+    assert label("a$b") == r"a\$b"

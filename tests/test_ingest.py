@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,15 @@ def test_a_generator_column_of_numbers_or_flags_keeps_them_as_names(tmp_path):
     assert [i.generator for i in _read(tmp_path / "t.json")] == ["1000", "7", "True", "t", "7"]
     pd.DataFrame({"cif": [cif] * 3, "generator": [3, 4, None]}).astype({"generator": "Int64"}).to_parquet(tmp_path / "p.parquet")
     assert [i.generator for i in _read(tmp_path / "p.parquet")] == ["3", "4", "p"]
+
+
+def test_a_zip_with_absolute_entry_names_keeps_their_folders_as_generators(tmp_path):
+    cif = str(__import__("pymatgen.io.cif", fromlist=["CifWriter"]).CifWriter(Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])))
+    with zipfile.ZipFile(tmp_path / "abs.zip", "w") as archive:
+        for name in ("/modelA/x.cif", "/modelA/y.cif", "/modelB/z.cif"):
+            archive.writestr(name, cif)
+    assert [(i.structure_id, i.generator) for i in _read(tmp_path / "abs.zip")] == [
+        ("modelA/x.cif", "modelA"), ("modelA/y.cif", "modelA"), ("modelB/z.cif", "modelB")]
 
 
 def test_table_without_structure_column_is_one_invalid_row(tmp_path):

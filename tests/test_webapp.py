@@ -564,3 +564,13 @@ def test_uploads_pymatgen_would_expand_are_refused_within_their_budget_in_a_proc
         checks.submit("many.cif", many, "emt")
     assert time.monotonic() - started < 60
     assert not any((tmp_path / "checks").iterdir())  # nothing written for a refused upload
+
+
+def test_a_generator_chosen_in_the_browser_is_found_whatever_its_line_breaks():
+    """A browser submits a chosen name with a line break as CRLF: the filter still finds its rows, and only them."""
+    from phononbench.reading.explore import Filters, select
+
+    rows = pd.DataFrame({Col.STRUCTURE_ID: ["a", "b", "c"], Col.GENERATOR: ["Matter\nGen", "MatterGen", "Matter Gen"],
+                         Col.STATUS: "ok", Col.CRYSTAL_SYSTEM: "cubic"})
+    chosen = select(rows, pd.Series([set()] * 3), Filters(generator="Matter\r\nGen"), (-0.1,))
+    assert list(chosen[Col.STRUCTURE_ID]) == ["a"]

@@ -632,7 +632,8 @@ def _iter_zip(handle, stem: str, forced: str | None, label: str, walk: Walk, ide
         return
     with archive:
         entries = [i for i in archive.infolist() if not i.is_dir()]
-        parts = [PurePosixPath(i.filename).parts for i in entries]
+        # an absolute entry name ("/abs/x.cif") is read as relative: its generator is "abs", not "/"
+        parts = [PurePosixPath(i.filename.lstrip("/")).parts for i in entries]
         # A zip of one top folder (cifs/...) behaves like that folder.
         tops = {p[0] for p in parts if len(p) > 1}
         strip = len(tops) == 1 and all(len(p) > 1 for p in parts)
