@@ -127,6 +127,10 @@ def test_a_generator_column_of_numbers_or_flags_keeps_them_as_names(tmp_path):
     assert [i.generator for i in _read(tmp_path / "t.json")] == ["1000", "7", "True", "t", "7"]
     pd.DataFrame({"cif": [cif] * 3, "generator": [3, 4, None]}).astype({"generator": "Int64"}).to_parquet(tmp_path / "p.parquet")
     assert [i.generator for i in _read(tmp_path / "p.parquet")] == ["3", "4", "p"]
+    pd.DataFrame({"cif": [cif] * 3, "generator": [3.0, 4.5, None]}).to_parquet(tmp_path / "f.parquet")  # a gap: floats
+    assert [i.generator for i in _read(tmp_path / "f.parquet")] == ["3", "4.5", "f"]
+    (tmp_path / "gap.json").write_text(json.dumps([{"cif": cif, "generator": g} for g in (1000, None)]))
+    assert [i.generator for i in _read(tmp_path / "gap.json")] == ["1000", "gap"]
 
 
 def test_a_zip_with_absolute_entry_names_keeps_their_folders_as_generators(tmp_path):

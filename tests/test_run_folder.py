@@ -416,8 +416,11 @@ def test_a_board_refuses_what_would_make_it_depend_on_order_or_mix_thresholds_or
     run, copy = tmp_path / "run", tmp_path / "copy"
     assert _run(inputs, "--out", run, *EMT_RUN).exit_code == 0
     shutil.copytree(run, copy)
+    (part,) = (copy / "structures").glob("part-*.parquet")  # the same rows under another part name, as a resume
+    part.rename(part.with_name("part-99999999999999999999-copy00-final-00000.parquet"))  # of a large run leaves them
+    (copy / "parts.json").write_text(json.dumps({"parts": {"part-99999999999999999999-copy00-final-00000.parquet": 2}}))
     board = runner.invoke(app, ["leaderboard", str(run), str(copy), "--format", "json"])
-    assert board.exit_code == 0 and json.loads(board.output)["rows"][0]["n_relaxed"] == 2  # an unchanged copy: once
+    assert board.exit_code == 0 and json.loads(board.output)["rows"][0]["n_relaxed"] == 2  # the same rows: once
     _metals(inputs / "metals", Ni=bulk("Ni", "fcc", a=3.52))
     assert _run(inputs, "--out", copy, *EMT_RUN).exit_code == 0  # the copy resumed with one more input
     for order in ((run, copy), (copy, run)):
@@ -427,7 +430,20 @@ def test_a_board_refuses_what_would_make_it_depend_on_order_or_mix_thresholds_or
     strict = tmp_path / "strict"
     assert _run(inputs, "--out", strict, *EMT_RUN, "--threshold", "-0.1", "--threshold", "-0.01").exit_code == 0
     refused = runner.invoke(app, ["leaderboard", str(run), str(strict)])
-    assert refused.exit_code == 2 and "different strict (last) thresholds (-0.001, -0.01 THz)" in refused.output
+    assert refused.exit_code == 2 and "strict threshold (-0.001 THz, the first run's last) is not among every run's" in refused.output
+    three = tmp_path / "three"  # the same strict threshold among others: one board
+    assert _run(inputs, "--out", three, *EMT_RUN, "--threshold", "-0.1", "--threshold", "-0.01", "--threshold", "-0.001").exit_code == 0
+    assert runner.invoke(app, ["leaderboard", str(run), str(three)]).exit_code == 0
+
+    # one dedup taken up by two runs of other protocols: two runs (they share the dedup's run_id), two entries
+    dedup = tmp_path / "dedup"
+    assert runner.invoke(app, ["dedup", str(inputs), "--out", str(dedup), "--in-process"]).exit_code == 0
+    for protocol in ("published", "tiered"):
+        shutil.copytree(dedup, tmp_path / protocol)
+        assert _run(inputs, "--out", tmp_path / protocol, *EMT_RUN, "--preset", protocol).exit_code == 0
+    board = runner.invoke(app, ["leaderboard", str(tmp_path / "published"), str(tmp_path / "tiered"), "--format", "json"])
+    assert board.exit_code == 0, board.output
+    assert sorted(r["generator"] for r in json.loads(board.output)["rows"]) == ["metals (emt, published)", "metals (emt, tiered)"]
 
     tiered, named = tmp_path / "tiered", tmp_path / "named"
     assert _run(inputs, "--out", tiered, *EMT_RUN, "--preset", "tiered").exit_code == 0
@@ -435,6 +451,10 @@ def test_a_board_refuses_what_would_make_it_depend_on_order_or_mix_thresholds_or
     assert _run(tmp_path / "in3", "--out", named, *EMT_RUN).exit_code == 0
     refused = runner.invoke(app, ["leaderboard", str(run), str(tiered), str(named)])
     assert refused.exit_code == 2 and "'metals (emt, tiered)' reads as another entry's label" in refused.output
+    shutil.move(tmp_path / "in3" / "metals (emt, tiered)", tmp_path / "in3" / "metals (emt, published)")  # same protocol as run's
+    assert _run(tmp_path / "in3", "--out", tmp_path / "named2", *EMT_RUN).exit_code == 0
+    refused = runner.invoke(app, ["leaderboard", str(run), str(tiered), str(tmp_path / "named2")])
+    assert refused.exit_code == 2 and "'metals (emt, published)' reads as another entry's label" in refused.output
 
 
 # 9. Threads -----------------------------------------------------------------------------------------

@@ -119,6 +119,27 @@ def test_a_run_record_edited_out_of_step_with_its_rows_is_one_line_for_every_rea
         assert why in _one_error_line(_cli(*command)), command
 
 
+def test_a_run_taking_up_a_dedup_at_other_thresholds_is_unfinished_not_edited_until_its_first_rows(tmp_path):
+    """A run started on a dedup folder with other thresholds, killed before its first chunk: the folder holds the
+    dedup's rows only, without the run's verdict columns. Readers show an unfinished run, not an edited record."""
+    inputs = _metals(tmp_path / "in" / "fcc", Cu=bulk("Cu", "fcc", a=3.6), Cu2=bulk("Cu", "fcc", a=3.6),
+                     Al=bulk("Al", "fcc", a=4.05)).parent
+    out = tmp_path / "out"
+    assert _cli("dedup", inputs, "--out", out, "--in-process").exit_code == 0  # a row: Cu2, a duplicate
+    # the record such a run leaves when killed at once: a real one's, running, on the dedup's run_id
+    assert _cli("run", inputs, "--out", tmp_path / "real", *EMT_RUN, "--threshold", "-0.05").exit_code == 0
+    record = json.loads((tmp_path / "real" / "run.json").read_text())
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    (out / "run.json").write_text(json.dumps({**record, "status": "running", "run_id": run_id}))
+    board = _cli("leaderboard", out, "--format", "json")
+    assert board.exit_code == 0, board.output
+    (row,) = json.loads(board.output)["rows"]
+    assert (row["complete"], row["n_stable"], row["n_decided"]) == (False, 0, 1)
+    assert "has not finished" in _one_error_line(_cli("summarize", out))
+    assert _cli("run", inputs, "--out", out, *EMT_RUN, "--threshold", "-0.05").exit_code == 0  # finishes it
+    assert _cli("summarize", out).exit_code == 0
+
+
 def test_a_folder_from_before_the_ledger_still_knows_an_input_without_a_row(finished):
     _, out = finished
     (out / "parts.json").unlink()

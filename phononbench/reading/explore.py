@@ -69,8 +69,8 @@ def select(rows: pd.DataFrame, elements: pd.Series, filters: Filters, thresholds
     keep = np.ones(len(rows), dtype=bool)
     for column, wanted in ((Col.GENERATOR, filters.generator), (Col.STATUS, filters.status),
                            (Col.CRYSTAL_SYSTEM, filters.crystal_system)):
-        if wanted:  # a browser sends a line break in a chosen name as CRLF
-            keep &= rows[column].isin({wanted, wanted.replace("\r\n", "\n")}).to_numpy()
+        if wanted:  # a browser sends a line break (LF or CR) in a chosen name as CRLF
+            keep &= rows[column].isin({wanted, wanted.replace("\r\n", "\n"), wanted.replace("\r\n", "\r")}).to_numpy()
     if filters.element:
         wanted = element_symbols(filters.element)
         keep &= np.fromiter((wanted <= e for e in elements), bool, len(rows))

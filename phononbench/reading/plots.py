@@ -17,15 +17,16 @@ from phononbench.reading import analysis  # noqa: E402
 from phononbench.records import Col  # noqa: E402
 
 
-LABEL_LENGTH = 40  # a longer name is cut ("..."): whole, it would push the plot out of its figure
+LABEL_LENGTH = 48  # a longer name is cut ("..."): whole, it would push the plot out of its figure
 
 
 def label(text) -> str:
     """A name as matplotlib shows it literally, on one line and at most LABEL_LENGTH characters (the tables
     have it whole): ``$`` would start mathtext (and a stray one raises)."""
     text = " ".join(str(text).splitlines())
-    if len(text) > LABEL_LENGTH:
-        text = text[:LABEL_LENGTH - 3] + "..."
+    if len(text) > LABEL_LENGTH:  # cut in the middle: an entry's qualifier "(potential, protocol)" is at the end
+        head = (LABEL_LENGTH - 3) // 2
+        text = text[:head] + "..." + text[len(text) - (LABEL_LENGTH - 3 - head):]
     return text.replace("$", r"\$")
 
 

@@ -20,8 +20,7 @@ from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, counts
 from phononbench.reading.report import markdown_cell, percent
-from phononbench.running.run_folder import (protocol_as_recorded, read_ledger, read_manifest, read_structures,
-                                            read_verdict_run_info)
+from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
@@ -40,8 +39,9 @@ _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from
 def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """All structures of the runs, one leaderboard entry per (generator, potential, protocol).
 
-    A run given twice (the same folder, or an unchanged copy) counts once; two copies of one run that have
-    gone apart (one resumed with more inputs) are refused, as the board would depend on their order. Runs that share an
+    A run given twice (the same folder, or a copy with the same rows) counts once; two copies of one run whose
+    rows differ (one resumed with more inputs) are refused, as the board would depend on their order (runs taken
+    up from one ``dedup`` folder share its run_id, and are one run only under one potential and protocol). Runs that share an
     entry pool their structures (a structure computed in both counts once). Each row carries its entry's
     label (the generator, qualified by potential and protocol where a generator has several entries), the
     run it came from and whether that run finished; ``infos`` maps run names to their run.json, with the
@@ -50,21 +50,17 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     frames, infos, seen = [], {}, {}
     for directory in run_dirs:
         info = read_verdict_run_info(directory)
-        identity = info.get("run_id") or str(Path(directory).resolve())
-        if identity in seen:
-            first, ledger = seen[identity]
-            if Path(first).resolve() != Path(directory).resolve() and _ledger(directory) != ledger:
-                raise SetupError(f"{first} and {directory} are copies of one run (run_id {identity[:8]}) that have "
-                                 "gone apart (their rows differ); give one of them")
-            continue
-        seen[identity] = (directory, _ledger(directory))
-        name = Path(directory).resolve().name
-        if name in infos:
-            name = f"{name} ({identity[:6]})"
+        run_id = info.get("run_id") or str(Path(directory).resolve())
         potential = info["potential"]
         # the potential is its name and its weights: two checkpoints under one name are two potentials
         model = potential["model"] + (f"@{potential['checkpoint_sha256'][:8]}" if potential.get("checkpoint_sha256")
                                       else "")
+        identity = (run_id, model, _protocol_label(info["protocol"]), info.get("method_sha256"))
+        if identity in seen and Path(seen[identity][0]).resolve() == Path(directory).resolve():
+            continue  # the same folder given twice
+        name = Path(directory).resolve().name
+        if name in infos:
+            name = f"{name} ({run_id[:6]})"
         manifest = read_manifest(directory)
         info["inputs_per_generator"] = ({} if manifest is None else
                                         manifest[Col.GENERATOR].value_counts().to_dict())
@@ -75,6 +71,13 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
                 raise
             problems.append(str(exc))  # left off the board, said beside it
             continue
+        if identity in seen:  # a copy of a run given before
+            first, first_rows = seen[identity]
+            if not _same_results(rows, first_rows):
+                raise SetupError(f"{first} and {directory} are copies of one run (run_id {run_id[:8]}) whose rows "
+                                 "differ; give one of them")
+            continue
+        seen[identity] = (directory, rows)
         frames.append(rows.assign(**{
             Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
             Col.COMPLETE: info.get("status") == "complete", _CODE: (info.get("method_sha256") or "unrecorded")[:8]}))
@@ -84,9 +87,11 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
     if len({t[0] for t in thresholds}) > 1:
         raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
-    if len({t[-1] for t in thresholds}) > 1:
-        raise SetupError("the runs use different strict (last) thresholds (" + ", ".join(sorted(f"{t[-1]:g}" for t in thresholds))
-                         + " THz); the board's strict column needs one")
+    strict = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])[-1]  # the board's, as board_of takes it
+    if any(strict not in t for t in thresholds):
+        raise SetupError(f"the strict threshold ({strict:g} THz, the first run's last) is not among every run's ("
+                         + "; ".join(", ".join(f"{x:g}" for x in t) for t in sorted(thresholds)) + " THz); the board's "
+                         "strict column needs one that all have")
     if len({headline_verdict(i) for i in infos.values()}) > 1:
         raise SetupError("the runs rank by different verdicts (published path and Brillouin zone: presets "
                          "published and accurate); a leaderboard needs one")
@@ -105,18 +110,21 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     structures[_AS_NAMED] = structures[Col.GENERATOR]
     structures[Col.GENERATOR] = [f"{g} ({m}, {p})" if g in several else g for g, m, p in
                                  zip(structures[Col.GENERATOR], structures[Col.MODEL], structures[Col.PROTOCOL])]
-    labels = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
+    labels = structures.drop_duplicates([_AS_NAMED, *entry]).groupby(Col.GENERATOR).size()
     if (labels > 1).any():  # a generator named as another's entry is labelled ("G (emt, tiered)"): they would pool
         raise SetupError(f"generator {labels[labels > 1].index[0]!r} reads as another entry's label; rename it")
     return structures.reset_index(drop=True), infos
 
 
-def _ledger(directory) -> dict | None:
-    """What a run folder's rows are (its parts and their rows), to tell two copies of one run apart."""
-    try:
-        return read_ledger(Path(directory))
-    except IncompleteRun:
-        return None
+_TIMINGS = {Col.RELAX_WALL_S, Col.PHONON_WALL_S, Col.PHONON_BZ_WALL_S, Col.ATTEMPT}  # how, not what, was computed
+
+
+def _same_results(rows: pd.DataFrame, other: pd.DataFrame) -> bool:
+    """Two copies of one run hold the same results: the same inputs, statuses, frequencies and verdicts."""
+    def plain(frame):
+        kept = frame[sorted(c for c in frame.columns if c not in _TIMINGS)]
+        return kept.sort_values([Col.STRUCTURE_ID, Col.STRUCTURE_HASH]).reset_index(drop=True).astype(str)
+    return set(rows.columns) == set(other.columns) and plain(rows).equals(plain(other))
 
 
 def _protocol_label(protocol: dict) -> str:

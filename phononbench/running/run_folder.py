@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.rates import rate
-from phononbench.records import (ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, counts, structures_schema,
-                                 verdict_column)
+from phononbench.records import (ALL_GENERATORS, LEFT_OUT, SUMMARY_SCHEMA, Col, StructureResult, bz_verdict_column, counts,
+                                 structures_schema, verdict_column)
 from phononbench.settings import PRESETS, ProtocolSettings
 
 STRUCTURES_DIR = "structures"
@@ -639,6 +639,9 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
             raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
         current = every.take(_current_index(every, manifest))
     rows = current.to_pandas()
+    for column in _verdict_columns(out):
+        if column not in rows:  # a run going that has written only the rows of the dedup it took up
+            rows[column] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
     if manifest is not None and len(rows) < len(manifest) and _finished(out) and _stage(out) != "dedup":
         missing = manifest.loc[~manifest[Col.STRUCTURE_ID].isin(rows[Col.STRUCTURE_ID]), Col.STRUCTURE_ID]
         raise IncompleteRun(f"run {out} is incomplete: {len(missing)} of its {len(manifest)} inputs have no row "
@@ -660,6 +663,15 @@ def _stage(out: Path) -> str | None:
         return json.loads((Path(out) / RUN_FILE).read_text()).get("stage", "run")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _verdict_columns(out: Path) -> list[str]:
+    """The verdict columns of run.json's thresholds; none where it cannot say."""
+    try:
+        thresholds = json.loads((Path(out) / RUN_FILE).read_text())["protocol"]["thresholds_thz"]
+        return [c for t in thresholds for c in (verdict_column(float(t)), bz_verdict_column(float(t)))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _finished(out: Path) -> bool:
@@ -760,7 +772,9 @@ def read_verdict_run_info(out: Path) -> dict:
             and isinstance(potential.get("model"), str)):
         raise SetupError(f"{Path(out) / RUN_FILE} lacks its protocol's name and thresholds or its potential's "
                          "name (edited or damaged?)")
-    part = max((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"), default=None)  # the newest: the run's settings
+    # a finished run's newest part is its finish's, with every verdict column (one going may have written only
+    # the parts of the dedup it took up, computed at other thresholds: read_structures gives it empty verdicts)
+    part = max((Path(out) / STRUCTURES_DIR).glob("part-*.parquet"), default=None) if _finished(out) else None
     try:
         columns = set(pq.read_schema(part).names) if part is not None else None
     except (OSError, pa.ArrowException):

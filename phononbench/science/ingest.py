@@ -439,6 +439,8 @@ def _generator_name(value, default: str) -> str:
 
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # an id column of whole numbers with a gap is read as floats: 1000, not "1000.0"
     return str(value).strip() or default
 
 
