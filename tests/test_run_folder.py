@@ -409,8 +409,9 @@ def test_accurate_runs_from_before_and_after_acoustic_dips_were_set_aside_never_
     assert "Brillouin zone (acoustic dips next to Gamma set aside)" in runner.invoke(app, ["leaderboard", str(new)]).output
 
 
-def test_a_board_refuses_what_would_make_it_depend_on_order_or_mix_thresholds_or_entries(tmp_path):
-    """Two copies of one run that have gone apart, runs with other strict thresholds, and a generator named as
+def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_or_entries(tmp_path):
+    """Copies of one run pool (a structure once, an entry finished only when all its runs are), in any order;
+    rows without a verdict the board counts, runs that share no strict threshold, and a generator named as
     another's entry label are refused, each in one line: any of them would put a wrong number on the board."""
     inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6), Al=bulk("Al", "fcc", a=4.05)).parent
     run, copy = tmp_path / "run", tmp_path / "copy"
@@ -423,17 +424,33 @@ def test_a_board_refuses_what_would_make_it_depend_on_order_or_mix_thresholds_or
     assert board.exit_code == 0 and json.loads(board.output)["rows"][0]["n_relaxed"] == 2  # the same rows: once
     _metals(inputs / "metals", Ni=bulk("Ni", "fcc", a=3.52))
     assert _run(inputs, "--out", copy, *EMT_RUN).exit_code == 0  # the copy resumed with one more input
-    for order in ((run, copy), (copy, run)):
-        refused = runner.invoke(app, ["leaderboard", *map(str, order)])
-        assert refused.exit_code == 2 and "are copies of one run" in refused.output and "give one of them" in refused.output
+    info = _info(copy)
+    (copy / "run.json").write_text(json.dumps({**info, "status": "running"}))  # as while it is resumed again
+    boards = [runner.invoke(app, ["leaderboard", *map(str, order), "--format", "json"]) for order in ((run, copy), (copy, run))]
+    rows = [json.loads(b.output)["rows"] for b in boards]
+    assert rows[0] == rows[1] and len(rows[0]) == 1
+    assert (rows[0][0]["n_relaxed"], rows[0][0]["n_input"], rows[0][0]["complete"]) == (3, 3, False)
+    (copy / "run.json").write_text(json.dumps(info))
+
+    nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
+    shutil.copytree(run, nobz)
+    (part,) = (nobz / "structures").glob("part-*.parquet")
+    table = pq.read_table(part)
+    pq.write_table(table.drop([c for c in table.column_names if c.startswith("stable_bz_at")]), part)
+    for command in (["leaderboard", nobz], ["summarize", nobz], ["export", nobz, "--stable"]):
+        refused = runner.invoke(app, list(map(str, command)))
+        assert refused.exit_code == 2 and "its rows have no stable_bz_at_-0.1_thz" in refused.output, command
 
     strict = tmp_path / "strict"
     assert _run(inputs, "--out", strict, *EMT_RUN, "--threshold", "-0.1", "--threshold", "-0.01").exit_code == 0
-    refused = runner.invoke(app, ["leaderboard", str(run), str(strict)])
-    assert refused.exit_code == 2 and "strict threshold (-0.001 THz, the first run's last) is not among every run's" in refused.output
-    three = tmp_path / "three"  # the same strict threshold among others: one board
-    assert _run(inputs, "--out", three, *EMT_RUN, "--threshold", "-0.1", "--threshold", "-0.01", "--threshold", "-0.001").exit_code == 0
-    assert runner.invoke(app, ["leaderboard", str(run), str(three)]).exit_code == 0
+    for order in ((run, strict), (strict, run)):
+        refused = runner.invoke(app, ["leaderboard", *map(str, order)])
+        assert refused.exit_code == 2 and "share no threshold besides the headline" in refused.output
+    three = tmp_path / "three"  # the same strict threshold among others: one board, in either order
+    assert _run(inputs, "--out", three, *EMT_RUN, "--threshold", "-0.1", "--threshold", "-0.001", "--threshold", "-0.01").exit_code == 0
+    for order in ((run, three), (three, run)):
+        board = runner.invoke(app, ["leaderboard", *map(str, order)])
+        assert board.exit_code == 0 and "strict, -0.001 THz" in board.output, board.output
 
     # one dedup taken up by two runs of other protocols: two runs (they share the dedup's run_id), two entries
     dedup = tmp_path / "dedup"

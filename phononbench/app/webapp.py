@@ -123,7 +123,7 @@ class Runs:
         problems: list[str] = []
         try:  # an incomplete run is left off the board and said above it; the others are ranked
             structures, infos = ranking.load_runs(self.run_dirs, problems)
-            thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
+            thresholds = ranking.board_thresholds(infos)
             result = (ranking.build(structures, thresholds, infos), thresholds[0], " ".join(problems) or None)
         except SetupError as exc:
             result = (None, None, " ".join(dict.fromkeys([*problems, str(exc)])))

@@ -18,7 +18,7 @@ import pandas as pd
 from phononbench.reading import analysis, plots
 from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
-from phononbench.records import Col, counts
+from phononbench.records import Col, Status, counts
 from phononbench.reading.report import markdown_cell, percent
 from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
@@ -34,36 +34,36 @@ COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_N
           Col.N_DECIDED, PUBLISHED_STABLE, PUBLISHED_RELAXED]
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from two codes are not pooled
+_RUNS = "entry_runs"  # every run of the entry, those whose rows all counted elsewhere too
 
 
 def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """All structures of the runs, one leaderboard entry per (generator, potential, protocol).
 
-    A run given twice (the same folder, or a copy with the same rows) counts once; two copies of one run whose
-    rows differ (one resumed with more inputs) are refused, as the board would depend on their order (runs taken
-    up from one ``dedup`` folder share its run_id, and are one run only under one potential and protocol). Runs that share an
-    entry pool their structures (a structure computed in both counts once). Each row carries its entry's
-    label (the generator, qualified by potential and protocol where a generator has several entries), the
-    run it came from and whether that run finished; ``infos`` maps run names to their run.json, with the
-    inputs each run's manifest lists per generator under ``inputs_per_generator``. An incomplete run (a
-    part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there."""
-    frames, infos, seen = [], {}, {}
+    Runs that share an entry pool their structures, whatever order they are given in: a structure in several
+    (a folder given twice, a copy, a run resumed elsewhere) counts once, its row the one that computed phonons
+    where another failed, else the first run's by name. An entry is finished when all its runs are. Each row
+    carries its entry's label (the generator, qualified by potential and protocol where a generator has
+    several entries), the run it came from and whether the entry finished; ``infos`` maps run names to their
+    run.json, with the ids each run's manifest lists per generator under ``inputs_per_generator``. An
+    incomplete run (a part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there."""
+    frames, infos, folders = [], {}, set()
     for directory in run_dirs:
+        if Path(directory).resolve() in folders:
+            continue  # the same folder given twice
+        folders.add(Path(directory).resolve())
         info = read_verdict_run_info(directory)
-        run_id = info.get("run_id") or str(Path(directory).resolve())
         potential = info["potential"]
         # the potential is its name and its weights: two checkpoints under one name are two potentials
         model = potential["model"] + (f"@{potential['checkpoint_sha256'][:8]}" if potential.get("checkpoint_sha256")
                                       else "")
-        identity = (run_id, model, _protocol_label(info["protocol"]), info.get("method_sha256"))
-        if identity in seen and Path(seen[identity][0]).resolve() == Path(directory).resolve():
-            continue  # the same folder given twice
-        name = Path(directory).resolve().name
-        if name in infos:
-            name = f"{name} ({run_id[:6]})"
+        name, k = Path(directory).resolve().name, 1
+        while name in infos:  # folders of one name (two copies of "out"): each run keeps its own record
+            k += 1
+            name = f"{Path(directory).resolve().name} ({k})"
         manifest = read_manifest(directory)
         info["inputs_per_generator"] = ({} if manifest is None else
-                                        manifest[Col.GENERATOR].value_counts().to_dict())
+                                        manifest.groupby(Col.GENERATOR)[Col.STRUCTURE_ID].agg(set).to_dict())
         try:
             rows = read_structures(directory, skip=(Col.RELAXED_CIF,))  # counts need no cells
         except IncompleteRun as exc:
@@ -71,27 +71,13 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
                 raise
             problems.append(str(exc))  # left off the board, said beside it
             continue
-        if identity in seen:  # a copy of a run given before
-            first, first_rows = seen[identity]
-            if not _same_results(rows, first_rows):
-                raise SetupError(f"{first} and {directory} are copies of one run (run_id {run_id[:8]}) whose rows "
-                                 "differ; give one of them")
-            continue
-        seen[identity] = (directory, rows)
         frames.append(rows.assign(**{
             Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
             Col.COMPLETE: info.get("status") == "complete", _CODE: (info.get("method_sha256") or "unrecorded")[:8]}))
         infos[name] = info
     if not frames:
         raise SetupError("no run can be read" + (f": {problems[0]}" if problems else ""))
-    thresholds = {tuple(i["protocol"]["thresholds_thz"]) for i in infos.values()}
-    if len({t[0] for t in thresholds}) > 1:
-        raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
-    strict = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])[-1]  # the board's, as board_of takes it
-    if any(strict not in t for t in thresholds):
-        raise SetupError(f"the strict threshold ({strict:g} THz, the first run's last) is not among every run's ("
-                         + "; ".join(", ".join(f"{x:g}" for x in t) for t in sorted(thresholds)) + " THz); the board's "
-                         "strict column needs one that all have")
+    board_thresholds(infos)  # one headline, and a strict threshold that every run has
     if len({headline_verdict(i) for i in infos.values()}) > 1:
         raise SetupError("the runs rank by different verdicts (published path and Brillouin zone: presets "
                          "published and accurate); a leaderboard needs one")
@@ -104,7 +90,12 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     # runs of one entry made by other code of the method are two entries: the label says which code
     codes = structures.groupby(entry, dropna=False)[_CODE].transform("nunique")
     structures.loc[codes > 1, Col.PROTOCOL] += ", code " + structures.loc[codes > 1, _CODE]
-    structures = structures.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH], keep="last")
+    structures[Col.COMPLETE] = structures.groupby(entry, dropna=False)[Col.COMPLETE].transform("all")
+    runs_of = structures.groupby(entry, dropna=False)[Col.RUN].agg(lambda runs: tuple(sorted(set(runs)))).to_dict()
+    structures[_RUNS] = [runs_of[key] for key in zip(*(structures[c] for c in entry))]
+    # one row per structure of an entry, the same whatever the runs' order: phonons computed before a failure
+    preference = structures.assign(_failed=structures[Col.STATUS] != Status.OK).sort_values(["_failed", Col.RUN], kind="stable")
+    structures = structures.loc[preference.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH]).index.sort_values()]
     entries_per_generator = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
     several = set(entries_per_generator[entries_per_generator > 1].index)
     structures[_AS_NAMED] = structures[Col.GENERATOR]
@@ -116,15 +107,19 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     return structures.reset_index(drop=True), infos
 
 
-_TIMINGS = {Col.RELAX_WALL_S, Col.PHONON_WALL_S, Col.PHONON_BZ_WALL_S, Col.ATTEMPT}  # how, not what, was computed
-
-
-def _same_results(rows: pd.DataFrame, other: pd.DataFrame) -> bool:
-    """Two copies of one run hold the same results: the same inputs, statuses, frequencies and verdicts."""
-    def plain(frame):
-        kept = frame[sorted(c for c in frame.columns if c not in _TIMINGS)]
-        return kept.sort_values([Col.STRUCTURE_ID, Col.STRUCTURE_HASH]).reset_index(drop=True).astype(str)
-    return set(rows.columns) == set(other.columns) and plain(rows).equals(plain(other))
+def board_thresholds(infos: dict[str, dict]) -> tuple[float, float]:
+    """The board's headline and strict thresholds, whatever the runs' order: the headline, every run's first;
+    the strict one, every run's last where they agree, else the highest other threshold that all runs have."""
+    thresholds = [tuple(float(t) for t in i["protocol"]["thresholds_thz"]) for i in infos.values()]
+    if len({t[0] for t in thresholds}) > 1:
+        raise SetupError("the runs use different headline thresholds; a leaderboard needs one")
+    if len({t[-1] for t in thresholds}) == 1:
+        return thresholds[0][0], thresholds[0][-1]
+    shared = set.intersection(*(set(t[1:]) for t in thresholds))
+    if not shared:
+        raise SetupError("the runs share no threshold besides the headline (" + "; ".join(
+            ", ".join(f"{x:g}" for x in t) for t in sorted(set(thresholds))) + " THz); the board's strict column needs one")
+    return thresholds[0][0], max(shared)
 
 
 def _protocol_label(protocol: dict) -> str:
@@ -164,10 +159,11 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
         n_relaxed = tally[Col.N_RELAXED]
         complete = bool(frame[Col.COMPLETE].all()) if Col.COMPLETE in frame else True
         n_input = tally[Col.N_INPUT]
-        if infos and not complete:
+        runs = frame[_RUNS].iloc[0] if _RUNS in frame else tuple(sorted(frame[Col.RUN].unique()))
+        if infos and not complete:  # the inputs its runs' manifests list, each once
             named = frame[_AS_NAMED].iloc[0]
-            n_input = max(n_input, sum(infos[r].get("inputs_per_generator", {}).get(named, 0)
-                                       for r in frame[Col.RUN].unique()))
+            n_input = max(n_input, len(set().union(*(infos[r].get("inputs_per_generator", {}).get(named, set())
+                                                     for r in runs))))
         rows.append({Col.GENERATOR: generator, **analysis.rate_with_interval(pool, headline, bz),
                      Col.STABILITY_RATE_BZ: rates.rate(tally["n_stable_bz_at"][headline], n_relaxed),
                      Col.N_STABLE_BZ: tally["n_stable_bz_at"][headline],
@@ -176,7 +172,7 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
                      Col.N_INPUT: n_input, Col.N_DECIDED: len(frame), Col.N_UNIQUE: tally[Col.N_UNIQUE],
                      Col.THRESHOLD_THZ: headline, Col.COMPLETE: complete,
                      Col.MODEL: frame[Col.MODEL].iloc[0], Col.PROTOCOL: frame[Col.PROTOCOL].iloc[0],
-                     Col.RUN: ", ".join(sorted(frame[Col.RUN].unique()))})
+                     Col.RUN: ", ".join(runs)})
     board = pd.DataFrame(rows).sort_values([Col.COMPLETE, Col.STABILITY_RATE, Col.N_RELAXED],
                                            ascending=[False, False, False], na_position="last").reset_index(drop=True)
     n_complete = int(board[Col.COMPLETE].sum())
@@ -247,10 +243,11 @@ def _count(value) -> str:
 DIPS_SET_ASIDE = "acoustic dips next to Gamma set aside"  # where the runs' zone verdict leaves them out
 
 
-def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = False, dips_set_aside: bool = False) -> str:
+def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = False, dips_set_aside: bool = False,
+                strict: float | None = None) -> str:
     verdict = (", Brillouin zone" + (f" ({DIPS_SET_ASIDE})" if dips_set_aside else "")) if brillouin_zone else ""
     lines = [f"| rank | generator | stable at {headline:g} THz{verdict} (95% CI) | stable / relaxed | Brillouin zone | "
-             "stable, not 3D | strict | input | unique | model |",
+             f"stable, not 3D | {_strict_name(strict)} | input | unique | model |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ours = board[board[Col.RUN] != PUBLISHED_RUN]
     for _, r in ours.iterrows():
@@ -270,6 +267,10 @@ def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = Fal
                          f"{f' ({low}-{high})' if low else ''} | {_ratio(r)} | {_count(r[Col.N_UNIQUE])} | "
                          f"{_count(r[Col.N_INPUT])} | {r[Col.PROTOCOL]} |")
     return "\n".join(lines) + "\n"
+
+
+def _strict_name(strict: float | None) -> str:
+    return "strict" if strict is None else f"strict, {strict:g} THz"
 
 
 def _published_percent(row) -> str:
@@ -349,7 +350,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brill
         ("relaxed", lambda r: _count(r[Col.N_RELAXED]), Col.N_RELAXED),
         ("Brillouin zone", lambda r: percent(r[Col.STABILITY_RATE_BZ]), Col.STABILITY_RATE_BZ),
         ("stable, not 3D", lambda r: _count(r[Col.N_STABLE_NOT_3D]), Col.N_STABLE_NOT_3D),
-        ("strict", lambda r: percent(r[Col.STRICT_STABILITY_RATE]), Col.STRICT_STABILITY_RATE),
+        (_strict_name(thresholds_thz[-1]), lambda r: percent(r[Col.STRICT_STABILITY_RATE]), Col.STRICT_STABILITY_RATE),
         ("input", lambda r: _count(r[Col.N_INPUT]), Col.N_INPUT),
         ("unique", lambda r: _count(r[Col.N_UNIQUE]), Col.N_UNIQUE),
         ("model", lambda r: str(r[Col.MODEL]), Col.MODEL),
@@ -391,7 +392,7 @@ q-points and a mesh{zone_note}; click a column to sort.</p>
 def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Path]:
     """The leaderboard's plots as PNG files."""
     structures, infos = load_runs(run_dirs)
-    thresholds = tuple(next(iter(infos.values()))["protocol"]["thresholds_thz"])
+    thresholds = board_thresholds(infos)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     board = build(structures, thresholds, infos)
@@ -405,7 +406,7 @@ def board_of(run_dirs: list[str | Path], with_published: bool = False):
     (board, structures, thresholds, ranked by the Brillouin-zone verdict, its acoustic dips set aside)."""
     structures, infos = load_runs(run_dirs)
     first = next(iter(infos.values()))
-    thresholds = tuple(first["protocol"]["thresholds_thz"])
+    thresholds = board_thresholds(infos)
     board = build(structures, thresholds, infos)
     bz = headline_verdict(first) == "brillouin_zone"
     if with_published:
@@ -419,7 +420,7 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     board, structures, thresholds, bz, dips_set_aside = board_of(run_dirs, with_published)
     if fmt == "md":
-        return to_markdown(board, thresholds[0], bz, dips_set_aside)
+        return to_markdown(board, thresholds[0], bz, dips_set_aside, strict=thresholds[-1])
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":

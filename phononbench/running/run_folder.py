@@ -639,7 +639,7 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
             raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
         current = every.take(_current_index(every, manifest))
     rows = current.to_pandas()
-    for column in _verdict_columns(out):
+    for column in [] if _finished(out) else _verdict_columns(out):
         if column not in rows:  # a run going that has written only the rows of the dedup it took up
             rows[column] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
     if manifest is not None and len(rows) < len(manifest) and _finished(out) and _stage(out) != "dedup":
@@ -783,4 +783,8 @@ def read_verdict_run_info(out: Path) -> dict:
     if missing:
         raise SetupError(f"{Path(out) / RUN_FILE} names thresholds its rows were not computed at "
                          f"({', '.join(f'{t:g}' for t in missing)} THz; edited?)")
+    missing = [bz_verdict_column(t) for t in thresholds if columns is not None and bz_verdict_column(t) not in columns]
+    if missing:  # the readers count it: absent, every structure would read unstable over the zone
+        raise SetupError(f"{out}: its rows have no {missing[0]} (written before that verdict); run it again with "
+                         "this version into a new folder")
     return info
