@@ -267,12 +267,18 @@ def _readable_lists(part: Path) -> None:
                          "to read or resume this run")
 
 
+def _record(out: Path) -> dict:
+    """run.json as written, {} where it cannot be read (the readers that need it whole say why)."""
+    try:
+        record = json.loads((Path(out) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def run_id_of(out: Path) -> str | None:
     """run.json's run_id, or None where there is none to read (a folder from before it, or damaged)."""
-    try:
-        run_id = json.loads((Path(out) / RUN_FILE).read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
+    run_id = _record(out).get("run_id")
     return run_id if isinstance(run_id, str) else None
 
 
@@ -639,10 +645,12 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
             raise SetupError(f"no results under {directory}; is {out} a PhononBench output folder?")
         current = every.take(_current_index(every, manifest))
     rows = current.to_pandas()
-    for column in [] if _finished(out) else _verdict_columns(out):
+    record = _record(out)
+    finished = record.get("status") == "complete"
+    for column in [] if finished else _verdict_columns(record):
         if column not in rows:  # a run going that has written only the rows of the dedup it took up
             rows[column] = pd.Series(pd.NA, index=rows.index, dtype="boolean")
-    if manifest is not None and len(rows) < len(manifest) and _finished(out) and _stage(out) != "dedup":
+    if manifest is not None and len(rows) < len(manifest) and finished and record.get("stage", "run") != "dedup":
         missing = manifest.loc[~manifest[Col.STRUCTURE_ID].isin(rows[Col.STRUCTURE_ID]), Col.STRUCTURE_ID]
         raise IncompleteRun(f"run {out} is incomplete: {len(missing)} of its {len(manifest)} inputs have no row "
                             f"(first: {missing.iloc[0]}); `phononbench run` with the same settings into {out} "
@@ -651,26 +659,15 @@ def read_structures(out: Path, current: pa.Table | None = None, skip: tuple[str,
 
 
 def _status(out: Path) -> str | None:
+    return _record(out).get("status")
+
+
+def _verdict_columns(record: dict) -> list[str]:
+    """The verdict columns of a run record's thresholds; none where it cannot say."""
     try:
-        return json.loads((Path(out) / RUN_FILE).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _stage(out: Path) -> str | None:
-    """"run", or "dedup" for a folder ``phononbench dedup`` wrote (rows only for invalid and duplicate inputs)."""
-    try:
-        return json.loads((Path(out) / RUN_FILE).read_text()).get("stage", "run")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _verdict_columns(out: Path) -> list[str]:
-    """The verdict columns of run.json's thresholds; none where it cannot say."""
-    try:
-        thresholds = json.loads((Path(out) / RUN_FILE).read_text())["protocol"]["thresholds_thz"]
+        thresholds = record["protocol"]["thresholds_thz"]
         return [c for t in thresholds for c in (verdict_column(float(t)), bz_verdict_column(float(t)))]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return []
 
 
