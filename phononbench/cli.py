@@ -363,7 +363,10 @@ def leaderboard(
     def action():
         from phononbench.reading.ranking import export, write_figures
 
-        text = export(run_dirs, format, with_published)
+        notes: list[str] = []
+        text = export(run_dirs, format, with_published, notes)
+        for note in notes:
+            err_console.print(f"warning: {note}", markup=False, highlight=False)
         if plots_dir:
             for path in write_figures(run_dirs, plots_dir):
                 err_console.print(f"wrote {path}", markup=False)

@@ -432,6 +432,30 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     assert (rows[0][0]["n_relaxed"], rows[0][0]["n_input"], rows[0][0]["complete"]) == (3, 3, False)
     (copy / "run.json").write_text(json.dumps(info))
 
+    flip = tmp_path / "flip"  # a run of the entry whose verdict on one structure differs: counted once, and said
+    shutil.copytree(run, flip)
+    (part,) = (flip / "structures").glob("part-*.parquet")
+    table = pq.read_table(part)
+    verdicts = table.column("stable_at_-0.1_thz").to_pylist()
+    flipped = table.set_column(table.column_names.index("stable_at_-0.1_thz"), "stable_at_-0.1_thz",
+                               pa.array([not verdicts[0], *verdicts[1:]], pa.bool_()))
+    pq.write_table(flipped.replace_schema_metadata(table.schema.metadata), part)
+    said = f"'{table.column('structure_id')[0]}' of 'metals': {'unstable' if verdicts[0] else 'stable'} in flip, " \
+           f"{'stable' if verdicts[0] else 'unstable'} in run"
+    for order in ((run, flip), (flip, run)):
+        board = runner.invoke(app, ["leaderboard", *map(str, order)])
+        told = " ".join(board.output.split())  # the terminal folds the warning
+        assert board.exit_code == 0 and "1 structure(s) computed in more than one run of an entry have other " \
+            "verdicts at -0.1 THz" in told and said in told and "| 1/2 |" in told, board.output
+    board = runner.invoke(app, ["leaderboard", str(run), str(copy)])  # the same verdicts: nothing to say
+    assert board.exit_code == 0 and "other verdicts" not in board.output
+    from fastapi.testclient import TestClient
+
+    from phononbench.app.webapp import create_app
+
+    page = TestClient(create_app([run, flip], tmp_path / "checks")).get("/").text  # the web app's board says it too
+    assert "have other verdicts at -0.1 THz" in page and "flip" in page
+
     nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
     shutil.copytree(run, nobz)
     (part,) = (nobz / "structures").glob("part-*.parquet")

@@ -122,7 +122,7 @@ class Runs:
             return self.board_cache[1]
         problems: list[str] = []
         try:  # an incomplete run is left off the board and said above it; the others are ranked
-            structures, infos = ranking.load_runs(self.run_dirs, problems)
+            structures, infos = ranking.load_runs(self.run_dirs, problems, notes=problems)
             thresholds = ranking.board_thresholds(infos)
             result = (ranking.build(structures, thresholds, infos), thresholds[0], " ".join(problems) or None)
         except SetupError as exc:

@@ -18,7 +18,7 @@ import pandas as pd
 from phononbench.reading import analysis, plots
 from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
-from phononbench.records import Col, Status, counts
+from phononbench.records import Col, Status, counts, is_stable, is_stable_bz
 from phononbench.reading.report import markdown_cell, percent
 from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
@@ -37,7 +37,8 @@ _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from
 _RUNS = "entry_runs"  # every run of the entry, those whose rows all counted elsewhere too
 
 
-def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
+              notes: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """All structures of the runs, one leaderboard entry per (generator, potential, protocol).
 
     Runs that share an entry pool their structures, whatever order they are given in: a structure in several
@@ -46,7 +47,8 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     carries its entry's label (the generator, qualified by potential and protocol where a generator has
     several entries), the run it came from and whether the entry finished; ``infos`` maps run names to their
     run.json, with the ids each run's manifest lists per generator under ``inputs_per_generator``. An
-    incomplete run (a part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there."""
+    incomplete run (a part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there.
+    A structure computed in two runs of an entry with other headline verdicts is said in ``notes``."""
     frames, infos, folders = [], {}, set()
     for directory in run_dirs:
         if Path(directory).resolve() in folders:
@@ -95,7 +97,10 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     structures[_RUNS] = [runs_of[key] for key in zip(*(structures[c] for c in entry))]
     # one row per structure of an entry, the same whatever the runs' order: phonons computed before a failure
     preference = structures.assign(_failed=structures[Col.STATUS] != Status.OK).sort_values(["_failed", Col.RUN], kind="stable")
-    structures = structures.loc[preference.drop_duplicates(subset=entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH]).index.sort_values()]
+    one_structure = entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH]
+    if notes is not None:
+        notes.extend(_verdicts_that_differ(preference, one_structure, infos))
+    structures = structures.loc[preference.drop_duplicates(subset=one_structure).index.sort_values()]
     entries_per_generator = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
     several = set(entries_per_generator[entries_per_generator > 1].index)
     structures[_AS_NAMED] = structures[Col.GENERATOR]
@@ -105,6 +110,30 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None) -> 
     if (labels > 1).any():  # a generator named as another's entry is labelled ("G (emt, tiered)"): they would pool
         raise SetupError(f"generator {labels[labels > 1].index[0]!r} reads as another entry's label; rename it")
     return structures.reset_index(drop=True), infos
+
+
+def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], infos: dict[str, dict]) -> list[str]:
+    """One line on the structures that two runs of an entry both computed, with other headline verdicts (a
+    run again with other code or weights under one name, or a borderline mode): the row that counts is the
+    first run's by name, and the board says so rather than choose in silence."""
+    computed = preference[preference[Col.STATUS] == Status.OK]
+    computed = computed[computed.duplicated(one_structure, keep=False)]
+    if computed.empty:
+        return []
+    headline = board_thresholds(infos)[0]
+    stable = (is_stable_bz if headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
+              else is_stable)(computed, headline)
+    differ = stable.groupby([computed[c] for c in one_structure], dropna=False).transform("nunique") > 1
+    if not differ.any():
+        return []
+    first = computed[differ].drop_duplicates(one_structure)
+    example = first.iloc[0]
+    runs = computed[differ & (computed[Col.STRUCTURE_ID] == example[Col.STRUCTURE_ID])
+                    & (computed[Col.GENERATOR] == example[Col.GENERATOR])]
+    said = ", ".join(f"{'stable' if s else 'unstable'} in {r}" for r, s in zip(runs[Col.RUN], stable[runs.index]))
+    return [f"{len(first)} structure(s) computed in more than one run of an entry have other verdicts at "
+            f"{headline:g} THz; each counts once, from the first run by name (e.g. {example[Col.STRUCTURE_ID]!r} of "
+            f"{example[Col.GENERATOR]!r}: {said})"]
 
 
 def board_thresholds(infos: dict[str, dict]) -> tuple[float, float]:
@@ -401,10 +430,11 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
             plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
 
 
-def board_of(run_dirs: list[str | Path], with_published: bool = False):
+def board_of(run_dirs: list[str | Path], with_published: bool = False, notes: list[str] | None = None):
     """The leaderboard of the runs (and, with ``with_published``, the published figures beside them):
-    (board, structures, thresholds, ranked by the Brillouin-zone verdict, its acoustic dips set aside)."""
-    structures, infos = load_runs(run_dirs)
+    (board, structures, thresholds, ranked by the Brillouin-zone verdict, its acoustic dips set aside);
+    ``notes`` as ``load_runs``'s."""
+    structures, infos = load_runs(run_dirs, notes=notes)
     first = next(iter(infos.values()))
     thresholds = board_thresholds(infos)
     board = build(structures, thresholds, infos)
@@ -415,10 +445,10 @@ def board_of(run_dirs: list[str | Path], with_published: bool = False):
     return board, structures, thresholds, bz, _recorded(first)["acoustic_dips"] == "set_aside"
 
 
-def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False) -> str:
+def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, notes: list[str] | None = None) -> str:
     if fmt not in FORMATS:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    board, structures, thresholds, bz, dips_set_aside = board_of(run_dirs, with_published)
+    board, structures, thresholds, bz, dips_set_aside = board_of(run_dirs, with_published, notes)
     if fmt == "md":
         return to_markdown(board, thresholds[0], bz, dips_set_aside, strict=thresholds[-1])
     if fmt == "csv":
