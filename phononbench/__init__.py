@@ -70,11 +70,18 @@ def load(out) -> Results:
 
 
 def leaderboard(runs, with_published: bool = False):
-    """The leaderboard of one or more run folders (a DataFrame, the rows of ``phononbench leaderboard``)."""
+    """The leaderboard of one or more run folders (a DataFrame, the rows of ``phononbench leaderboard``); what
+    the CLI warns of (runs of an entry with other verdicts on a structure) is a Python warning."""
+    import warnings
+
     from phononbench.reading.ranking import board_of
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    return board_of(runs, with_published)[0]
+    notes: list[str] = []
+    board = board_of(runs, with_published, notes)[0]
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return board
 
 
 def validate(labels, runs):

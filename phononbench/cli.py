@@ -292,7 +292,7 @@ def validate(
         left_out: list[str] = []
         scored = validation.read_runs(folders, left_out)
         for message in left_out:
-            err_console.print(f"warning: {message}", markup=False, highlight=False)
+            err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
         if not scored:
             raise SetupError("none of the --runs has rows yet: nothing to score")
         board = validation.table(scored, label_table)
@@ -366,7 +366,7 @@ def leaderboard(
         notes: list[str] = []
         text = export(run_dirs, format, with_published, notes)
         for note in notes:
-            err_console.print(f"warning: {note}", markup=False, highlight=False)
+            err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
         if plots_dir:
             for path in write_figures(run_dirs, plots_dir):
                 err_console.print(f"wrote {path}", markup=False)

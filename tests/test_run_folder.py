@@ -7,6 +7,7 @@ element CHGNet has no embedding for). Each test asserts the rows: counts, status
 from __future__ import annotations
 
 import gzip
+import html
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from ase.build import bulk
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
+import phononbench
 from phononbench.cli import app
 from phononbench.errors import RunAborted, SetupError
 from phononbench.running.executors import InProcessExecutor, RayExecutor
@@ -440,13 +442,19 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     flipped = table.set_column(table.column_names.index("stable_at_-0.1_thz"), "stable_at_-0.1_thz",
                                pa.array([not verdicts[0], *verdicts[1:]], pa.bool_()))
     pq.write_table(flipped.replace_schema_metadata(table.schema.metadata), part)
-    said = f"'{table.column('structure_id')[0]}' of 'metals': {'unstable' if verdicts[0] else 'stable'} in flip, " \
-           f"{'stable' if verdicts[0] else 'unstable'} in run"
+    said = f"'{table.column('structure_id')[0]}' of 'metals' (emt, published): " \
+           f"{'unstable' if verdicts[0] else 'stable'} in flip, {'stable' if verdicts[0] else 'unstable'} in run"
+    news = "1 structure(s) computed in more than one run of an entry have other verdicts at -0.1 THz (published path)"
     for order in ((run, flip), (flip, run)):
         board = runner.invoke(app, ["leaderboard", *map(str, order)])
-        told = " ".join(board.output.split())  # the terminal folds the warning
-        assert board.exit_code == 0 and "1 structure(s) computed in more than one run of an entry have other " \
-            "verdicts at -0.1 THz" in told and said in told and "| 1/2 |" in told, board.output
+        assert board.exit_code == 0 and f"warning: {news}" in board.stderr and said in board.stderr, board.output
+        assert f"Note: {news}" in board.stdout and "| 1/2 |" in board.stdout  # the first run by name's row counts
+    shown = runner.invoke(app, ["leaderboard", str(run), str(flip), "--format", "json"])
+    assert json.loads(shown.stdout)["notes"] == [line.removeprefix("warning: ") for line in shown.stderr.splitlines()]
+    shown = runner.invoke(app, ["leaderboard", str(run), str(flip), "--format", "html"])
+    assert f"<b>Note:</b> {news}" in shown.stdout and html.escape(said) in shown.stdout
+    with pytest.warns(UserWarning, match="other verdicts at -0.1 THz"):
+        assert phononbench.leaderboard([run, flip])["n_stable"].tolist() == [1]
     board = runner.invoke(app, ["leaderboard", str(run), str(copy)])  # the same verdicts: nothing to say
     assert board.exit_code == 0 and "other verdicts" not in board.output
     from fastapi.testclient import TestClient
@@ -455,6 +463,13 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
 
     page = TestClient(create_app([run, flip], tmp_path / "checks")).get("/").text  # the web app's board says it too
     assert "have other verdicts at -0.1 THz" in page and "flip" in page
+    # two folders of one name: named by their paths, and the board the same in either order
+    shutil.copytree(run, tmp_path / "d1" / "out")
+    shutil.copytree(flip, tmp_path / "d2" / "out")
+    boards = [runner.invoke(app, ["leaderboard", *map(str, order), "--format", "json"]) for order in
+              ((tmp_path / "d2" / "out", tmp_path / "d1" / "out"), (tmp_path / "d1" / "out", tmp_path / "d2" / "out"))]
+    assert boards[0].stdout == boards[1].stdout and boards[0].stderr == boards[1].stderr
+    assert f"stable in {tmp_path / 'd1' / 'out'}" in boards[0].stderr, boards[0].stderr
 
     nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
     shutil.copytree(run, nobz)

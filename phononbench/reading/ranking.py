@@ -18,7 +18,7 @@ import pandas as pd
 from phononbench.reading import analysis, plots
 from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
-from phononbench.records import Col, Status, counts, is_stable, is_stable_bz
+from phononbench.records import Col, Status, bz_verdict_column, counts, verdict_column
 from phononbench.reading.report import markdown_cell, percent
 from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
 from phononbench.settings import preset as get_preset
@@ -49,20 +49,18 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
     run.json, with the ids each run's manifest lists per generator under ``inputs_per_generator``. An
     incomplete run (a part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there.
     A structure computed in two runs of an entry with other headline verdicts is said in ``notes``."""
-    frames, infos, folders = [], {}, set()
-    for directory in run_dirs:
-        if Path(directory).resolve() in folders:
-            continue  # the same folder given twice
-        folders.add(Path(directory).resolve())
+    frames, infos = [], {}
+    folders = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))  # the same folder given twice: once
+    basenames = [f.name for f in folders]
+    for directory in folders:
+        # a run is named by its folder, or by its whole path where folders share a name (two copies of "out"):
+        # each keeps its own record, and "the first run by name" is the same whatever the order given
+        name = directory.name if basenames.count(directory.name) == 1 else str(directory)
         info = read_verdict_run_info(directory)
         potential = info["potential"]
         # the potential is its name and its weights: two checkpoints under one name are two potentials
         model = potential["model"] + (f"@{potential['checkpoint_sha256'][:8]}" if potential.get("checkpoint_sha256")
                                       else "")
-        name, k = Path(directory).resolve().name, 1
-        while name in infos:  # folders of one name (two copies of "out"): each run keeps its own record
-            k += 1
-            name = f"{Path(directory).resolve().name} ({k})"
         manifest = read_manifest(directory)
         info["inputs_per_generator"] = ({} if manifest is None else
                                         manifest.groupby(Col.GENERATOR)[Col.STRUCTURE_ID].agg(set).to_dict())
@@ -113,27 +111,27 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
 
 
 def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], infos: dict[str, dict]) -> list[str]:
-    """One line on the structures that two runs of an entry both computed, with other headline verdicts (a
-    run again with other code or weights under one name, or a borderline mode): the row that counts is the
-    first run's by name, and the board says so rather than choose in silence."""
+    """One line on the structures that two runs of an entry both computed with other headline verdicts (a
+    borderline mode, runs of unrecorded code or weights, an edited row): the row that counts is the first
+    run's by name, and the board says so rather than choose in silence."""
     computed = preference[preference[Col.STATUS] == Status.OK]
     computed = computed[computed.duplicated(one_structure, keep=False)]
     if computed.empty:
         return []
     headline = board_thresholds(infos)[0]
-    stable = (is_stable_bz if headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
-              else is_stable)(computed, headline)
-    differ = stable.groupby([computed[c] for c in one_structure], dropna=False).transform("nunique") > 1
+    zone = headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
+    column = (bz_verdict_column if zone else verdict_column)(headline)
+    said = computed[column].map(lambda v: "no verdict" if pd.isna(v) else "stable" if v else "unstable")
+    differ = said.groupby([computed[c] for c in one_structure], dropna=False).transform("nunique") > 1
     if not differ.any():
         return []
-    first = computed[differ].drop_duplicates(one_structure)
-    example = first.iloc[0]
-    runs = computed[differ & (computed[Col.STRUCTURE_ID] == example[Col.STRUCTURE_ID])
-                    & (computed[Col.GENERATOR] == example[Col.GENERATOR])]
-    said = ", ".join(f"{'stable' if s else 'unstable'} in {r}" for r, s in zip(runs[Col.RUN], stable[runs.index]))
-    return [f"{len(first)} structure(s) computed in more than one run of an entry have other verdicts at "
-            f"{headline:g} THz; each counts once, from the first run by name (e.g. {example[Col.STRUCTURE_ID]!r} of "
-            f"{example[Col.GENERATOR]!r}: {said})"]
+    keys = computed.loc[differ, one_structure].drop_duplicates()
+    example = computed[differ & (computed[one_structure] == keys.iloc[0]).all(axis=1)]  # in preference order
+    first = example.iloc[0]
+    return [f"{len(keys)} structure(s) computed in more than one run of an entry have other verdicts at "
+            f"{headline:g} THz ({'Brillouin zone' if zone else 'published path'}); each counts once, from the first "
+            f"run by name (e.g. {first[Col.STRUCTURE_ID]!r} of {first[Col.GENERATOR]!r} ({first[Col.MODEL]}, "
+            f"{first[Col.PROTOCOL]}): " + ", ".join(f"{v} in {r}" for r, v in zip(example[Col.RUN], said[example.index])) + ")"]
 
 
 def board_thresholds(infos: dict[str, dict]) -> tuple[float, float]:
@@ -273,7 +271,8 @@ DIPS_SET_ASIDE = "acoustic dips next to Gamma set aside"  # where the runs' zone
 
 
 def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = False, dips_set_aside: bool = False,
-                strict: float | None = None) -> str:
+                strict: float | None = None, notes=()) -> str:
+    """The board as a Markdown table, the published rows in their own, and ``load_runs``'s notes below it."""
     verdict = (", Brillouin zone" + (f" ({DIPS_SET_ASIDE})" if dips_set_aside else "")) if brillouin_zone else ""
     lines = [f"| rank | generator | stable at {headline:g} THz{verdict} (95% CI) | stable / relaxed | Brillouin zone | "
              f"stable, not 3D | {_strict_name(strict)} | input | unique | model |",
@@ -295,6 +294,7 @@ def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = Fal
             lines.append(f"| {r[Col.GENERATOR]} | {r[Col.THRESHOLD_THZ]:g} THz | {_published_percent(r)}"
                          f"{f' ({low}-{high})' if low else ''} | {_ratio(r)} | {_count(r[Col.N_UNIQUE])} | "
                          f"{_count(r[Col.N_INPUT])} | {r[Col.PROTOCOL]} |")
+    lines += [line for note in notes for line in ("", f"Note: {markdown_cell(note)}")]
     return "\n".join(lines) + "\n"
 
 
@@ -353,7 +353,7 @@ def _html_rows(board: pd.DataFrame, columns) -> str:
 
 
 def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brillouin_zone: bool = False,
-            dips_set_aside: bool = False) -> str:
+            dips_set_aside: bool = False, notes=()) -> str:
     """One self-contained page: a sortable table (and the published rows, if any) and the plots inlined."""
     headline = thresholds_thz[0]
     zone_note = f", {DIPS_SET_ASIDE.replace('Gamma', '&Gamma;')} (docs/VALIDATION.md)" if dips_set_aside else ""
@@ -385,6 +385,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brill
         ("model", lambda r: str(r[Col.MODEL]), Col.MODEL),
     ]
     header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in columns)
+    said = "".join(f"<p><b>Note:</b> {html.escape(note)}</p>\n" for note in notes)
     reference = ""
     if len(published):
         published_columns = [
@@ -410,7 +411,7 @@ td:nth-child(2),th:nth-child(2){{text-align:left}}img{{max-width:100%}}</style><
 <body><h1>PhononBench leaderboard</h1>
 <p>Dynamically stable (lowest phonon frequency &ge; {headline:g} THz {"over the Brillouin zone: the high-symmetry path, the commensurate q-points and a mesh" if brillouin_zone else "on the published q-points"}) over relaxed structures, per generator; "Brillouin zone" is the same over the true high-symmetry path, the commensurate
 q-points and a mesh{zone_note}; click a column to sort.</p>
-<table id="leaderboard"><thead><tr>{header}</tr></thead>
+{said}<table id="leaderboard"><thead><tr>{header}</tr></thead>
 <tbody>{_html_rows(ours, columns)}</tbody></table>
 {reference}
 {images}
@@ -448,9 +449,12 @@ def board_of(run_dirs: list[str | Path], with_published: bool = False, notes: li
 def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, notes: list[str] | None = None) -> str:
     if fmt not in FORMATS:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    """The board as text in ``fmt``; ``load_runs``'s notes go in ``notes`` and, but for CSV (a data file), in
+    the text too."""
+    notes = [] if notes is None else notes
     board, structures, thresholds, bz, dips_set_aside = board_of(run_dirs, with_published, notes)
     if fmt == "md":
-        return to_markdown(board, thresholds[0], bz, dips_set_aside, strict=thresholds[-1])
+        return to_markdown(board, thresholds[0], bz, dips_set_aside, strict=thresholds[-1], notes=notes)
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":
@@ -458,6 +462,6 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, n
         records = [{str(k): v for k, v in row.items()} for row in plain.to_dict(orient="records")]
         return json.dumps({"headline_threshold_thz": thresholds[0],
                            "headline_verdict": "brillouin_zone" if bz else "path",
-                           "acoustic_dips": "set_aside" if dips_set_aside else "counted", "rows": records},
-                          indent=2, default=float)
-    return to_html(board, structures, thresholds, bz, dips_set_aside)
+                           "acoustic_dips": "set_aside" if dips_set_aside else "counted", "notes": notes,
+                           "rows": records}, indent=2, default=float)
+    return to_html(board, structures, thresholds, bz, dips_set_aside, notes)
