@@ -513,6 +513,19 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     assert refused.exit_code == 2 and "'metals (emt, published)' reads as another entry's label" in refused.output
 
 
+def test_an_input_edited_between_two_runs_of_an_entry_counts_twice_and_the_board_says_so(tmp_path):
+    """Two runs of one entry that read one input id with other contents (a CIF edited in between) pool both
+    contents, as two structures; the board says which id, and in which runs, rather than count it in silence."""
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6), Al=bulk("Al", "fcc", a=4.05)).parent
+    assert _run(inputs, "--out", tmp_path / "before", *EMT_RUN).exit_code == 0
+    _metals(inputs / "metals", Cu=bulk("Cu", "fcc", a=3.62))
+    assert _run(inputs, "--out", tmp_path / "after", *EMT_RUN).exit_code == 0
+    board = runner.invoke(app, ["leaderboard", str(tmp_path / "before"), str(tmp_path / "after")])
+    assert board.exit_code == 0 and "| 3/3 |" in board.stdout
+    assert "1 input id(s) were read with other contents by runs of an entry, each content counted as a structure of " \
+        "its own (e.g. 'metals/Cu.cif' of 'metals' (emt, published) in after, before)" in board.stderr, board.output
+
+
 # 9. Threads -----------------------------------------------------------------------------------------
 
 

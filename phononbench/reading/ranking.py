@@ -97,7 +97,7 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
     preference = structures.assign(_failed=structures[Col.STATUS] != Status.OK).sort_values(["_failed", Col.RUN], kind="stable")
     one_structure = entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH]
     if notes is not None:
-        notes.extend(_verdicts_that_differ(preference, one_structure, infos))
+        notes.extend(_verdicts_that_differ(preference, one_structure, infos) + _contents_that_differ(structures, entry))
     structures = structures.loc[preference.drop_duplicates(subset=one_structure).index.sort_values()]
     entries_per_generator = structures.drop_duplicates(entry).groupby(Col.GENERATOR).size()
     several = set(entries_per_generator[entries_per_generator > 1].index)
@@ -132,6 +132,20 @@ def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], in
             f"{headline:g} THz ({'Brillouin zone' if zone else 'published path'}); each counts once, from the first "
             f"run by name (e.g. {first[Col.STRUCTURE_ID]!r} of {first[Col.GENERATOR]!r} ({first[Col.MODEL]}, "
             f"{first[Col.PROTOCOL]}): " + ", ".join(f"{v} in {r}" for r, v in zip(example[Col.RUN], said[example.index])) + ")"]
+
+
+def _contents_that_differ(structures: pd.DataFrame, entry: list[str]) -> list[str]:
+    """One line on the input ids that runs of an entry read with other contents (a file edited between two
+    runs): each content counts as a structure of its own, which the board says."""
+    contents = structures.groupby(entry + [Col.STRUCTURE_ID], dropna=False)[Col.STRUCTURE_HASH].transform("nunique")
+    if not (contents > 1).any():
+        return []
+    differ = structures[contents > 1]
+    first = differ.iloc[0]
+    runs = sorted(set(differ.loc[differ[Col.STRUCTURE_ID] == first[Col.STRUCTURE_ID], Col.RUN]))
+    return [f"{differ[entry + [Col.STRUCTURE_ID]].drop_duplicates().shape[0]} input id(s) were read with other contents "
+            f"by runs of an entry, each content counted as a structure of its own (e.g. {first[Col.STRUCTURE_ID]!r} of "
+            f"{first[Col.GENERATOR]!r} ({first[Col.MODEL]}, {first[Col.PROTOCOL]}) in {', '.join(runs)})"]
 
 
 def board_thresholds(infos: dict[str, dict]) -> tuple[float, float]:
