@@ -574,3 +574,24 @@ def test_a_generator_chosen_in_the_browser_is_found_whatever_its_line_breaks():
                          Col.STATUS: "ok", Col.CRYSTAL_SYSTEM: "cubic"})
     chosen = select(rows, pd.Series([set()] * 3), Filters(generator="Matter\r\nGen"), (-0.1,))
     assert list(chosen[Col.STRUCTURE_ID]) == ["a"]
+
+
+def test_the_web_leaderboard_says_what_its_rates_measure(emt_run, tmp_path):
+    """The board's text and headers say the verdict it ranks by (the published path, or the Brillouin zone
+    under accurate) and the strict threshold, as `phononbench leaderboard` does."""
+    from ase.build import bulk
+    from fastapi.testclient import TestClient
+
+    from phononbench.app.webapp import create_app
+
+    page = TestClient(create_app([emt_run], tmp_path / "checks")).get("/").text
+    assert "on the published\nq-points" in page and "strict, -0.001 THz</th>" in page and "Brillouin zone</th>\n<th>95%" not in page
+    (tmp_path / "in" / "metals").mkdir(parents=True)
+    bulk("Cu", "fcc", a=3.6).write(tmp_path / "in" / "metals" / "Cu.cif")
+    accurate = runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "accurate"), "--model", "emt",
+                                   "--in-process", "--preset", "accurate", "--threshold", "-0.1", "--threshold", "-0.01"])
+    assert accurate.exit_code == 0, accurate.output
+    page = TestClient(create_app([tmp_path / "accurate"], tmp_path / "checks")).get("/").text
+    assert "over the Brillouin zone: the high-symmetry path" in page and "acoustic dips next to &Gamma; set aside" in page
+    assert "stable at -0.1 THz, Brillouin zone</th>" in page and "strict, -0.01 THz</th>" in page
+    assert "on the published\nq-points" not in page

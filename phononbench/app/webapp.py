@@ -69,6 +69,20 @@ class RunView:
         return [float(t) for t in self.info["protocol"]["thresholds_thz"]]
 
 
+@dataclass
+class Board:
+    """The leaderboard of the app's runs as ``phononbench leaderboard`` makes it, what its columns measure, and
+    what is said above it: runs left off (``problem``) and ``load_runs``'s notes."""
+
+    rows: pd.DataFrame | None = None
+    headline: float | None = None
+    strict: float | None = None
+    brillouin_zone: bool = False  # ranked by the Brillouin-zone verdict (accurate), not the published path
+    dips_set_aside: bool = False
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+
 def _signature(out: Path) -> tuple:
     files = [out / "run.json", out / "manifest.parquet", out / PARTS_FILE,
              *sorted((out / STRUCTURES_DIR).glob("part-*.parquet"))]
@@ -113,20 +127,22 @@ class Runs:
                 self.views[key] = cached
             return cached
 
-    def board(self) -> tuple[pd.DataFrame | None, float | None, str | None]:
-        """The leaderboard of the runs (``ranking.build``), its headline threshold, or why there is none."""
+    def board(self) -> Board:
+        """The leaderboard of the runs (``ranking.build``), or why there is none."""
         if not self.run_dirs:
-            return None, None, None
+            return Board()
         signature = tuple(_signature(d) for d in self.run_dirs)
         if self.board_cache and self.board_cache[0] == signature:
             return self.board_cache[1]
         problems: list[str] = []
+        notes: list[str] = []
         try:  # an incomplete run is left off the board and said above it; the others are ranked
-            structures, infos = ranking.load_runs(self.run_dirs, problems, notes=problems)
-            thresholds = ranking.board_thresholds(infos)
-            result = (ranking.build(structures, thresholds, infos), thresholds[0], " ".join(problems) or None)
+            structures, infos = ranking.load_runs(self.run_dirs, problems, notes)
+            headline, strict = ranking.board_thresholds(infos)
+            result = Board(ranking.build(structures, (headline, strict), infos), headline, strict,
+                           *ranking.board_verdict(infos), " ".join(problems) or None, tuple(notes))
         except SetupError as exc:
-            result = (None, None, " ".join(dict.fromkeys([*problems, str(exc)])))
+            result = Board(problem=" ".join(dict.fromkeys([*problems, str(exc)])))
         self.board_cache = (signature, result)
         return result
 
@@ -324,7 +340,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request):
-        board, headline, problem = runs.board()
+        board = runs.board()
         listed = []
         for k, directory in enumerate(runs.run_dirs):
             try:
@@ -334,9 +350,9 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
             except (SetupError, ValueError, KeyError, TypeError) as exc:  # a damaged run.json: said, the others shown
                 listed.append({"key": str(k), "name": directory.resolve().name, "status": f"unreadable: {reason(exc, 120)}",
                                "model": "-", "protocol": "-"})
-        board_rows = [] if board is None else [
-            {**{str(c): _value(v) for c, v in r.items()}, "entry": ranking.entry_name(r)} for _, r in board.iterrows()]
-        return page(request, "index.html", runs=listed, board=board_rows, headline=headline, problem=problem,
+        board_rows = [] if board.rows is None else [
+            {**{str(c): _value(v) for c, v in r.items()}, "entry": ranking.entry_name(r)} for _, r in board.rows.iterrows()]
+        return page(request, "index.html", runs=listed, board=board_rows, measured=board,
                     checks=[checks.state(c) for c in checks.ids()[:20]])
 
     @app.get("/runs/{key}", response_class=HTMLResponse)

@@ -450,14 +450,20 @@ def board_of(run_dirs: list[str | Path], with_published: bool = False, notes: li
     (board, structures, thresholds, ranked by the Brillouin-zone verdict, its acoustic dips set aside);
     ``notes`` as ``load_runs``'s."""
     structures, infos = load_runs(run_dirs, notes=notes)
-    first = next(iter(infos.values()))
     thresholds = board_thresholds(infos)
     board = build(structures, thresholds, infos)
-    bz = headline_verdict(first) == "brillouin_zone"
+    bz, dips_set_aside = board_verdict(infos)
     if with_published:
         board = pd.concat([board, published_rows(thresholds, bz)], ignore_index=True)
         board[[c for c in COUNTS if c in board]] = board[[c for c in COUNTS if c in board]].astype("Int64")
-    return board, structures, thresholds, bz, _recorded(first)["acoustic_dips"] == "set_aside"
+    return board, structures, thresholds, bz, dips_set_aside
+
+
+def board_verdict(infos: dict[str, dict]) -> tuple[bool, bool]:
+    """What the board's rates measure (``load_runs`` made the runs agree on it): ranked by the Brillouin-zone
+    verdict (accurate) rather than the published path, and acoustic dips next to Gamma set aside."""
+    first = next(iter(infos.values()))
+    return headline_verdict(first) == "brillouin_zone", _recorded(first)["acoustic_dips"] == "set_aside"
 
 
 def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, notes: list[str] | None = None) -> str:
