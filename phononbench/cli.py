@@ -384,7 +384,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="Run folder.")],
     stable: Annotated[bool, typer.Option("--stable", help="Export the stable structures (the one selection there is; say it).")] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Threshold in THz, one of the run's (default: its headline).")] = None,
-    bz: Annotated[bool, typer.Option("--bz", help="Stable over the Brillouin zone, not only on the published q-points (as the run's protocol reads the zone: accurate sets acoustic dips next to Gamma aside).")] = False,
+    bz: Annotated[Optional[bool], typer.Option("--bz/--path", help="Stable over the Brillouin zone (as the run's protocol reads the zone: accurate sets acoustic dips next to Gamma aside), or on the published q-points (default: the verdict the run's preset ranks by, the zone under accurate).", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="cif-zip (CIF files and index.csv), extxyz (ASE reads a number-like id or generator back as a number) or parquet.")] = "cif-zip",
     output: Annotated[Optional[Path], typer.Option(help="File to write (default OUT/stable_at_T_thz[_bz].zip|.extxyz|.parquet).")] = None,
 ) -> None:
@@ -395,8 +395,9 @@ def export(
 
         if not stable:
             raise SetupError("say which structures to export: --stable (the stable set)")
-        target, n = export_stable(out, format, threshold, bz, output)
-        console.print(f"{n} stable structures written to {target}", markup=False, highlight=False)
+        target, n, zone = export_stable(out, format, threshold, bz, output)
+        verdict = "over the Brillouin zone" if zone else "on the published q-points"
+        console.print(f"{n} structures stable {verdict} written to {target}", markup=False, highlight=False)
 
     _guarded(action)
 

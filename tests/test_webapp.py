@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import psutil
 import pytest
 from typer.testing import CliRunner
@@ -576,22 +579,61 @@ def test_a_generator_chosen_in_the_browser_is_found_whatever_its_line_breaks():
     assert list(chosen[Col.STRUCTURE_ID]) == ["a"]
 
 
-def test_the_web_leaderboard_says_what_its_rates_measure(emt_run, tmp_path):
+@pytest.fixture(scope="module")
+def accurate_run(tmp_path_factory):
+    """fcc Cu and Al under EMT with the accurate preset (ranked by the Brillouin zone), strict at -0.01 THz."""
+    from ase.build import bulk
+
+    root = tmp_path_factory.mktemp("accurate")
+    (root / "in" / "metals").mkdir(parents=True)
+    bulk("Cu", "fcc", a=3.6).write(root / "in" / "metals" / "Cu.cif")
+    bulk("Al", "fcc", a=4.05).write(root / "in" / "metals" / "Al.cif")
+    result = runner.invoke(app, ["run", str(root / "in"), "--out", str(root / "run"), "--model", "emt", "--in-process",
+                                 "--preset", "accurate", "--threshold", "-0.1", "--threshold", "-0.01"])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_the_web_leaderboard_says_what_its_rates_measure(emt_run, accurate_run, tmp_path):
     """The board's text and headers say the verdict it ranks by (the published path, or the Brillouin zone
     under accurate) and the strict threshold, as `phononbench leaderboard` does."""
-    from ase.build import bulk
     from fastapi.testclient import TestClient
 
     from phononbench.app.webapp import create_app
 
     page = TestClient(create_app([emt_run], tmp_path / "checks")).get("/").text
     assert "on the published\nq-points" in page and "strict, -0.001 THz</th>" in page and "Brillouin zone</th>\n<th>95%" not in page
-    (tmp_path / "in" / "metals").mkdir(parents=True)
-    bulk("Cu", "fcc", a=3.6).write(tmp_path / "in" / "metals" / "Cu.cif")
-    accurate = runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "accurate"), "--model", "emt",
-                                   "--in-process", "--preset", "accurate", "--threshold", "-0.1", "--threshold", "-0.01"])
-    assert accurate.exit_code == 0, accurate.output
-    page = TestClient(create_app([tmp_path / "accurate"], tmp_path / "checks")).get("/").text
+    page = TestClient(create_app([accurate_run], tmp_path / "checks")).get("/").text
     assert "over the Brillouin zone: the high-symmetry path" in page and "acoustic dips next to &Gamma; set aside" in page
     assert "stable at -0.1 THz, Brillouin zone</th>" in page and "strict, -0.01 THz</th>" in page
     assert "on the published\nq-points" not in page
+
+
+def test_an_accurate_run_exports_the_set_its_headline_counts(accurate_run, tmp_path):
+    """Under accurate the stable set is the Brillouin zone's unless --path says otherwise, in the CLI and in the
+    web app's form: the set the headline rate counts, not the published path's."""
+    from fastapi.testclient import TestClient
+
+    from phononbench.app.webapp import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(accurate_run, run)
+    (part,) = (run / "structures").glob("part-*.parquet")
+    table = pq.read_table(part)  # Al stable on the path, not over the zone: the two sets differ
+    column = table.column_names.index("stable_bz_at_-0.1_thz")
+    zone = [s != "metals/Al.cif" for s in table.column(Col.STRUCTURE_ID).to_pylist()]
+    pq.write_table(table.set_column(column, "stable_bz_at_-0.1_thz", pa.array(zone)).replace_schema_metadata(
+        table.schema.metadata), part)
+    rows = read_structures(run)
+    assert list(rows[is_stable(rows, -0.1)][Col.STRUCTURE_ID].sort_values()) == ["metals/Al.cif", "metals/Cu.cif"]
+    relaxed = dict(zip(rows[Col.STRUCTURE_ID], rows[Col.RELAXED_CIF]))
+    for options, expected, said in [([], ["metals/Cu.cif"], "over the Brillouin zone"),
+                                    (["--path"], sorted(relaxed), "on the published q-points")]:
+        target = tmp_path / f"set{len(options)}.parquet"
+        result = runner.invoke(app, ["export", str(run), "--stable", "--format", "parquet", "--output", str(target), *options])
+        assert result.exit_code == 0 and f"structures stable {said} written" in result.output, result.output
+        assert sorted(_ids_in(target, "parquet", relaxed)) == expected
+    board = json.loads(runner.invoke(app, ["leaderboard", str(run), "--format", "json"]).output)
+    assert board["rows"][0]["n_stable"] == 1  # the headline counts the exported set
+    page = TestClient(create_app([run], tmp_path / "checks")).get("/runs/0").text
+    assert 'name="bz" value="true" checked> over the Brillouin zone (the verdict this run\'s preset ranks by)' in page

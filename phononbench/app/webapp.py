@@ -41,7 +41,8 @@ from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
                                  structures_schema, verdict_column)
 from phononbench.reading.report import percent
-from phononbench.running.run_folder import PARTS_FILE, STRUCTURES_DIR, read_structures, read_verdict_run_info, safe_file_name
+from phononbench.running.run_folder import (PARTS_FILE, STRUCTURES_DIR, headline_verdict, read_structures, read_verdict_run_info,
+                                            safe_file_name)
 
 log = logging.getLogger(__name__)
 RUN_KEY = re.compile(r"0|[1-9][0-9]{0,5}", re.ASCII)  # ASCII digits, no leading zero: a run has one key
@@ -375,7 +376,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
         return page(request, "run.html", key=key, name=view.out.resolve().name, info=view.info, table=table,
                     n_rows=len(view.rows), n_chosen=len(chosen), page=page_number, pages=pages, filters=filters,
                     options=view.options, thresholds=view.thresholds, sort_query=sort_query, page_query=page_query,
-                    took_ms=took_ms, formats=list(export.FORMATS),
+                    took_ms=took_ms, formats=list(export.FORMATS), zone_headline=headline_verdict(view.info) == "brillouin_zone",
                     verdict_column=verdict_column, bz_verdict_column=bz_verdict_column)
 
     @app.get("/runs/{key}/structure", response_class=HTMLResponse)

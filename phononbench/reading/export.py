@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, is_stable, is_stable_bz
-from phononbench.running.run_folder import read_structures, read_verdict_run_info, safe_file_name
+from phononbench.running.run_folder import headline_verdict, read_structures, read_verdict_run_info, safe_file_name
 
 FORMATS = {"cif-zip": ".zip", "extxyz": ".extxyz", "parquet": ".parquet"}  # format -> file suffix
 INDEX_FILE = "index.csv"  # inside the zip: which file is which structure
@@ -91,13 +91,17 @@ def write(stable: pd.DataFrame, fmt: str, handle: BinaryIO) -> None:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", setting="format")
 
 
-def export_stable(out: Path, fmt: str, threshold_thz: float | None = None, bz: bool = False,
-                  target: Path | None = None) -> tuple[Path, int]:
-    """Write a run's stable set to ``target`` (default OUT/stable_at_T_thz[_bz].EXT); returns it and its size."""
+def export_stable(out: Path, fmt: str, threshold_thz: float | None = None, bz: bool | None = None,
+                  target: Path | None = None) -> tuple[Path, int, bool]:
+    """Write a run's stable set to ``target`` (default OUT/stable_at_T_thz[_bz].EXT); returns it, its size and
+    whether it is stable over the Brillouin zone.
+    Stable by the verdict the run's preset ranks by (the Brillouin zone under accurate) unless ``bz`` says."""
     if fmt not in FORMATS:
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", setting="format")
     info = read_verdict_run_info(out)
     threshold = choose_threshold(info, threshold_thz)
+    if bz is None:  # the set the headline counts
+        bz = headline_verdict(info) == "brillouin_zone"
     stable = stable_rows(read_structures(out), threshold, bz)
     target = Path(target or Path(out) / f"stable_at_{threshold:g}_thz{'_bz' if bz else ''}{FORMATS[fmt]}")
     partial = target.with_name(f".{target.name}.partial")
@@ -108,4 +112,4 @@ def export_stable(out: Path, fmt: str, threshold_thz: float | None = None, bz: b
         partial.unlink(missing_ok=True)  # nothing half-written left beside the run
         raise
     partial.replace(target)
-    return target, len(stable)
+    return target, len(stable), bz

@@ -20,7 +20,8 @@ from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, Status, bz_verdict_column, counts, verdict_column
 from phononbench.reading.report import markdown_cell, percent
-from phononbench.running.run_folder import protocol_as_recorded, read_manifest, read_structures, read_verdict_run_info
+from phononbench.running.run_folder import (headline_verdict, protocol_as_recorded, read_manifest, read_structures,
+                                            read_verdict_run_info)
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
@@ -180,11 +181,6 @@ def _protocol_label(protocol: dict) -> str:
 
 def _recorded(info: dict) -> dict:
     return protocol_as_recorded(info["protocol"])
-
-
-def headline_verdict(info: dict) -> str:
-    """The verdict a run's preset ranks by: "path" (published q-points) or "brillouin_zone" (accurate)."""
-    return info["protocol"].get("headline_verdict", "path")
 
 
 def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | None = None) -> pd.DataFrame:

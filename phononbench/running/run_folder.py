@@ -151,6 +151,11 @@ def _preset_changed(name: str, setting: str, previous: dict, info: dict) -> bool
     return names == [name, name] and info["protocol"].get(setting) == getattr(PRESETS[name], setting)
 
 
+def headline_verdict(info: dict) -> str:
+    """The verdict a run's preset ranks by: "path" (published q-points) or "brillouin_zone" (accurate)."""
+    return info["protocol"].get("headline_verdict", "path")
+
+
 def protocol_as_recorded(protocol) -> dict | None:
     """A run.json's protocol with every setting added since it was written at its default (a new setting's
     default keeps the behaviour from before it existed), so an upgrade alone neither refuses a resume nor
