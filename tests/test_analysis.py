@@ -59,6 +59,22 @@ def test_rates_breakdowns_and_convergence(two_runs):
     assert widths[0] > widths[-1]  # the band narrows as the sample grows
 
 
+def test_the_brillouin_zone_rates_are_the_ones_an_accurate_board_shows(two_runs):
+    """With ``brillouin_zone`` the rates, breakdowns and convergence read the zone verdict, as the summary and
+    leaderboard of an accurate run do; here fcc Ni is made stable on the path but not over the zone."""
+    rows = read_structures(two_runs[0])
+    ni = rows[Col.STRUCTURE_ID].str.contains("Ni_fcc")
+    rows.loc[ni, "stable_bz_at_-0.1_thz"] = False
+    assert analysis.brillouin_zone_headline({"protocol": {"headline_verdict": "brillouin_zone"}})
+    assert not analysis.brillouin_zone_headline({"protocol": {}})  # runs from before the setting: the path
+    path, zone = (analysis.rates(rows, (-0.1,), brillouin_zone=bz).iloc[0] for bz in (False, True))
+    assert (path["n_stable"], zone["n_stable"]) == (3, 2) and zone["stability_rate"] == 0.5
+    by_element = analysis.breakdown(rows, "element", -0.1, brillouin_zone=True).set_index("element")
+    assert by_element.loc["Ni", "stability_rate"] == 0.0 and by_element.loc["Ni", "rate_minus_overall"] == -0.5
+    curve = analysis.rate_vs_sample_size(rows, -0.1, sizes=[100], n_bootstrap=400, brillouin_zone=True)
+    assert curve["mean"].iloc[-1] == pytest.approx(0.5, abs=0.03)
+
+
 class _Table(HTMLParser):
     def __init__(self):
         super().__init__()

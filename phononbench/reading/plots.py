@@ -52,10 +52,11 @@ def rates_figure(board: pd.DataFrame, path: str | Path) -> Path:
     return _save(figure, path)
 
 
-def rate_vs_sample_size_figure(structures: pd.DataFrame, threshold_thz: float, path: str | Path) -> Path:
+def rate_vs_sample_size_figure(structures: pd.DataFrame, threshold_thz: float, path: str | Path,
+                               brillouin_zone: bool = False) -> Path:
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
-        curve = analysis.rate_vs_sample_size(frame, threshold_thz)
+        curve = analysis.rate_vs_sample_size(frame, threshold_thz, brillouin_zone=brillouin_zone)
         if curve.empty:
             continue
         line, = axes.plot(curve["sample_size"], 100 * curve["mean"], label=label(generator))
@@ -63,7 +64,7 @@ def rate_vs_sample_size_figure(structures: pd.DataFrame, threshold_thz: float, p
                           color=line.get_color())
     axes.set_xscale("log")
     axes.set_xlabel("sample size (relaxed structures)")
-    axes.set_ylabel(f"stable at {threshold_thz:g} THz (%)")
+    axes.set_ylabel(f"stable at {threshold_thz:g} THz{', zone' if brillouin_zone else ''} (%)")
     axes.legend(fontsize=7)
     return _save(figure, path)
 

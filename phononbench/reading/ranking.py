@@ -373,7 +373,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brill
         figures = {
             "Stability rate per generator (95% Wilson interval)": plots.rates_figure(ours, tmp / "rates.png"),
             "Rate against sample size (bootstrap mean and 95% band)":
-                plots.rate_vs_sample_size_figure(structures, headline, tmp / "convergence.png"),
+                plots.rate_vs_sample_size_figure(structures, headline, tmp / "convergence.png", brillouin_zone),
             "Lowest phonon frequency per structure": plots.min_frequency_histogram(structures, tmp / "fmin.png",
                                                                                    thresholds_thz),
         }
@@ -437,7 +437,8 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
     directory.mkdir(parents=True, exist_ok=True)
     board = build(structures, thresholds, infos)
     return [plots.rates_figure(board, directory / "stability_rates.png"),
-            plots.rate_vs_sample_size_figure(structures, thresholds[0], directory / "rate_vs_sample_size.png"),
+            plots.rate_vs_sample_size_figure(structures, thresholds[0], directory / "rate_vs_sample_size.png",
+                                             board_verdict(infos)[0]),
             plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
 
 
