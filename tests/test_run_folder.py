@@ -442,18 +442,19 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     flipped = table.set_column(table.column_names.index("stable_at_-0.1_thz"), "stable_at_-0.1_thz",
                                pa.array([not verdicts[0], *verdicts[1:]], pa.bool_()))
     pq.write_table(flipped.replace_schema_metadata(table.schema.metadata), part)
-    said = f"'{table.column('structure_id')[0]}' of 'metals' (emt, published): " \
-           f"{'unstable' if verdicts[0] else 'stable'} in flip, {'stable' if verdicts[0] else 'unstable'} in run"
-    news = "1 structure(s) computed in more than one run of an entry have other verdicts at -0.1 THz (published path)"
+    said = f"'{table.column('structure_id')[0]}' of 'metals' (emt, published): -0.1 THz, published path: " \
+           f"{'unstable' if verdicts[0] else 'stable'} in flip, {'stable' if verdicts[0] else 'unstable'} in run)"
+    news = "1 structure(s) computed in more than one run of an entry have other verdicts; each counts once, from " \
+           "the run first by path"
     for order in ((run, flip), (flip, run)):
         board = runner.invoke(app, ["leaderboard", *map(str, order)])
         assert board.exit_code == 0 and f"warning: {news}" in board.stderr and said in board.stderr, board.output
-        assert f"Note: {news}" in board.stdout and "| 1/2 |" in board.stdout  # the first run by name's row counts
+        assert f"Note: {news}" in board.stdout and "| 1/2 |" in board.stdout  # the row of the run first by path counts
     shown = runner.invoke(app, ["leaderboard", str(run), str(flip), "--format", "json"])
     assert json.loads(shown.stdout)["notes"] == [line.removeprefix("warning: ") for line in shown.stderr.splitlines()]
     shown = runner.invoke(app, ["leaderboard", str(run), str(flip), "--format", "html"])
     assert f"<b>Note:</b> {news}" in shown.stdout and html.escape(said) in shown.stdout
-    with pytest.warns(UserWarning, match="other verdicts at -0.1 THz"):
+    with pytest.warns(UserWarning, match="have other verdicts"):
         assert phononbench.leaderboard([run, flip])["n_stable"].tolist() == [1]
     board = runner.invoke(app, ["leaderboard", str(run), str(copy)])  # the same verdicts: nothing to say
     assert board.exit_code == 0 and "other verdicts" not in board.output
@@ -462,7 +463,7 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     from phononbench.app.webapp import create_app
 
     page = TestClient(create_app([run, flip], tmp_path / "checks")).get("/").text  # the web app's board says it too
-    assert "have other verdicts at -0.1 THz" in page and "flip" in page
+    assert "have other verdicts" in page and "flip" in page
     # two folders of one name: named by their paths, and the board the same in either order
     shutil.copytree(run, tmp_path / "d1" / "out")
     shutil.copytree(flip, tmp_path / "d2" / "out")
@@ -470,6 +471,23 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
               ((tmp_path / "d2" / "out", tmp_path / "d1" / "out"), (tmp_path / "d1" / "out", tmp_path / "d2" / "out"))]
     assert boards[0].stdout == boards[1].stdout and boards[0].stderr == boards[1].stderr
     assert f"stable in {tmp_path / 'd1' / 'out'}" in boards[0].stderr, boards[0].stderr
+    # which row counts goes by path: a third folder of the same name (a copy) changes no number
+    shutil.copytree(tmp_path / "d2" / "out", tmp_path / "d0" / "flip")
+    shutil.copytree(run, tmp_path / "d3" / "flip")
+    two = json.loads(runner.invoke(app, ["leaderboard", str(tmp_path / "d0" / "flip"), str(run), "--format", "json"]).stdout)
+    three = json.loads(runner.invoke(app, ["leaderboard", str(tmp_path / "d0" / "flip"), str(run), str(tmp_path / "d3" / "flip"),
+                                           "--format", "json"]).stdout)
+    assert two["rows"][0]["n_stable"] == three["rows"][0]["n_stable"] == 1
+    strict = tmp_path / "strict-flip"  # verdicts that differ only at the strict threshold or over the zone: said too
+    shutil.copytree(run, strict)
+    (part,) = (strict / "structures").glob("part-*.parquet")
+    table = pq.read_table(part)
+    for column in ("stable_at_-0.001_thz", "stable_bz_at_-0.1_thz"):
+        table = table.set_column(table.column_names.index(column), column, pa.array([False] * table.num_rows))
+    pq.write_table(table, part)
+    board = runner.invoke(app, ["leaderboard", str(run), str(strict)])
+    assert "have other verdicts" in board.stderr and "-0.1 THz, Brillouin zone: stable in run, unstable in strict-flip; " \
+        "-0.001 THz, published path: stable in run, unstable in strict-flip" in board.stderr, board.stderr
 
     nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
     shutil.copytree(run, nobz)

@@ -35,6 +35,7 @@ COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_N
           Col.N_DECIDED, PUBLISHED_STABLE, PUBLISHED_RELAXED]
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from two codes are not pooled
+_PATH = "run_path"  # the run folder's resolved path: the order in which the runs of an entry count
 _RUNS = "entry_runs"  # every run of the entry, those whose rows all counted elsewhere too
 
 
@@ -44,24 +45,16 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
 
     Runs that share an entry pool their structures, whatever order they are given in: a structure in several
     (a folder given twice, a copy, a run resumed elsewhere) counts once, its row the one that computed phonons
-    where another failed, else the first run's by name. An entry is finished when all its runs are. Each row
+    where another failed, else the run's first by path. An entry is finished when all its runs are. Each row
     carries its entry's label (the generator, qualified by potential and protocol where a generator has
     several entries), the run it came from and whether the entry finished; ``infos`` maps run names to their
     run.json, with the ids each run's manifest lists per generator under ``inputs_per_generator``. An
     incomplete run (a part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there.
-    A structure computed in two runs of an entry with other headline verdicts is said in ``notes``."""
-    frames, infos = [], {}
-    folders = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))  # the same folder given twice: once
-    basenames = [f.name for f in folders]
-    for directory in folders:
-        # a run is named by its folder, or by its whole path where folders share a name (two copies of "out"):
-        # each keeps its own record, and "the first run by name" is the same whatever the order given
-        name = directory.name if basenames.count(directory.name) == 1 else str(directory)
+    A structure two runs of an entry computed with other verdicts, or an input id they read with other contents,
+    is said in ``notes``."""
+    read = []
+    for directory in dict.fromkeys(Path(d).resolve() for d in run_dirs):  # the same folder given twice: once
         info = read_verdict_run_info(directory)
-        potential = info["potential"]
-        # the potential is its name and its weights: two checkpoints under one name are two potentials
-        model = potential["model"] + (f"@{potential['checkpoint_sha256'][:8]}" if potential.get("checkpoint_sha256")
-                                      else "")
         manifest = read_manifest(directory)
         info["inputs_per_generator"] = ({} if manifest is None else
                                         manifest.groupby(Col.GENERATOR)[Col.STRUCTURE_ID].agg(set).to_dict())
@@ -72,8 +65,19 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
                 raise
             problems.append(str(exc))  # left off the board, said beside it
             continue
+        read.append((directory, info, rows))
+    frames, infos = [], {}
+    basenames = [directory.name for directory, _, _ in read]
+    for directory, info, rows in read:
+        # a run is named by its folder, or by its path where folders share a name (two copies of "out"): each
+        # keeps its own record. Which row counts goes by path, which no other folder given can change
+        name = directory.name if basenames.count(directory.name) == 1 else str(directory)
+        potential = info["potential"]
+        # the potential is its name and its weights: two checkpoints under one name are two potentials
+        model = potential["model"] + (f"@{potential['checkpoint_sha256'][:8]}" if potential.get("checkpoint_sha256")
+                                      else "")
         frames.append(rows.assign(**{
-            Col.RUN: name, Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
+            Col.RUN: name, _PATH: str(directory), Col.MODEL: model, Col.PROTOCOL: _protocol_label(info["protocol"]),
             Col.COMPLETE: info.get("status") == "complete", _CODE: (info.get("method_sha256") or "unrecorded")[:8]}))
         infos[name] = info
     if not frames:
@@ -95,7 +99,7 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
     runs_of = structures.groupby(entry, dropna=False)[Col.RUN].agg(lambda runs: tuple(sorted(set(runs)))).to_dict()
     structures[_RUNS] = [runs_of[key] for key in zip(*(structures[c] for c in entry))]
     # one row per structure of an entry, the same whatever the runs' order: phonons computed before a failure
-    preference = structures.assign(_failed=structures[Col.STATUS] != Status.OK).sort_values(["_failed", Col.RUN], kind="stable")
+    preference = structures.assign(_failed=structures[Col.STATUS] != Status.OK).sort_values(["_failed", _PATH], kind="stable")
     one_structure = entry + [Col.STRUCTURE_ID, Col.STRUCTURE_HASH]
     if notes is not None:
         notes.extend(_verdicts_that_differ(preference, one_structure, infos) + _contents_that_differ(structures, entry))
@@ -112,27 +116,30 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
 
 
 def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], infos: dict[str, dict]) -> list[str]:
-    """One line on the structures that two runs of an entry both computed with other headline verdicts (a
-    borderline mode, runs of unrecorded code or weights, an edited row): the row that counts is the first
-    run's by name, and the board says so rather than choose in silence."""
+    """One line on the structures that two runs of an entry both computed with other verdicts on the board's
+    columns (path and zone, headline and strict threshold: a borderline mode, runs of unrecorded code or
+    weights, an edited row): the row that counts is the run's first by path, and the board says so rather than
+    choose in silence."""
     computed = preference[preference[Col.STATUS] == Status.OK]
     computed = computed[computed.duplicated(one_structure, keep=False)]
     if computed.empty:
         return []
-    headline = board_thresholds(infos)[0]
-    zone = headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
-    column = (bz_verdict_column if zone else verdict_column)(headline)
-    said = computed[column].map(lambda v: "no verdict" if pd.isna(v) else "stable" if v else "unstable")
-    differ = said.groupby([computed[c] for c in one_structure], dropna=False).transform("nunique") > 1
+    columns = {c: f"{t:g} THz, {where}" for t in dict.fromkeys(board_thresholds(infos))
+               for c, where in ((verdict_column(t), "published path"), (bz_verdict_column(t), "Brillouin zone"))}
+    said = computed[list(columns)].map(lambda v: "no verdict" if pd.isna(v) else "stable" if v else "unstable")
+    differ = said.astype(str).agg(" ".join, axis=1).groupby(
+        [computed[c] for c in one_structure], dropna=False).transform("nunique") > 1
     if not differ.any():
         return []
-    keys = computed.loc[differ, one_structure].drop_duplicates()
-    example = computed[differ & (computed[one_structure] == keys.iloc[0]).all(axis=1)]  # in preference order
+    keys = computed.loc[differ, one_structure].drop_duplicates().sort_values([Col.GENERATOR, Col.STRUCTURE_ID])
+    example = computed[(computed[one_structure] == keys.iloc[0]).all(axis=1)]  # in preference order
     first = example.iloc[0]
-    return [f"{len(keys)} structure(s) computed in more than one run of an entry have other verdicts at "
-            f"{headline:g} THz ({'Brillouin zone' if zone else 'published path'}); each counts once, from the first "
-            f"run by name (e.g. {first[Col.STRUCTURE_ID]!r} of {first[Col.GENERATOR]!r} ({first[Col.MODEL]}, "
-            f"{first[Col.PROTOCOL]}): " + ", ".join(f"{v} in {r}" for r, v in zip(example[Col.RUN], said[example.index])) + ")"]
+    shown = [c for c in columns if said.loc[example.index, c].nunique() > 1]
+    return [f"{len(keys)} structure(s) computed in more than one run of an entry have other verdicts; each counts "
+            f"once, from the run first by path (e.g. {first[Col.STRUCTURE_ID]!r} of {first[Col.GENERATOR]!r} "
+            f"({first[Col.MODEL]}, {first[Col.PROTOCOL]}): " + "; ".join(
+                f"{columns[c]}: " + ", ".join(f"{said.at[i, c]} in {r}" for i, r in zip(example.index, example[Col.RUN]))
+                for c in shown) + ")"]
 
 
 def _contents_that_differ(structures: pd.DataFrame, entry: list[str]) -> list[str]:
@@ -141,7 +148,7 @@ def _contents_that_differ(structures: pd.DataFrame, entry: list[str]) -> list[st
     contents = structures.groupby(entry + [Col.STRUCTURE_ID], dropna=False)[Col.STRUCTURE_HASH].transform("nunique")
     if not (contents > 1).any():
         return []
-    differ = structures[contents > 1]
+    differ = structures[contents > 1].sort_values([Col.GENERATOR, Col.STRUCTURE_ID, _PATH])
     first = differ.iloc[0]
     runs = sorted(set(differ.loc[differ[Col.STRUCTURE_ID] == first[Col.STRUCTURE_ID], Col.RUN]))
     return [f"{differ[entry + [Col.STRUCTURE_ID]].drop_duplicates().shape[0]} input id(s) were read with other contents "
