@@ -41,10 +41,11 @@ def _quiet_libraries() -> None:
 
 
 class ProgressReporter:
-    """A rich progress bar over the structures being relaxed, with running stable/unstable counts."""
+    """A rich progress bar over the structures being relaxed, with running stable/unstable counts (by the
+    verdict the run ranks by: the Brillouin zone's, ``brillouin_zone``, under accurate)."""
 
-    def __init__(self, headline_threshold_thz: float):
-        self.threshold = headline_threshold_thz
+    def __init__(self, headline_threshold_thz: float, brillouin_zone: bool = False):
+        self.threshold, self.brillouin_zone = headline_threshold_thz, brillouin_zone
         self.counts: dict[str, int] = {}
         self.progress = Progress(
             TextColumn("[bold]relax + phonons"), BarColumn(), MofNCompleteColumn(),
@@ -61,7 +62,7 @@ class ProgressReporter:
     def advance(self, result: StructureResult) -> None:
         key = str(result.status)
         if result.status == Status.OK:
-            key = "stable" if result.verdicts.get(self.threshold) else "unstable"
+            key = "stable" if (result.bz_verdicts if self.brillouin_zone else result.verdicts).get(self.threshold) else "unstable"
         self.counts[key] = self.counts.get(key, 0) + 1
         counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
         done = sum(self.counts.values())
@@ -168,10 +169,11 @@ def run(
                       cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
         summary = run_benchmark(
             inputs, out, run.spec, run.described, run.executor, limit_per_generator=limit,
-            reporter=ProgressReporter(protocol.headline_threshold_thz),
+            reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.headline_verdict == "brillouin_zone"),
             command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
-        console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})"))
+        console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})",
+                                    brillouin_zone=protocol.headline_verdict == "brillouin_zone"))
         _print_skipped(out)
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)", markup=False, highlight=False)
 
@@ -279,7 +281,7 @@ def validate(
         if structures is not None:
             run = compose(protocol, device, checkpoint, None, engine, in_process, workers=workers)
             run_benchmark([f"validation={structures}"], folder, run.spec, run.described, run.executor,
-                          reporter=ProgressReporter(protocol.headline_threshold_thz),
+                          reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.headline_verdict == "brillouin_zone"),
                           command=shlex.join(["phononbench", *sys.argv[1:]]))
             rows = read_structures(folder)
             report = validation.validate(rows, label_table, protocol.thresholds_thz)
@@ -384,7 +386,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="Run folder.")],
     stable: Annotated[bool, typer.Option("--stable", help="Export the stable structures (the one selection there is; say it).")] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Threshold in THz, one of the run's (default: its headline).")] = None,
-    bz: Annotated[Optional[bool], typer.Option("--bz/--path", help="Stable over the Brillouin zone (as the run's protocol reads the zone: accurate sets acoustic dips next to Gamma aside), or on the published q-points (default: the verdict the run's preset ranks by, the zone under accurate).", show_default=False)] = None,
+    bz: Annotated[Optional[bool], typer.Option("--bz/--path", help="Stable over the Brillouin zone (as the run's protocol reads the zone: accurate sets acoustic dips next to Gamma aside), or on the published q-points (default: the verdict the run ranks by, as its run.json records it: the zone under accurate).", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="cif-zip (CIF files and index.csv), extxyz (ASE reads a number-like id or generator back as a number) or parquet.")] = "cif-zip",
     output: Annotated[Optional[Path], typer.Option(help="File to write (default OUT/stable_at_T_thz[_bz].zip|.extxyz|.parquet).")] = None,
 ) -> None:
@@ -395,6 +397,12 @@ def export(
 
         if not stable:
             raise SetupError("say which structures to export: --stable (the stable set)")
+        from phononbench.running.run_folder import read_verdict_run_info
+
+        status = read_verdict_run_info(out).get("status")
+        if status != "complete":
+            err_console.print(f"warning: the run has not finished (run.json says {status!r}): the stable set of the "
+                              "rows so far", markup=False, highlight=False, soft_wrap=True)
         target, n, zone = export_stable(out, format, threshold, bz, output)
         verdict = "over the Brillouin zone" if zone else "on the published q-points"
         console.print(f"{n} structures stable {verdict} written to {target}", markup=False, highlight=False)
@@ -474,15 +482,16 @@ def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run."
         from phononbench.reading.report import summary_table
         from rich.markup import escape
 
-        from phononbench.running.run_folder import SUMMARY_FILE, read_summary, read_verdict_run_info, summary_file_differs
+        from phononbench.running.run_folder import (SUMMARY_FILE, headline_verdict, read_summary, read_verdict_run_info,
+                                                    summary_file_differs)
 
         info = read_verdict_run_info(out)
         summary = read_summary(out)
         title = f"PhononBench ({info['protocol']['name']} protocol, {info['potential']['model']})"
-        console.print(summary_table(summary, title=title))
+        console.print(summary_table(summary, title=title, brillouin_zone=headline_verdict(info) == "brillouin_zone"))
         if summary_file_differs(out, summary):
-            err_console.print(f"[yellow]{escape(str(out / SUMMARY_FILE))} is missing or differs from the run's rows (edited, or "
-                              "copied from another run): the table above is made from the rows; `phononbench run` "
+            err_console.print(f"[yellow]{escape(str(out / SUMMARY_FILE))} is missing or differs from the run's rows (edited, "
+                              "copied from another run, or written by an older version): the table above is made from the rows; `phononbench run` "
                               "with the same settings writes the file again[/]", highlight=False)
 
     _guarded(action)

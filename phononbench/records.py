@@ -304,8 +304,9 @@ def is_not_3d(rows: pd.DataFrame) -> pd.Series:
     return rows[Col.DIMENSIONALITY].notna() & (rows[Col.DIMENSIONALITY] != "3D")
 
 
-def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
-    """input / valid / unique / relaxed / phonon counts and stable per threshold, for one set of rows."""
+def counts(rows: pd.DataFrame, thresholds_thz, brillouin_zone: bool = False) -> dict:
+    """input / valid / unique / relaxed / phonon counts and stable per threshold, for one set of rows; the
+    stable structures that are not 3D-bonded by the verdict the run ranks by (``brillouin_zone``: accurate's)."""
     status = rows[Col.STATUS]
     n_valid = int((status != Status.INVALID_INPUT).sum())
     return {
@@ -318,5 +319,6 @@ def counts(rows: pd.DataFrame, thresholds_thz) -> dict:
         **{column: int((status == each).sum()) for column, each in LEFT_OUT.items()},
         "n_stable_at": {t: int(is_stable(rows, t).sum()) for t in thresholds_thz},
         "n_stable_bz_at": {t: int(is_stable_bz(rows, t).sum()) for t in thresholds_thz},
-        "n_stable_not_3d_at": {t: int((is_stable(rows, t) & is_not_3d(rows)).sum()) for t in thresholds_thz},
+        "n_stable_not_3d_at": {t: int(((is_stable_bz if brillouin_zone else is_stable)(rows, t) & is_not_3d(rows)).sum())
+                               for t in thresholds_thz},
     }

@@ -508,6 +508,10 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     for order in ((run, three), (three, run)):
         board = runner.invoke(app, ["leaderboard", *map(str, order)])
         assert board.exit_code == 0 and "strict, -0.001 THz" in board.output, board.output
+    shown = json.loads(runner.invoke(app, ["leaderboard", str(strict), "--format", "json"]).stdout)
+    assert (shown["strict_threshold_thz"], shown["rows"][0]["strict_threshold_thz"], shown["rows"][0]["verdict"]) == (-0.01, -0.01, "path")
+    shown = pd.read_csv(io.StringIO(runner.invoke(app, ["leaderboard", str(run), str(three), "--format", "csv"]).stdout))
+    assert (shown["strict_threshold_thz"].tolist(), shown["verdict"].tolist()) == ([-0.001], ["path"])  # a CSV says it too
 
     # one dedup taken up by two runs of other protocols: two runs (they share the dedup's run_id), two entries
     dedup = tmp_path / "dedup"

@@ -609,9 +609,10 @@ def test_the_web_leaderboard_says_what_its_rates_measure(emt_run, accurate_run, 
     assert "on the published\nq-points" not in page
 
 
-def test_an_accurate_run_exports_the_set_its_headline_counts(accurate_run, tmp_path):
+def test_an_accurate_run_exports_and_summarizes_the_set_its_headline_counts(accurate_run, tmp_path):
     """Under accurate the stable set is the Brillouin zone's unless --path says otherwise, in the CLI and in the
-    web app's form: the set the headline rate counts, not the published path's."""
+    web app's form, and the summary and board count it first, with the stable structures not 3D-bonded among
+    it: the set the headline rate counts, not the published path's."""
     from fastapi.testclient import TestClient
 
     from phononbench.app.webapp import create_app
@@ -622,8 +623,10 @@ def test_an_accurate_run_exports_the_set_its_headline_counts(accurate_run, tmp_p
     table = pq.read_table(part)  # Al stable on the path, not over the zone: the two sets differ
     column = table.column_names.index("stable_bz_at_-0.1_thz")
     zone = [s != "metals/Al.cif" for s in table.column(Col.STRUCTURE_ID).to_pylist()]
-    pq.write_table(table.set_column(column, "stable_bz_at_-0.1_thz", pa.array(zone)).replace_schema_metadata(
-        table.schema.metadata), part)
+    table = table.set_column(column, "stable_bz_at_-0.1_thz", pa.array(zone))
+    layered = table.column_names.index(Col.DIMENSIONALITY)  # Al, stable on the path alone, read as a layer
+    table = table.set_column(layered, Col.DIMENSIONALITY, pa.array(["3D" if z else "2D" for z in zone]))
+    pq.write_table(table, part)
     rows = read_structures(run)
     assert list(rows[is_stable(rows, -0.1)][Col.STRUCTURE_ID].sort_values()) == ["metals/Al.cif", "metals/Cu.cif"]
     relaxed = dict(zip(rows[Col.STRUCTURE_ID], rows[Col.RELAXED_CIF]))
@@ -634,6 +637,32 @@ def test_an_accurate_run_exports_the_set_its_headline_counts(accurate_run, tmp_p
         assert result.exit_code == 0 and f"structures stable {said} written" in result.output, result.output
         assert sorted(_ids_in(target, "parquet", relaxed)) == expected
     board = json.loads(runner.invoke(app, ["leaderboard", str(run), "--format", "json"]).output)
-    assert board["rows"][0]["n_stable"] == 1  # the headline counts the exported set
-    page = TestClient(create_app([run], tmp_path / "checks")).get("/runs/0").text
-    assert 'name="bz" value="true" checked> over the Brillouin zone (the verdict this run\'s preset ranks by)' in page
+    assert board["rows"][0]["n_stable"] == 1 and board["rows"][0]["n_stable_not_3d"] == 0  # the exported set
+    summary = runner.invoke(app, ["summarize", str(run)]).stdout
+    header, metals = next(line for line in summary.splitlines() if "generator" in line), \
+        next(line for line in summary.splitlines() if "metals" in line)
+    assert header.index("BZ@-0.1THz") < header.index("path@-0.1") and "stable@" not in header, summary
+    cells = [c.strip() for c in metals.split("│")[1:-1]]
+    assert cells[8:10] == ["50.0% 1/2", "100.0%"] and cells[-1] == "0", summary
+    client = TestClient(create_app([run], tmp_path / "checks"))
+    page = client.get("/runs/0").text
+    assert '<option value="true" selected>over the Brillouin zone (the verdict this run ranks by)</option>' in page
+    assert '<th id="verdict">at -0.1, BZ</th>' in page and '<span class="unstable">unstable</span>' in page
+    for query, expected in (("", ["metals/Cu.cif"]), ("&bz=true", ["metals/Cu.cif"]), ("&bz=false", sorted(relaxed))):
+        got = client.get(f"/runs/0/export?format=parquet{query}")
+        assert sorted(pd.read_parquet(io.BytesIO(got.content))[Col.STRUCTURE_ID]) == expected, query
+
+
+def test_runs_ranked_by_other_verdicts_are_refused_by_name_and_an_unfinished_export_says_so(emt_run, accurate_run, tmp_path):
+    published = tmp_path / "published"  # the accurate run's thresholds, the published preset
+    assert runner.invoke(app, ["run", str(accurate_run.parent / "in"), "--out", str(published), "--model", "emt",
+                               "--in-process", "--threshold", "-0.1", "--threshold", "-0.01"]).exit_code == 0
+    refused = runner.invoke(app, ["leaderboard", str(published), str(accurate_run)])
+    assert refused.exit_code == 2 and "published by the published path, run by the Brillouin zone" in \
+        " ".join(refused.output.split()), refused.output
+    going = tmp_path / "going"
+    shutil.copytree(emt_run, going)
+    info = json.loads((going / "run.json").read_text())
+    (going / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    result = runner.invoke(app, ["export", str(going), "--stable"])
+    assert result.exit_code == 0 and "warning: the run has not finished (run.json says 'running')" in result.stderr

@@ -367,7 +367,8 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
             raise HTTPException(400, str(exc)) from None
         shown, page_number, pages = explore.page_of(chosen, filters.page)
         took_ms = 1000 * (time.perf_counter() - started)
-        verdicts = _verdict(shown, is_stable, view.thresholds[0])
+        zone = headline_verdict(view.info) == "brillouin_zone"  # the verdict the run ranks by, in the last column
+        verdicts = _verdict(shown, is_stable_bz if zone else is_stable, view.thresholds[0])
         table = [_plain_row(r) | {"verdict": v} for (_, r), v in zip(shown.iterrows(), verdicts)]
         params = request.query_params
         # the links keep the filters: the sort links start on page 1, the pager keeps the sort
@@ -376,7 +377,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
         return page(request, "run.html", key=key, name=view.out.resolve().name, info=view.info, table=table,
                     n_rows=len(view.rows), n_chosen=len(chosen), page=page_number, pages=pages, filters=filters,
                     options=view.options, thresholds=view.thresholds, sort_query=sort_query, page_query=page_query,
-                    took_ms=took_ms, formats=list(export.FORMATS), zone_headline=headline_verdict(view.info) == "brillouin_zone",
+                    took_ms=took_ms, formats=list(export.FORMATS), zone_headline=zone,
                     verdict_column=verdict_column, bz_verdict_column=bz_verdict_column)
 
     @app.get("/runs/{key}/structure", response_class=HTMLResponse)
@@ -413,8 +414,9 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
                         headers={"Content-Disposition": _attachment(f"{id}_relaxed.cif")})
 
     @app.get("/runs/{key}/export")
-    def export_stable(key: str, format: str = "cif-zip", threshold: float | None = None, bz: bool = False):
+    def export_stable(key: str, format: str = "cif-zip", threshold: float | None = None, bz: bool | None = None):
         view = runs.view(key)
+        bz = export.over_the_zone(view.info, bz)  # by default the set the run's headline counts, as the CLI's
         try:
             chosen = export.choose_threshold(view.info, threshold)
             handle = io.BytesIO()

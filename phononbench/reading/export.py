@@ -39,6 +39,11 @@ def choose_threshold(info: dict, threshold_thz: float | None) -> float:
     return matching[0]
 
 
+def over_the_zone(info: dict, bz: bool | None) -> bool:
+    """``bz`` where given; else whether the run ranks by the Brillouin zone (accurate): the set its headline counts."""
+    return headline_verdict(info) == "brillouin_zone" if bz is None else bz
+
+
 def stable_rows(rows: pd.DataFrame, threshold_thz: float, bz: bool = False) -> pd.DataFrame:
     """The rows stable at the threshold (published path, or the Brillouin zone with ``bz``), in run order."""
     return rows[(is_stable_bz if bz else is_stable)(rows, threshold_thz)]
@@ -100,8 +105,7 @@ def export_stable(out: Path, fmt: str, threshold_thz: float | None = None, bz: b
         raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", setting="format")
     info = read_verdict_run_info(out)
     threshold = choose_threshold(info, threshold_thz)
-    if bz is None:  # the set the headline counts
-        bz = headline_verdict(info) == "brillouin_zone"
+    bz = over_the_zone(info, bz)
     stable = stable_rows(read_structures(out), threshold, bz)
     target = Path(target or Path(out) / f"stable_at_{threshold:g}_thz{'_bz' if bz else ''}{FORMATS[fmt]}")
     partial = target.with_name(f".{target.name}.partial")

@@ -27,7 +27,8 @@ from phononbench.settings import preset as get_preset
 FORMATS = ("md", "csv", "json", "html")
 COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH, Col.N_STABLE, Col.N_RELAXED,
            Col.STABILITY_RATE_BZ, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.STRICT_STABILITY_RATE, Col.N_INPUT,
-           Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, Col.MODEL, Col.PROTOCOL, Col.RUN]
+           Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, "verdict", "strict_threshold_thz", Col.MODEL,
+           Col.PROTOCOL, Col.RUN]  # verdict and strict threshold: what the rate columns measure, in every row of a CSV
 PUBLISHED_RUN = "published"  # the Col.RUN of the paper's rows
 PUBLISHED_RATE = "published_rate"  # a published row's rate at its own threshold (Col.THRESHOLD_THZ)
 PUBLISHED_STABLE, PUBLISHED_RELAXED = "published_n_stable", "published_n_relaxed"  # its counts, where given
@@ -84,8 +85,10 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
         raise SetupError("no run can be read" + (f": {problems[0]}" if problems else ""))
     board_thresholds(infos)  # one headline, and a strict threshold that every run has
     if len({headline_verdict(i) for i in infos.values()}) > 1:
-        raise SetupError("the runs rank by different verdicts (published path and Brillouin zone: presets "
-                         "published and accurate); a leaderboard needs one")
+        by = {v: [n for n, i in infos.items() if headline_verdict(i) == v] for v in ("path", "brillouin_zone")}
+        raise SetupError(f"the runs rank by different verdicts: {', '.join(by['path'])} by the published path, "
+                         f"{', '.join(by['brillouin_zone'])} by the Brillouin zone (presets published and accurate; an "
+                         "accurate run from before its zone headline ranks by the path); a leaderboard needs one")
     if len({_recorded(i)["acoustic_dips"] for i in infos.values()}) > 1:
         raise SetupError("the runs' Brillouin-zone verdicts differ (acoustic dips next to Gamma counted in some, set "
                          "aside in others: the accurate preset before and after it set them aside); a leaderboard "
@@ -199,7 +202,7 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
         pool = analysis.relaxed(frame)
-        tally = counts(frame, (headline,))
+        tally = counts(frame, (headline,), bz)
         n_relaxed = tally[Col.N_RELAXED]
         complete = bool(frame[Col.COMPLETE].all()) if Col.COMPLETE in frame else True
         n_input = tally[Col.N_INPUT]
@@ -215,6 +218,7 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
                      Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict, bz)[Col.STABILITY_RATE],
                      Col.N_INPUT: n_input, Col.N_DECIDED: len(frame), Col.N_UNIQUE: tally[Col.N_UNIQUE],
                      Col.THRESHOLD_THZ: headline, Col.COMPLETE: complete,
+                     "verdict": "brillouin_zone" if bz else "path", "strict_threshold_thz": strict,
                      Col.MODEL: frame[Col.MODEL].iloc[0], Col.PROTOCOL: frame[Col.PROTOCOL].iloc[0],
                      Col.RUN: ", ".join(runs)})
     board = pd.DataFrame(rows).sort_values([Col.COMPLETE, Col.STABILITY_RATE, Col.N_RELAXED],
@@ -265,7 +269,8 @@ def _published_row(label, threshold, rate, counts_kn, n_input, n_unique, potenti
             Col.STRICT_STABILITY_RATE: rate if at_strict else nan,
             Col.N_INPUT: None if pd.isna(n_input) else int(n_input),
             Col.N_UNIQUE: None if n_unique is None or pd.isna(n_unique) else int(n_unique),
-            Col.THRESHOLD_THZ: threshold, Col.N_DECIDED: None, Col.COMPLETE: True,
+            Col.THRESHOLD_THZ: threshold, Col.N_DECIDED: None, Col.COMPLETE: True, "verdict": "path",
+            "strict_threshold_thz": strict,
             Col.MODEL: potential, Col.PROTOCOL: source, Col.RUN: PUBLISHED_RUN, PUBLISHED_RATE: rate}
 
 
@@ -471,10 +476,10 @@ def board_verdict(infos: dict[str, dict]) -> tuple[bool, bool]:
 
 
 def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, notes: list[str] | None = None) -> str:
-    if fmt not in FORMATS:
-        raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     """The board as text in ``fmt``; ``load_runs``'s notes go in ``notes`` and, but for CSV (a data file), in
     the text too."""
+    if fmt not in FORMATS:
+        raise SetupError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     notes = [] if notes is None else notes
     board, structures, thresholds, bz, dips_set_aside = board_of(run_dirs, with_published, notes)
     if fmt == "md":
@@ -484,7 +489,7 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, n
     if fmt == "json":
         plain = board.astype(object).where(board.notna(), None)  # JSON has null, not NaN
         records = [{str(k): v for k, v in row.items()} for row in plain.to_dict(orient="records")]
-        return json.dumps({"headline_threshold_thz": thresholds[0],
+        return json.dumps({"headline_threshold_thz": thresholds[0], "strict_threshold_thz": thresholds[-1],
                            "headline_verdict": "brillouin_zone" if bz else "path",
                            "acoustic_dips": "set_aside" if dips_set_aside else "counted", "notes": notes,
                            "rows": records}, indent=2, default=float)

@@ -29,17 +29,18 @@ def markdown_cell(text) -> str:
 GENERATOR_WIDTH = 40  # a longer name folds onto more lines rather than squeezing the numbers out of the table
 
 
-def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -> Table:
-    """Counts once per generator, then per threshold (headline first) the published-path rate and the
-    Brillouin-zone rate, and how many stable structures are not 3D-bonded at the headline threshold."""
+def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability", brillouin_zone: bool = False) -> Table:
+    """Counts once per generator, then per threshold (headline first) the rate on the verdict the run ranks by
+    with its counts (the published path; the Brillouin zone, ``brillouin_zone``, under accurate), the other
+    verdict's rate, and how many stable structures are not 3D-bonded at the headline threshold."""
     thresholds = list(dict.fromkeys(summary[Col.THRESHOLD_THZ]))
     table = Table(title=Text(title))  # names shown as they are, never as markup
     table.add_column("generator", style="bold", overflow="fold", max_width=GENERATOR_WIDTH)
     for name in ("input", "valid", "unique", "relaxed", "phonons", "phonon failed", "not relaxed"):
         table.add_column(name, justify="right", no_wrap=True)
-    for t in thresholds:
-        table.add_column(f"stable@{t:g}THz", justify="right", no_wrap=True)
-        table.add_column(f"BZ@{t:g}", justify="right", no_wrap=True)
+    for t in thresholds:  # the verdict the run ranks by first, with its counts
+        table.add_column(f"{'BZ' if brillouin_zone else 'stable'}@{t:g}THz", justify="right", no_wrap=True)
+        table.add_column(f"{'path' if brillouin_zone else 'BZ'}@{t:g}", justify="right", no_wrap=True)
     table.add_column("stable not 3D", justify="right", no_wrap=True)
     per_generator = summary[~summary[Col.POOLED]]
     generators = list(dict.fromkeys(per_generator[Col.GENERATOR]))
@@ -55,8 +56,10 @@ def summary_table(summary: pd.DataFrame, title: str = "PhononBench stability") -
         cells.append(_not_relaxed(first))
         for t in thresholds:
             r = rows.loc[t]
-            cells.append(f"{percent(r[Col.STABILITY_RATE])} {int(r[Col.N_STABLE])}/{int(r[Col.N_RELAXED])}")
-            cells.append(percent(r[Col.STABILITY_RATE_BZ]))
+            (rate, n), other = (((Col.STABILITY_RATE_BZ, Col.N_STABLE_BZ), Col.STABILITY_RATE) if brillouin_zone else
+                                ((Col.STABILITY_RATE, Col.N_STABLE), Col.STABILITY_RATE_BZ))
+            cells.append(f"{percent(r[rate])} {int(r[n])}/{int(r[Col.N_RELAXED])}")
+            cells.append(percent(r[other]))
         cells.append(str(int(first[Col.N_STABLE_NOT_3D])))
         table.add_row(_generator_cell(generator, k == len(sections) - 1), *cells, end_section=k == len(sections) - 2)
     return table

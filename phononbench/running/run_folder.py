@@ -680,19 +680,20 @@ def _finished(out: Path) -> bool:
     return _status(out) == "complete"
 
 
-def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...]) -> pd.DataFrame:
+def summarize(structures: pd.DataFrame, thresholds_thz: tuple[float, ...], brillouin_zone: bool = False) -> pd.DataFrame:
     """One row per (generator, threshold), plus the pooled ``(all)`` rows.
 
     stability_rate = stable / relaxed on the published path (the published rate; relaxed as the published
     script counts it, records.is_relaxed; n_phonon_failed counts every phonon failure);
     stability_rate_bz the same over the Brillouin zone; phonon failures count as unstable;
-    n_stable_not_3d: how many of the (published-path) stable structures are not 3D-bonded.
+    n_stable_not_3d: how many of the stable structures are not 3D-bonded, stable by the verdict the run ranks
+    by (``brillouin_zone``: the zone under accurate, else the published path).
     """
     rows = []
     groups = [(g, False, df) for g, df in structures.groupby(Col.GENERATOR, sort=True)]
     groups.append((ALL_GENERATORS, True, structures))
     for generator, pooled, df in groups:
-        tally = counts(df, thresholds_thz)
+        tally = counts(df, thresholds_thz, brillouin_zone)
         n_relaxed, n_unique = tally[Col.N_RELAXED], tally[Col.N_UNIQUE]
         for threshold in thresholds_thz:
             n_stable = tally["n_stable_at"][threshold]
@@ -728,7 +729,8 @@ def read_summary(out: Path) -> pd.DataFrame:
     if not _finished(out):  # a resume going or stopped: the summary would be an earlier finish's
         raise IncompleteRun(f"the run in {out} has not finished (run.json says "
                             f"{_status(out)!r}); `phononbench run` with the same settings finishes it")
-    return summarize(read_structures(out, skip=(Col.RELAXED_CIF,)), tuple(info["protocol"]["thresholds_thz"]))
+    return summarize(read_structures(out, skip=(Col.RELAXED_CIF,)), tuple(info["protocol"]["thresholds_thz"]),
+                     headline_verdict(info) == "brillouin_zone")
 
 
 def summary_file_differs(out: Path, summary: pd.DataFrame) -> bool:
