@@ -491,8 +491,9 @@ def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run."
         console.print(summary_table(summary, title=title, brillouin_zone=headline_verdict(info) == "brillouin_zone"))
         if summary_file_differs(out, summary):
             err_console.print(f"[yellow]{escape(str(out / SUMMARY_FILE))} is missing or differs from the run's rows (edited, "
-                              "copied from another run, or written by an older version): the table above is made from the rows; `phononbench run` "
-                              "with the same settings writes the file again[/]", highlight=False)
+                              "copied from another run, or written by an older phononbench): the table above is made from "
+                              "the rows, as every reader makes it; a resume with the same code writes the file again[/]",
+                              highlight=False)
 
     _guarded(action)
 

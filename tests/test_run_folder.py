@@ -442,7 +442,7 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     flipped = table.set_column(table.column_names.index("stable_at_-0.1_thz"), "stable_at_-0.1_thz",
                                pa.array([not verdicts[0], *verdicts[1:]], pa.bool_()))
     pq.write_table(flipped.replace_schema_metadata(table.schema.metadata), part)
-    said = f"'{table.column('structure_id')[0]}' of 'metals' (emt, published): -0.1 THz, published path: " \
+    said = f"'{table.column('structure_id')[0]}' of 'metals' (emt, published): -0.1 THz: " \
            f"{'unstable' if verdicts[0] else 'stable'} in flip, {'stable' if verdicts[0] else 'unstable'} in run)"
     news = "1 structure(s) computed in more than one run of an entry have other verdicts; each counts once, from " \
            "the run first by path"
@@ -487,7 +487,13 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     pq.write_table(table, part)
     board = runner.invoke(app, ["leaderboard", str(run), str(strict)])
     assert "have other verdicts" in board.stderr and "-0.1 THz, Brillouin zone: stable in run, unstable in strict-flip; " \
-        "-0.001 THz, published path: stable in run, unstable in strict-flip" in board.stderr, board.stderr
+        "-0.001 THz (strict): stable in run, unstable in strict-flip" in board.stderr, board.stderr
+    # the run's rows but for the zone at the strict threshold, which a published board does not show: no note
+    table = pq.read_table(next((run / "structures").glob("part-*.parquet")))
+    column = table.column_names.index("stable_bz_at_-0.001_thz")
+    pq.write_table(table.set_column(column, "stable_bz_at_-0.001_thz", pa.array([False] * table.num_rows)), part)
+    board = runner.invoke(app, ["leaderboard", str(run), str(strict)])
+    assert board.exit_code == 0 and "other verdicts" not in board.output, board.output
 
     nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
     shutil.copytree(run, nobz)
@@ -546,6 +552,15 @@ def test_an_input_edited_between_two_runs_of_an_entry_counts_twice_and_the_board
     assert board.exit_code == 0 and "| 3/3 |" in board.stdout
     assert "1 input id(s) were read with other contents by runs of an entry, each content counted as a structure of " \
         "its own (e.g. 'metals/Cu.cif' of 'metals' (emt, published) in after, before)" in board.stderr, board.output
+
+
+def test_a_generator_with_nothing_relaxed_is_listed_unranked(tmp_path):
+    inputs = _metals(tmp_path / "in" / "metals", Cu=bulk("Cu", "fcc", a=3.6)).parent
+    (inputs / "broken").mkdir()
+    (inputs / "broken" / "x.cif").write_text("data_broken\n_cell_length_a 3\n")
+    assert _run(inputs, "--out", tmp_path / "run", *EMT_RUN).exit_code == 0
+    rows = json.loads(runner.invoke(app, ["leaderboard", str(tmp_path / "run"), "--format", "json"]).stdout)["rows"]
+    assert [(r["generator"], r["rank"], r["n_relaxed"]) for r in rows] == [("metals", 1, 1), ("broken", None, 0)]
 
 
 # 9. Threads -----------------------------------------------------------------------------------------

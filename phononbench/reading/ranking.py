@@ -13,6 +13,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from phononbench.reading import analysis, plots
@@ -120,29 +121,38 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
 
 def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], infos: dict[str, dict]) -> list[str]:
     """One line on the structures that two runs of an entry both computed with other verdicts on the board's
-    columns (path and zone, headline and strict threshold: a borderline mode, runs of unrecorded code or
-    weights, an edited row): the row that counts is the run's first by path, and the board says so rather than
-    choose in silence."""
+    columns (its headline, zone and strict rates: a borderline mode, runs of unrecorded code or weights, an
+    edited row): the row that counts is the run's first by path, and the board says so rather than choose in
+    silence."""
     computed = preference[preference[Col.STATUS] == Status.OK]
     computed = computed[computed.duplicated(one_structure, keep=False)]
     if computed.empty:
         return []
-    columns = {c: f"{t:g} THz, {where}" for t in dict.fromkeys(board_thresholds(infos))
-               for c, where in ((verdict_column(t), "published path"), (bz_verdict_column(t), "Brillouin zone"))}
-    said = computed[list(columns)].map(lambda v: "no verdict" if pd.isna(v) else "stable" if v else "unstable")
-    differ = said.astype(str).agg(" ".join, axis=1).groupby(
-        [computed[c] for c in one_structure], dropna=False).transform("nunique") > 1
+    headline, strict = board_thresholds(infos)
+    by = bz_verdict_column if board_verdict(infos)[0] else verdict_column  # the verdict of headline and strict
+    columns: dict[str, str] = {}  # each column once, by the first name it has on the board
+    for column, name in ((by(headline), f"{headline:g} THz"), (bz_verdict_column(headline), f"{headline:g} THz, Brillouin zone"),
+                         (by(strict), f"{strict:g} THz (strict)")):
+        columns.setdefault(column, name)
+    # each verdict as 0, 1 or 2 (none), all of them one number per row: a structure differs where its rows do
+    code = sum(3 ** k * np.where(computed[c].isna(), 2, computed[c].fillna(False).astype(bool)).astype(np.int64)
+               for k, c in enumerate(columns))
+    group = computed.groupby(one_structure, dropna=False, sort=False).ngroup().to_numpy()
+    low, high = np.full(group.max() + 1, np.iinfo(np.int64).max), np.full(group.max() + 1, -1)
+    np.minimum.at(low, group, code)
+    np.maximum.at(high, group, code)
+    differ = low[group] != high[group]
     if not differ.any():
         return []
     keys = computed.loc[differ, one_structure].drop_duplicates().sort_values([Col.GENERATOR, Col.STRUCTURE_ID])
     example = computed[(computed[one_structure] == keys.iloc[0]).all(axis=1)]  # in preference order
     first = example.iloc[0]
-    shown = [c for c in columns if said.loc[example.index, c].nunique() > 1]
+    said = example[list(columns)].map(lambda v: "no verdict" if pd.isna(v) else "stable" if v else "unstable")
     return [f"{len(keys)} structure(s) computed in more than one run of an entry have other verdicts; each counts "
             f"once, from the run first by path (e.g. {first[Col.STRUCTURE_ID]!r} of {first[Col.GENERATOR]!r} "
             f"({first[Col.MODEL]}, {first[Col.PROTOCOL]}): " + "; ".join(
-                f"{columns[c]}: " + ", ".join(f"{said.at[i, c]} in {r}" for i, r in zip(example.index, example[Col.RUN]))
-                for c in shown) + ")"]
+                f"{columns[c]}: " + ", ".join(f"{v} in {r}" for v, r in zip(said[c], example[Col.RUN]))
+                for c in columns if said[c].nunique() > 1) + ")"]
 
 
 def _contents_that_differ(structures: pd.DataFrame, entry: list[str]) -> list[str]:
@@ -221,10 +231,12 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
                      "verdict": "brillouin_zone" if bz else "path", "strict_threshold_thz": strict,
                      Col.MODEL: frame[Col.MODEL].iloc[0], Col.PROTOCOL: frame[Col.PROTOCOL].iloc[0],
                      Col.RUN: ", ".join(runs)})
-    board = pd.DataFrame(rows).sort_values([Col.COMPLETE, Col.STABILITY_RATE, Col.N_RELAXED],
-                                           ascending=[False, False, False], na_position="last").reset_index(drop=True)
-    n_complete = int(board[Col.COMPLETE].sum())
-    board.insert(0, Col.RANK, list(range(1, n_complete + 1)) + [None] * (len(board) - n_complete))
+    board = pd.DataFrame(rows)
+    board["_ranked"] = board[Col.COMPLETE] & (board[Col.N_RELAXED] > 0)  # nothing relaxed: no rate to rank by
+    board = board.sort_values(["_ranked", Col.COMPLETE, Col.STABILITY_RATE, Col.N_RELAXED], ascending=[False] * 4,
+                              na_position="last").reset_index(drop=True)
+    n_ranked = int(board["_ranked"].sum())
+    board.insert(0, Col.RANK, list(range(1, n_ranked + 1)) + [None] * (len(board) - n_ranked))
     return board[COLUMNS]
 
 
@@ -237,6 +249,7 @@ def published_rows(thresholds_thz=(-0.1, -0.001), brillouin_zone: bool = False) 
     ranked by the Brillouin-zone verdict (``brillouin_zone``) no published figure (published path) is in
     those columns at all."""
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
+    board_strict = strict
     if brillouin_zone:
         headline = strict = float("nan")  # never equal to a published threshold
     rows = []
@@ -247,7 +260,9 @@ def published_rows(thresholds_thz=(-0.1, -0.001), brillouin_zone: bool = False) 
     for r in _published_table("data/published_phononbench_v3.csv").itertuples(index=False):
         rows.append(_published_row(f"{r.model} (paper v3)", float(r.threshold_thz), float(r.stability_rate), None,
                                    r.structures, None, r.potential, "PhononBench paper v3", headline, strict))
-    return pd.DataFrame(rows, columns=COLUMNS + [PUBLISHED_RATE, PUBLISHED_STABLE, PUBLISHED_RELAXED])
+    # the strict column's threshold is the board's, whether or not a published figure is in it
+    return pd.DataFrame(rows, columns=COLUMNS + [PUBLISHED_RATE, PUBLISHED_STABLE, PUBLISHED_RELAXED]).assign(
+        strict_threshold_thz=board_strict)
 
 
 def _published_table(name: str) -> pd.DataFrame:
