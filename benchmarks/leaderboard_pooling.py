@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests")]
 
-from webapp import write_run  # noqa: E402
+from webapp import run_options, write_run  # noqa: E402
 
 from phononbench.reading import ranking  # noqa: E402
 
@@ -50,15 +50,12 @@ def turn_over(run: Path, fraction: float, seed: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=110_000)
-    parser.add_argument("--bucket", type=int, default=2000)
+    parser = run_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--differ", type=float, default=0.3, help="fraction of the copy's computed rows turned over")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--root", type=Path, default=Path("/tmp/phononbench-webapp-bench"))
     args = parser.parse_args()
     first = args.root / f"run-{args.size}"
-    n_rows = write_run(first, args.size, args.bucket, 0)
+    n_rows = write_run(first, args.size, args.bucket, args.seed)
     second = args.root / f"run-{args.size}-differing"
     shutil.rmtree(second, ignore_errors=True)
     shutil.copytree(first, second)

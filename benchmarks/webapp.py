@@ -90,13 +90,17 @@ def write_run(out: Path, size: int, bucket: int, seed: int) -> int:
     return len(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The generated run's options (size, bucket, seed, where), for this benchmark and those that reuse its run."""
     parser.add_argument("--size", type=int, default=110_000)
     parser.add_argument("--bucket", type=int, default=2000, help="largest same-formula bucket (scale.py's --bucket)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=Path("/tmp/phononbench-webapp-bench"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = run_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0])).parse_args()
     out = args.root / f"run-{args.size}"
     started = time.perf_counter()
     n_rows = write_run(out, args.size, args.bucket, args.seed)
