@@ -26,10 +26,11 @@ from phononbench.running.run_folder import (headline_verdict, protocol_as_record
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
+VERDICT, STRICT_THRESHOLD = "verdict", "strict_threshold_thz"  # what the rate columns measure, in every row of a CSV
 COLUMNS = [Col.RANK, Col.GENERATOR, Col.STABILITY_RATE, Col.CI_LOW, Col.CI_HIGH, Col.N_STABLE, Col.N_RELAXED,
            Col.STABILITY_RATE_BZ, Col.N_STABLE_BZ, Col.N_STABLE_NOT_3D, Col.STRICT_STABILITY_RATE, Col.N_INPUT,
-           Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, "verdict", "strict_threshold_thz", Col.MODEL,
-           Col.PROTOCOL, Col.RUN]  # verdict and strict threshold: what the rate columns measure, in every row of a CSV
+           Col.N_UNIQUE, Col.N_DECIDED, Col.COMPLETE, Col.THRESHOLD_THZ, VERDICT, STRICT_THRESHOLD, Col.MODEL,
+           Col.PROTOCOL, Col.RUN]
 PUBLISHED_RUN = "published"  # the Col.RUN of the paper's rows
 PUBLISHED_RATE = "published_rate"  # a published row's rate at its own threshold (Col.THRESHOLD_THZ)
 PUBLISHED_STABLE, PUBLISHED_RELAXED = "published_n_stable", "published_n_relaxed"  # its counts, where given
@@ -228,7 +229,7 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
                      Col.STRICT_STABILITY_RATE: analysis.rate_with_interval(pool, strict, bz)[Col.STABILITY_RATE],
                      Col.N_INPUT: n_input, Col.N_DECIDED: len(frame), Col.N_UNIQUE: tally[Col.N_UNIQUE],
                      Col.THRESHOLD_THZ: headline, Col.COMPLETE: complete,
-                     "verdict": "brillouin_zone" if bz else "path", "strict_threshold_thz": strict,
+                     VERDICT: "brillouin_zone" if bz else "path", STRICT_THRESHOLD: strict,
                      Col.MODEL: frame[Col.MODEL].iloc[0], Col.PROTOCOL: frame[Col.PROTOCOL].iloc[0],
                      Col.RUN: ", ".join(runs)})
     board = pd.DataFrame(rows)
@@ -262,7 +263,7 @@ def published_rows(thresholds_thz=(-0.1, -0.001), brillouin_zone: bool = False) 
                                    r.structures, None, r.potential, "PhononBench paper v3", headline, strict))
     # the strict column's threshold is the board's, whether or not a published figure is in it
     return pd.DataFrame(rows, columns=COLUMNS + [PUBLISHED_RATE, PUBLISHED_STABLE, PUBLISHED_RELAXED]).assign(
-        strict_threshold_thz=board_strict)
+        **{STRICT_THRESHOLD: board_strict})
 
 
 def _published_table(name: str) -> pd.DataFrame:
@@ -284,8 +285,7 @@ def _published_row(label, threshold, rate, counts_kn, n_input, n_unique, potenti
             Col.STRICT_STABILITY_RATE: rate if at_strict else nan,
             Col.N_INPUT: None if pd.isna(n_input) else int(n_input),
             Col.N_UNIQUE: None if n_unique is None or pd.isna(n_unique) else int(n_unique),
-            Col.THRESHOLD_THZ: threshold, Col.N_DECIDED: None, Col.COMPLETE: True, "verdict": "path",
-            "strict_threshold_thz": strict,
+            Col.THRESHOLD_THZ: threshold, Col.N_DECIDED: None, Col.COMPLETE: True, VERDICT: "path",
             Col.MODEL: potential, Col.PROTOCOL: source, Col.RUN: PUBLISHED_RUN, PUBLISHED_RATE: rate}
 
 
@@ -504,7 +504,7 @@ def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, n
     if fmt == "json":
         plain = board.astype(object).where(board.notna(), None)  # JSON has null, not NaN
         records = [{str(k): v for k, v in row.items()} for row in plain.to_dict(orient="records")]
-        return json.dumps({"headline_threshold_thz": thresholds[0], "strict_threshold_thz": thresholds[-1],
+        return json.dumps({"headline_threshold_thz": thresholds[0], STRICT_THRESHOLD: thresholds[-1],
                            "headline_verdict": "brillouin_zone" if bz else "path",
                            "acoustic_dips": "set_aside" if dips_set_aside else "counted", "notes": notes,
                            "rows": records}, indent=2, default=float)
