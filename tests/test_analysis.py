@@ -59,7 +59,7 @@ def test_rates_breakdowns_and_convergence(two_runs):
     assert widths[0] > widths[-1]  # the band narrows as the sample grows
 
 
-def test_the_brillouin_zone_rates_are_the_ones_an_accurate_board_shows(two_runs):
+def test_the_brillouin_zone_rates_are_the_ones_an_accurate_board_shows(two_runs, tmp_path):
     """With ``brillouin_zone`` the rates, breakdowns and convergence read the zone verdict, as the summary and
     leaderboard of an accurate run do; here fcc Ni is made stable on the path but not over the zone."""
     rows = read_structures(two_runs[0])
@@ -73,6 +73,12 @@ def test_the_brillouin_zone_rates_are_the_ones_an_accurate_board_shows(two_runs)
     assert by_element.loc["Ni", "stability_rate"] == 0.0 and by_element.loc["Ni", "rate_minus_overall"] == -0.5
     curve = analysis.rate_vs_sample_size(rows, -0.1, sizes=[100], n_bootstrap=400, brillouin_zone=True)
     assert curve["mean"].iloc[-1] == pytest.approx(0.5, abs=0.03)
+    lowest = analysis.min_frequencies(rows).set_index(Col.STRUCTURE_ID)  # the zone's, beside the path's
+    done = rows[rows[Col.STATUS] == "ok"].set_index(Col.STRUCTURE_ID)
+    assert lowest[Col.MIN_FREQUENCY_BZ_THZ].equals(done[Col.MIN_FREQUENCY_BZ_THZ])
+    from phononbench.reading import plots
+
+    assert plots.min_frequency_histogram(rows, tmp_path / "zone.png", (-0.1,), brillouin_zone=True).stat().st_size > 0
 
 
 class _Table(HTMLParser):

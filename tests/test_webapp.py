@@ -601,6 +601,10 @@ def test_the_web_leaderboard_says_what_its_rates_measure(emt_run, accurate_run, 
 
     from phononbench.app.webapp import create_app
 
+    from phononbench.reading.ranking import strict_name
+
+    assert (strict_name(-0.001, -0.1), strict_name(-0.1, -0.001), strict_name(None)) == \
+        ("strict, -0.001 THz", "at -0.1 THz", "strict")  # thresholds given the other way round: not "strict"
     page = TestClient(create_app([emt_run], tmp_path / "checks")).get("/").text
     assert "on the published\nq-points" in page and "strict, -0.001 THz</th>" in page and "Brillouin zone</th>\n<th>95%" not in page
     page = TestClient(create_app([accurate_run], tmp_path / "checks")).get("/").text

@@ -354,6 +354,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
         board_rows = [] if board.rows is None else [
             {**{str(c): _value(v) for c, v in r.items()}, "entry": ranking.entry_name(r)} for _, r in board.rows.iterrows()]
         return page(request, "index.html", runs=listed, board=board_rows, measured=board,
+                    strict_name=ranking.strict_name(board.strict, board.headline),
                     checks=[checks.state(c) for c in checks.ids()[:20]])
 
     @app.get("/runs/{key}", response_class=HTMLResponse)

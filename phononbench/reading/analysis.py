@@ -91,6 +91,8 @@ def brillouin_zone_headline(info: dict) -> bool:
 
 
 def min_frequencies(structures: pd.DataFrame) -> pd.DataFrame:
-    """Lowest frequency per structure that has one, with its generator (for histograms)."""
+    """Lowest frequency per structure that has one, on the published path and over the Brillouin zone (the one
+    the zone verdict reads), with its generator (for histograms)."""
     done = structures[structures[Col.STATUS] == Status.OK]
-    return done[[Col.GENERATOR, Col.STRUCTURE_ID, Col.MIN_FREQUENCY_THZ]].reset_index(drop=True)
+    return done.reindex(columns=[Col.GENERATOR, Col.STRUCTURE_ID, Col.MIN_FREQUENCY_THZ,
+                                 Col.MIN_FREQUENCY_BZ_THZ]).reset_index(drop=True)

@@ -69,17 +69,21 @@ def rate_vs_sample_size_figure(structures: pd.DataFrame, threshold_thz: float, p
     return _save(figure, path)
 
 
-def min_frequency_histogram(structures: pd.DataFrame, path: str | Path, thresholds_thz=(-0.1,)) -> Path:
-    data = analysis.min_frequencies(structures)
+def min_frequency_histogram(structures: pd.DataFrame, path: str | Path, thresholds_thz=(-0.1,),
+                            brillouin_zone: bool = False) -> Path:
+    """Lowest frequencies per generator, on the published path or over the Brillouin zone (``brillouin_zone``:
+    what a zone-ranked board counts), with the thresholds drawn."""
+    column = Col.MIN_FREQUENCY_BZ_THZ if brillouin_zone else Col.MIN_FREQUENCY_THZ
+    data = analysis.min_frequencies(structures).dropna(subset=[column])
     figure, axes = plt.subplots(figsize=(6, 3.5))
     if len(data):
-        low, high = min(data[Col.MIN_FREQUENCY_THZ].min(), -1.0), max(data[Col.MIN_FREQUENCY_THZ].max(), 0.5)
+        low, high = min(data[column].min(), -1.0), max(data[column].max(), 0.5)
         bins = np.linspace(low, high, 40)
         for generator, frame in data.groupby(Col.GENERATOR, sort=True):
-            axes.hist(frame[Col.MIN_FREQUENCY_THZ], bins=bins, histtype="step", label=label(generator))
+            axes.hist(frame[column], bins=bins, histtype="step", label=label(generator))
     for t in thresholds_thz:
         axes.axvline(t, color="grey", ls="--", lw=0.8)
-    axes.set_xlabel("lowest frequency on the band path (THz)")
+    axes.set_xlabel(f"lowest frequency {'over the Brillouin zone' if brillouin_zone else 'on the band path'} (THz)")
     axes.set_ylabel("structures")
     axes.legend(fontsize=7)
     return _save(figure, path)

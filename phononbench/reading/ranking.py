@@ -312,7 +312,7 @@ def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = Fal
     """The board as a Markdown table, the published rows in their own, and ``load_runs``'s notes below it."""
     verdict = (", Brillouin zone" + (f" ({DIPS_SET_ASIDE})" if dips_set_aside else "")) if brillouin_zone else ""
     lines = [f"| rank | generator | stable at {headline:g} THz{verdict} (95% CI) | stable / relaxed | Brillouin zone | "
-             f"stable, not 3D | {_strict_name(strict)} | input | unique | model |",
+             f"stable, not 3D | {strict_name(strict, headline)} | input | unique | model |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ours = board[board[Col.RUN] != PUBLISHED_RUN]
     for _, r in ours.iterrows():
@@ -335,8 +335,14 @@ def to_markdown(board: pd.DataFrame, headline: float, brillouin_zone: bool = Fal
     return "\n".join(lines) + "\n"
 
 
-def _strict_name(strict: float | None) -> str:
-    return "strict" if strict is None else f"strict, {strict:g} THz"
+def strict_name(strict: float | None, headline: float | None = None) -> str:
+    """The strict column's name: its threshold, and "strict" only where it is stricter than the headline (a run
+    may be given its thresholds the other way round)."""
+    if strict is None:
+        return "strict"
+    if headline is not None and strict <= headline:
+        return f"at {strict:g} THz"
+    return f"strict, {strict:g} THz"
 
 
 def _published_percent(row) -> str:
@@ -402,7 +408,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brill
             "Rate against sample size (bootstrap mean and 95% band)":
                 plots.rate_vs_sample_size_figure(structures, headline, tmp / "convergence.png", brillouin_zone),
             "Lowest phonon frequency per structure": plots.min_frequency_histogram(structures, tmp / "fmin.png",
-                                                                                   thresholds_thz),
+                                                                                   thresholds_thz, brillouin_zone),
         }
         images = "".join(f"<figure><img alt='{html.escape(t)}' src='{_png(p)}'><figcaption>{html.escape(t)}"
                          f"</figcaption></figure>" for t, p in figures.items())
@@ -416,7 +422,7 @@ def to_html(board: pd.DataFrame, structures: pd.DataFrame, thresholds_thz, brill
         ("relaxed", lambda r: _count(r[Col.N_RELAXED]), Col.N_RELAXED),
         ("Brillouin zone", lambda r: percent(r[Col.STABILITY_RATE_BZ]), Col.STABILITY_RATE_BZ),
         ("stable, not 3D", lambda r: _count(r[Col.N_STABLE_NOT_3D]), Col.N_STABLE_NOT_3D),
-        (_strict_name(thresholds_thz[-1]), lambda r: percent(r[Col.STRICT_STABILITY_RATE]), Col.STRICT_STABILITY_RATE),
+        (strict_name(thresholds_thz[-1], headline), lambda r: percent(r[Col.STRICT_STABILITY_RATE]), Col.STRICT_STABILITY_RATE),
         ("input", lambda r: _count(r[Col.N_INPUT]), Col.N_INPUT),
         ("unique", lambda r: _count(r[Col.N_UNIQUE]), Col.N_UNIQUE),
         ("model", lambda r: str(r[Col.MODEL]), Col.MODEL),
@@ -463,10 +469,10 @@ def write_figures(run_dirs: list[str | Path], directory: str | Path) -> list[Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     board = build(structures, thresholds, infos)
+    zone = board_verdict(infos)[0]
     return [plots.rates_figure(board, directory / "stability_rates.png"),
-            plots.rate_vs_sample_size_figure(structures, thresholds[0], directory / "rate_vs_sample_size.png",
-                                             board_verdict(infos)[0]),
-            plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds)]
+            plots.rate_vs_sample_size_figure(structures, thresholds[0], directory / "rate_vs_sample_size.png", zone),
+            plots.min_frequency_histogram(structures, directory / "min_frequency_histogram.png", thresholds, zone)]
 
 
 def board_of(run_dirs: list[str | Path], with_published: bool = False, notes: list[str] | None = None):
