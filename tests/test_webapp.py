@@ -652,9 +652,15 @@ def test_an_accurate_run_exports_and_summarizes_the_set_its_headline_counts(accu
     page = client.get("/runs/0").text
     assert '<option value="true" selected>over the Brillouin zone (the verdict this run ranks by)</option>' in page
     assert '<th id="verdict">at -0.1, BZ</th>' in page and '<span class="unstable">unstable</span>' in page
-    for query, expected in (("", ["metals/Cu.cif"]), ("&bz=true", ["metals/Cu.cif"]), ("&bz=false", sorted(relaxed))):
+    for query, expected in (("", ["metals/Cu.cif"]), ("&bz=true", ["metals/Cu.cif"]), ("&bz=false", sorted(relaxed)),
+                            ("&bz=", ["metals/Cu.cif"]), ("&bz=0&threshold=-0.1", sorted(relaxed))):
         got = client.get(f"/runs/0/export?format=parquet{query}")
         assert sorted(pd.read_parquet(io.BytesIO(got.content))[Col.STRUCTURE_ID]) == expected, query
+    for query, said in (("bz=maybe", "bz must be true (over the Brillouin zone) or false"),
+                        ("threshold=abc", "threshold must be a number of THz, not 'abc'"),
+                        ("threshold=-0.05", "verdicts at -0.1, -0.01 THz only")):
+        refused = client.get(f"/runs/0/export?format=parquet&{query}")
+        assert refused.status_code == 400 and said in refused.text, (query, refused.text)
 
 
 def test_runs_ranked_by_other_verdicts_are_refused_by_name_and_an_unfinished_export_says_so(emt_run, accurate_run, tmp_path):

@@ -415,11 +415,19 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
                         headers={"Content-Disposition": _attachment(f"{id}_relaxed.cif")})
 
     @app.get("/runs/{key}/export")
-    def export_stable(key: str, format: str = "cif-zip", threshold: float | None = None, bz: bool | None = None):
+    def export_stable(key: str, format: str = "cif-zip", threshold: str | None = None, bz: str | None = None):
         view = runs.view(key)
-        bz = export.over_the_zone(view.info, bz)  # by default the set the run's headline counts, as the CLI's
+        try:  # odd values answered in one line, as the CLI answers them, not with a validation dump
+            threshold_thz = None if threshold in (None, "") else float(threshold)
+        except ValueError:
+            raise HTTPException(400, f"threshold must be a number of THz, not {threshold!r}") from None
+        said = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+        if bz not in (None, "") and bz.strip().lower() not in said:
+            raise HTTPException(400, f"bz must be true (over the Brillouin zone) or false (the published path), not {bz!r}")
+        # by default the set the run's headline counts, as the CLI's
+        bz = export.over_the_zone(view.info, None if bz in (None, "") else said[bz.strip().lower()])
         try:
-            chosen = export.choose_threshold(view.info, threshold)
+            chosen = export.choose_threshold(view.info, threshold_thz)
             handle = io.BytesIO()
             export.write(export.stable_rows(view.rows, chosen, bz), format, handle)
         except SetupError as exc:
