@@ -169,11 +169,11 @@ def run(
                       cpus_per_worker, gpus_per_worker, timeout_per_structure, max_retries)
         summary = run_benchmark(
             inputs, out, run.spec, run.described, run.executor, limit_per_generator=limit,
-            reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.headline_verdict == "brillouin_zone"),
+            reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.ranks_by_zone),
             command=shlex.join(["phononbench", *sys.argv[1:]]), chunk_size=chunk_size, retry_failed=retry_failed,
         )
         console.print(summary_table(summary, title=f"PhononBench ({protocol.name} protocol, {protocol.model})",
-                                    brillouin_zone=protocol.headline_verdict == "brillouin_zone"))
+                                    brillouin_zone=protocol.ranks_by_zone))
         _print_skipped(out)
         console.print(f"results in {out}/ ({time.time() - start:.0f} s)", markup=False, highlight=False)
 
@@ -281,7 +281,7 @@ def validate(
         if structures is not None:
             run = compose(protocol, device, checkpoint, None, engine, in_process, workers=workers)
             run_benchmark([f"validation={structures}"], folder, run.spec, run.described, run.executor,
-                          reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.headline_verdict == "brillouin_zone"),
+                          reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.ranks_by_zone),
                           command=shlex.join(["phononbench", *sys.argv[1:]]))
             rows = read_structures(folder)
             report = validation.validate(rows, label_table, protocol.thresholds_thz)
@@ -482,13 +482,13 @@ def summarize(out: Annotated[Path, typer.Argument(help="Output folder of a run."
         from phononbench.reading.report import summary_table
         from rich.markup import escape
 
-        from phononbench.running.run_folder import (SUMMARY_FILE, headline_verdict, read_summary, read_verdict_run_info,
+        from phononbench.running.run_folder import (SUMMARY_FILE, ranks_by_zone, read_summary, read_verdict_run_info,
                                                     summary_file_differs)
 
         info = read_verdict_run_info(out)
         summary = read_summary(out)
         title = f"PhononBench ({info['protocol']['name']} protocol, {info['potential']['model']})"
-        console.print(summary_table(summary, title=title, brillouin_zone=headline_verdict(info) == "brillouin_zone"))
+        console.print(summary_table(summary, title=title, brillouin_zone=ranks_by_zone(info)))
         if summary_file_differs(out, summary):
             err_console.print(f"[yellow]{escape(str(out / SUMMARY_FILE))} is missing or differs from the run's rows (edited, "
                               "copied from another run, or written by an older phononbench): the table above is made from "

@@ -88,6 +88,11 @@ class ProtocolSettings:
     allow_positive_thresholds: bool = False  # a positive threshold is almost always a sign slip
 
     @property
+    def ranks_by_zone(self) -> bool:
+        """The headline (and every reader's stable set) is the Brillouin-zone verdict, not the published path."""
+        return self.headline_verdict == "brillouin_zone"
+
+    @property
     def headline_threshold_thz(self) -> float:
         return self.thresholds_thz[0]
 

@@ -41,7 +41,7 @@ from phononbench.errors import SetupError, reason
 from phononbench.records import (Col, Status, bz_verdict_column, is_relaxed, is_stable, is_stable_bz,
                                  structures_schema, verdict_column)
 from phononbench.reading.report import percent
-from phononbench.running.run_folder import (PARTS_FILE, STRUCTURES_DIR, headline_verdict, read_structures, read_verdict_run_info,
+from phononbench.running.run_folder import (PARTS_FILE, STRUCTURES_DIR, ranks_by_zone, read_structures, read_verdict_run_info,
                                             safe_file_name)
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,7 @@ def create_app(run_dirs: list[Path], checks_dir: Path, limits: Limits = Limits()
             raise HTTPException(400, str(exc)) from None
         shown, page_number, pages = explore.page_of(chosen, filters.page)
         took_ms = 1000 * (time.perf_counter() - started)
-        zone = headline_verdict(view.info) == "brillouin_zone"  # the verdict the run ranks by, in the last column
+        zone = ranks_by_zone(view.info)  # the verdict the run ranks by, in the last column
         verdicts = _verdict(shown, is_stable_bz if zone else is_stable, view.thresholds[0])
         table = [_plain_row(r) | {"verdict": v} for (_, r), v in zip(shown.iterrows(), verdicts)]
         params = request.query_params

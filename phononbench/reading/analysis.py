@@ -13,7 +13,7 @@ from pymatgen.core import Composition
 
 from phononbench.rates import rate_columns, wilson_interval  # noqa: F401  (analysis.wilson_interval, as notebooks call it)
 from phononbench.records import Col, Status, is_relaxed, is_stable, is_stable_bz
-from phononbench.running.run_folder import headline_verdict
+from phononbench.running.run_folder import ranks_by_zone
 
 def relaxed(structures: pd.DataFrame) -> pd.DataFrame:
     """The published denominator: structures whose relaxation converged (``records.is_relaxed``)."""
@@ -87,7 +87,7 @@ def breakdown(structures: pd.DataFrame, by: str, threshold_thz: float, brillouin
 def brillouin_zone_headline(info: dict) -> bool:
     """Whether a run (its run.json) ranks by the Brillouin-zone verdict (accurate) rather than the published path:
     the ``brillouin_zone`` to pass the functions above for the rate its summary and leaderboard show."""
-    return headline_verdict(info) == "brillouin_zone"
+    return ranks_by_zone(info)
 
 
 def min_frequencies(structures: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from phononbench.errors import SetupError
 from phononbench.records import Col, is_stable, is_stable_bz
-from phononbench.running.run_folder import headline_verdict, read_structures, read_verdict_run_info, safe_file_name
+from phononbench.running.run_folder import ranks_by_zone, read_structures, read_verdict_run_info, safe_file_name
 
 FORMATS = {"cif-zip": ".zip", "extxyz": ".extxyz", "parquet": ".parquet"}  # format -> file suffix
 INDEX_FILE = "index.csv"  # inside the zip: which file is which structure
@@ -41,7 +41,7 @@ def choose_threshold(info: dict, threshold_thz: float | None) -> float:
 
 def over_the_zone(info: dict, bz: bool | None) -> bool:
     """``bz`` where given; else whether the run ranks by the Brillouin zone (accurate): the set its headline counts."""
-    return headline_verdict(info) == "brillouin_zone" if bz is None else bz
+    return ranks_by_zone(info) if bz is None else bz
 
 
 def stable_rows(rows: pd.DataFrame, threshold_thz: float, bz: bool = False) -> pd.DataFrame:

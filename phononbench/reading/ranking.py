@@ -21,8 +21,8 @@ from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
 from phononbench.records import Col, Status, bz_verdict_column, counts, verdict_column
 from phononbench.reading.report import markdown_cell, percent
-from phononbench.running.run_folder import (headline_verdict, protocol_as_recorded, read_manifest, read_structures,
-                                            read_verdict_run_info)
+from phononbench.running.run_folder import (headline_verdict, protocol_as_recorded, ranks_by_zone, read_manifest,
+                                            read_structures, read_verdict_run_info)
 from phononbench.settings import preset as get_preset
 
 FORMATS = ("md", "csv", "json", "html")
@@ -209,7 +209,7 @@ def build(structures: pd.DataFrame, thresholds_thz, infos: dict[str, dict] | Non
     preset: the published path, or the Brillouin zone for ``accurate``), unfinished ones listed unranked
     with how far they got (rows decided of the inputs their runs' manifests list)."""
     headline, strict = thresholds_thz[0], thresholds_thz[-1]
-    bz = bool(infos) and headline_verdict(next(iter(infos.values()))) == "brillouin_zone"
+    bz = bool(infos) and board_verdict(infos)[0]
     rows = []
     for generator, frame in structures.groupby(Col.GENERATOR, sort=True):
         pool = analysis.relaxed(frame)
@@ -493,7 +493,7 @@ def board_verdict(infos: dict[str, dict]) -> tuple[bool, bool]:
     """What the board's rates measure (``load_runs`` made the runs agree on it): ranked by the Brillouin-zone
     verdict (accurate) rather than the published path, and acoustic dips next to Gamma set aside."""
     first = next(iter(infos.values()))
-    return headline_verdict(first) == "brillouin_zone", _recorded(first)["acoustic_dips"] == "set_aside"
+    return ranks_by_zone(first), _recorded(first)["acoustic_dips"] == "set_aside"
 
 
 def export(run_dirs: list[str | Path], fmt: str, with_published: bool = False, notes: list[str] | None = None) -> str:

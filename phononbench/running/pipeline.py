@@ -365,7 +365,7 @@ def _run(out, spec, info, previous, executor, limit_per_generator, reporter, chu
 
     current = results_io.finalize_rows(out)  # one row per input on disk, read once for it and the summary
     summary = results_io.summarize(results_io.read_structures(out, current), protocol.thresholds_thz,
-                                   protocol.headline_verdict == "brillouin_zone")
+                                   protocol.ranks_by_zone)
     results_io.write_summary(out, summary)
     _finish_run(out, info, items, n_computed=len(todo), n_kept=n_kept)
     return summary

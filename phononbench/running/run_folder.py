@@ -156,6 +156,11 @@ def headline_verdict(info: dict) -> str:
     return info["protocol"].get("headline_verdict", "path")
 
 
+def ranks_by_zone(info: dict) -> bool:
+    """Whether a run (its run.json) ranks by the Brillouin-zone verdict: what every reader counts as stable."""
+    return headline_verdict(info) == "brillouin_zone"
+
+
 def protocol_as_recorded(protocol) -> dict | None:
     """A run.json's protocol with every setting added since it was written at its default (a new setting's
     default keeps the behaviour from before it existed), so an upgrade alone neither refuses a resume nor
@@ -730,7 +735,7 @@ def read_summary(out: Path) -> pd.DataFrame:
         raise IncompleteRun(f"the run in {out} has not finished (run.json says "
                             f"{_status(out)!r}); `phononbench run` with the same settings finishes it")
     return summarize(read_structures(out, skip=(Col.RELAXED_CIF,)), tuple(info["protocol"]["thresholds_thz"]),
-                     headline_verdict(info) == "brillouin_zone")
+                     ranks_by_zone(info))
 
 
 def summary_file_differs(out: Path, summary: pd.DataFrame) -> bool:
