@@ -444,8 +444,8 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     pq.write_table(flipped.replace_schema_metadata(table.schema.metadata), part)
     said = f"'{table.column('structure_id')[0]}' of 'metals' (emt, published): -0.1 THz: " \
            f"{'unstable' if verdicts[0] else 'stable'} in flip, {'stable' if verdicts[0] else 'unstable'} in run)"
-    news = "1 structure(s) computed in more than one run of an entry have other verdicts; each counts once, from " \
-           "the run first by path"
+    news = "1 structure(s) computed in more than one run of an entry have other verdicts or dimensionality; each " \
+           "counts once, from the run first by path"
     for order in ((run, flip), (flip, run)):
         board = runner.invoke(app, ["leaderboard", *map(str, order)])
         assert board.exit_code == 0 and f"warning: {news}" in board.stderr and said in board.stderr, board.output
@@ -494,6 +494,17 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     pq.write_table(table.set_column(column, "stable_bz_at_-0.001_thz", pa.array([False] * table.num_rows)), part)
     board = runner.invoke(app, ["leaderboard", str(run), str(strict)])
     assert board.exit_code == 0 and "other verdicts" not in board.output, board.output
+    layered = tmp_path / "layered"  # the same verdicts, another dimensionality: the "stable, not 3D" count differs
+    shutil.copytree(run, layered)
+    (part,) = (layered / "structures").glob("part-*.parquet")
+    table = pq.read_table(part)
+    dims = table.column("dimensionality").to_pylist()
+    assert dims[0] == "3D", dims
+    pq.write_table(table.set_column(table.column_names.index("dimensionality"), "dimensionality",
+                                    pa.array(["2D", *dims[1:]], pa.string())), part)
+    board = runner.invoke(app, ["leaderboard", str(run), str(layered)])
+    assert board.exit_code == 0 and "have other verdicts" in board.stderr
+    assert "(emt, published): not 3D-bonded: yes in layered, no in run)" in board.stderr, board.stderr  # first by path
 
     nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
     shutil.copytree(run, nobz)

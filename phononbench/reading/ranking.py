@@ -19,7 +19,7 @@ import pandas as pd
 from phononbench.reading import analysis, plots
 from phononbench import rates
 from phononbench.errors import IncompleteRun, SetupError
-from phononbench.records import Col, Status, bz_verdict_column, counts, verdict_column
+from phononbench.records import Col, Status, bz_verdict_column, counts, is_not_3d, verdict_column
 from phononbench.reading.report import markdown_cell, percent
 from phononbench.running.run_folder import (headline_verdict, protocol_as_recorded, ranks_by_zone, read_manifest,
                                             read_structures, read_verdict_run_info)
@@ -38,6 +38,7 @@ COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_N
           Col.N_DECIDED, PUBLISHED_STABLE, PUBLISHED_RELAXED]
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from two codes are not pooled
+_NOT_3D = "not_3d"  # the relaxed structure is not 3D-bonded: the board's "stable, not 3D" reads it
 _PATH = "run_path"  # the run folder's resolved path: the order in which the runs of an entry count
 _RUNS = "entry_runs"  # every run of the entry, those whose rows all counted elsewhere too
 
@@ -53,8 +54,8 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
     several entries), the run it came from and whether the entry finished; ``infos`` maps run names to their
     run.json, with the ids each run's manifest lists per generator under ``inputs_per_generator``. An
     incomplete run (a part file lost) raises IncompleteRun, or, given ``problems``, is left out and said there.
-    A structure two runs of an entry computed with other verdicts, or an input id they read with other contents,
-    is said in ``notes``."""
+    A structure two runs of an entry computed with other verdicts or dimensionality, or an input id they read
+    with other contents, is said in ``notes``."""
     read = []
     for directory in dict.fromkeys(Path(d).resolve() for d in run_dirs):  # the same folder given twice: once
         info = read_verdict_run_info(directory)
@@ -122,9 +123,9 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
 
 def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], infos: dict[str, dict]) -> list[str]:
     """One line on the structures that two runs of an entry both computed with other verdicts on the board's
-    columns (its headline, zone and strict rates: a borderline mode, runs of unrecorded code or weights, an
-    edited row): the row that counts is the run's first by path, and the board says so rather than choose in
-    silence."""
+    columns (its headline, zone and strict rates and its "stable, not 3D" count: a borderline mode, runs of
+    unrecorded code or weights, an edited row): the row that counts is the run's first by path, and the board
+    says so rather than choose in silence."""
     computed = preference[preference[Col.STATUS] == Status.OK]
     computed = computed[computed.duplicated(one_structure, keep=False)]
     if computed.empty:
@@ -135,6 +136,9 @@ def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], in
     for column, name in ((by(headline), f"{headline:g} THz"), (bz_verdict_column(headline), f"{headline:g} THz, Brillouin zone"),
                          (by(strict), f"{strict:g} THz (strict)")):
         columns.setdefault(column, name)
+    # the board's "stable, not 3D" count reads the dimensionality too: a row that calls it otherwise is said
+    computed = computed.assign(**{_NOT_3D: is_not_3d(computed)})
+    columns[_NOT_3D] = "not 3D-bonded"
     # each verdict as 0, 1 or 2 (none), all of them one number per row: a structure differs where its rows do
     code = sum(3 ** k * np.where(computed[c].isna(), 2, computed[c].fillna(False).astype(bool)).astype(np.int64)
                for k, c in enumerate(columns))
@@ -149,9 +153,10 @@ def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], in
     example = computed[(computed[one_structure] == keys.iloc[0]).all(axis=1)]  # in preference order
     first = example.iloc[0]
     said = example[list(columns)].map(lambda v: "no verdict" if pd.isna(v) else "stable" if v else "unstable")
-    return [f"{len(keys)} structure(s) computed in more than one run of an entry have other verdicts; each counts "
-            f"once, from the run first by path (e.g. {first[Col.STRUCTURE_ID]!r} of {first[Col.GENERATOR]!r} "
-            f"({first[Col.MODEL]}, {first[Col.PROTOCOL]}): " + "; ".join(
+    said[_NOT_3D] = example[_NOT_3D].map({True: "yes", False: "no"})
+    return [f"{len(keys)} structure(s) computed in more than one run of an entry have other verdicts or "
+            f"dimensionality; each counts once, from the run first by path (e.g. {first[Col.STRUCTURE_ID]!r} of "
+            f"{first[Col.GENERATOR]!r} ({first[Col.MODEL]}, {first[Col.PROTOCOL]}): " + "; ".join(
                 f"{columns[c]}: " + ", ".join(f"{v} in {r}" for v, r in zip(said[c], example[Col.RUN]))
                 for c in columns if said[c].nunique() > 1) + ")"]
 
