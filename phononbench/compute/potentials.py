@@ -81,11 +81,19 @@ class Potential:
         for atoms in batch:
             atoms = unconstrained(atoms)
             atoms.calc = self.calculator
-            out.append(Prediction(
-                float(atoms.get_potential_energy()),
-                np.asarray(atoms.get_forces(), dtype=float),
-                np.asarray(atoms.get_stress(), dtype=float) if stress else None,
-            ))
+            try:
+                out.append(Prediction(
+                    float(atoms.get_potential_energy()),
+                    np.asarray(atoms.get_forces(), dtype=float),
+                    np.asarray(atoms.get_stress(), dtype=float) if stress else None,
+                ))
+            except Exception:
+                # the shared calculator keeps the failed structure as its state (EMT half set up): the next
+                # structure of the same elements would then fail with the wreck's AttributeError, not its own
+                reset = getattr(self.calculator, "reset", None)
+                if reset is not None:
+                    reset()
+                raise
         return out
 
     def torchsim_model(self):
