@@ -9,8 +9,9 @@ constants, two samplings of the Brillouin zone:
   reciprocal basis, and phonopy reads them in the input cell's basis. For a cell not already in
   seekpath's setting these are other lines through the zone than the high-symmetry path; the published
   rates were computed on them, so the published verdict keeps them.
-- ``brillouin_zone_qpoints``: the high-symmetry path expressed in the input cell's reciprocal basis,
-  the supercell's commensurate q-points (where finite displacements are exact) and a Gamma-centred mesh.
+- ``brillouin_zone_qpoints``: the high-symmetry path expressed in the input cell's reciprocal basis (with its
+  copies under the crystal's rotations that the supercell loses), the supercell's commensurate q-points (where
+  finite displacements are exact) and a Gamma-centred mesh.
 
 ``force_constants_many`` sends every displaced supercell of many structures through one forces call.
 """
@@ -210,7 +211,7 @@ def brillouin_zone_qpoints(phonon: Phonopy, npoints: int = 101, mesh_length_a: f
     segments, _ = high_symmetry_path(phonon, npoints)
     mesh = length2mesh(mesh_length_a, np.asarray(phonon.primitive.cell))
     return {
-        "path": np.concatenate(segments),
+        "path": star_of(phonon, np.concatenate(segments)),
         "commensurate": np.asarray(get_commensurate_points(phonon.supercell_matrix), dtype=float),
         "mesh": irreducible_mesh(phonon, mesh),
     }
@@ -222,6 +223,29 @@ def zone_frequencies(phonon: Phonopy, npoints: int = 101, mesh_length_a: float =
             for source, q in brillouin_zone_qpoints(phonon, npoints, mesh_length_a).items()}
 
 
+def supercell_rotations(phonon: Phonopy) -> np.ndarray:
+    """The rotations of the supercell's own space group (with which phonopy symmetrizes the force constants),
+    in the input cell's fractional basis (M R M^-1)."""
+    matrix = np.asarray(phonon.supercell_matrix, dtype=float)
+    return np.rint(matrix @ phonon.symmetry.pointgroup_operations @ np.linalg.inv(matrix)).astype("intc")
+
+
+def star_of(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
+    """The q-points and their copies under each rotation of the crystal that the supercell loses (one per coset
+    of the supercell's own rotations). On such a supercell the copies of a high-symmetry point have different
+    interpolated frequencies, and which copy seekpath's path passes through depends on how the cell is oriented
+    in space (bcc Al on a 1x2x2: N at (1/2, 0, 0) or (0, 0, 1/2)); the zone takes them all. A supercell that keeps
+    every rotation (2x2x2, ``-sym``) gives the q-points unchanged."""
+    kept = {r.tobytes() for r in supercell_rotations(phonon)}
+    crystal = np.asarray(phonon.primitive_symmetry.pointgroup_operations, dtype="intc")  # the cell is its primitive
+    cosets = [np.eye(3, dtype="intc")]
+    for rotation in crystal:  # S and S h (h kept) give the same frequencies: one S per coset S H
+        if not any(np.rint(np.linalg.inv(c) @ rotation).astype("intc").tobytes() in kept for c in cosets):
+            cosets.append(rotation)
+    # a rotation S of fractional coordinates takes q to q S (row vectors); over a group, the same set as S^-T q
+    return np.concatenate([qpoints @ c for c in cosets]) if len(cosets) > 1 else qpoints
+
+
 def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
     """The q-points of a Gamma-centred mesh, one of each set that the force constants' symmetry (and time
     reversal) makes equivalent: the rotations of the supercell's own space group, with which phonopy symmetrizes
@@ -229,9 +253,7 @@ def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
     q-points those would map onto each other have different interpolated frequencies, and all are kept."""
     import spglib
 
-    matrix = np.asarray(phonon.supercell_matrix, dtype=float)
-    rotations = np.rint(matrix @ phonon.symmetry.pointgroup_operations @ np.linalg.inv(matrix)).astype("intc")
-    mapping, addresses = spglib.get_stabilized_reciprocal_mesh(np.asarray(mesh, dtype="intc"), rotations,
+    mapping, addresses = spglib.get_stabilized_reciprocal_mesh(np.asarray(mesh, dtype="intc"), supercell_rotations(phonon),
                                                                is_shift=[0, 0, 0], is_time_reversal=True)
     return addresses[np.unique(mapping)] / np.asarray(mesh, dtype=float)
 
