@@ -212,8 +212,8 @@ def test_validate_refuses_bad_labels(tmp_path):
 
 def test_labelled_polymorphs_that_structure_matcher_calls_one_crystal_are_scored_apart(data_dir, tmp_path):
     """KNbO3 R3m (DFT-stable) and P4mm (DFT-unstable) match at StructureMatcher's default tolerances: validate
-    gives each labelled file as an input of its own, so neither is a duplicate taking the other's verdict; files
-    it does not read are said, and a folder with no structure is refused before any work."""
+    computes every labelled file (no dedup), so neither is a duplicate taking the other's verdict. The folder
+    resumes as such, and a benchmark run (which deduplicates) is refused in it."""
     import shutil
 
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -226,25 +226,22 @@ def test_labelled_polymorphs_that_structure_matcher_calls_one_crystal_are_scored
     shutil.copytree(source / "poscar_unitcell", folder)
     r3m, p4mm = (Structure.from_file(folder / f"mp-{k}.POSCAR-unitcell") for k in (7375, 4342))
     assert StructureMatcher().fit(r3m, p4mm)  # one crystal to the benchmark's dedup
-    (folder / "README.txt").write_text("notes")
-    (folder / ".hidden.cif").write_text("data_x")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["validate", "--labels", str(source / "labels.csv"), "--structures", str(folder),
-                                      "--model", "emt", "--out", str(out), "--in-process"])
+    command = ["validate", "--labels", str(source / "labels.csv"), "--structures", str(folder), "--model", "emt",
+               "--out", str(out), "--in-process"]
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
-    assert "warning: 2 file(s) or folder(s) under" in result.stderr and ".hidden.cif" in result.stderr
     rows = read_structures(out).set_index("structure_id")
     assert len(rows) == 2 and "duplicate" not in set(rows["status"]), rows["status"]
-    assert sorted(rows.index) == ["mp-4342/mp-4342.POSCAR-unitcell", "mp-7375/mp-7375.POSCAR-unitcell"]
     # each computed, each failing with its own reason (EMT has no K), not the failed one's wreck of a calculator
     assert rows["error"].str.contains("No EMT-potential for K").all(), rows["error"]
     report = json.loads((out / "validation.json").read_text())
     assert report["n_scored"] == 2 and report["-0.1"]["confusion"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 1}
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("x")
-    refused = CliRunner().invoke(app, ["validate", "--labels", str(source / "labels.csv"), "--structures",
-                                       str(tmp_path / "empty"), "--model", "emt", "--out", str(tmp_path / "o2")])
-    assert refused.exit_code != 0 and "holds no structure file" in refused.output and not (tmp_path / "o2").exists()
+    assert json.loads((out / "run.json").read_text())["deduplicate"] is False
+    again = CliRunner().invoke(app, command)  # resumes: the same rows
+    assert again.exit_code == 0 and read_structures(out).set_index("structure_id").equals(rows)
+    run = CliRunner().invoke(app, ["run", f"validation={folder}", "--out", str(out), "--model", "emt", "--in-process"])
+    assert run.exit_code != 0 and "other settings (deduplicate)" in run.output, run.output
 
 
 def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):

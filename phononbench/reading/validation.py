@@ -43,30 +43,6 @@ def _first_five(values) -> str:
     return ", ".join(map(str, sorted(set(values))[:5]))
 
 
-def labelled_inputs(folder: Path) -> tuple[list[str], list[Path]]:
-    """The structure files under a folder of labelled materials, each an input of its own, and the files left
-    out (hidden, or with no structure reader). Given one by one, each file is its own generator, so no two
-    labelled materials are deduplicated against each other: StructureMatcher's default tolerances call
-    KNbO3's R3m and P4mm polymorphs (mp-7375 and mp-4342, one DFT-stable, one not) one crystal."""
-    import os
-
-    from phononbench.science.ingest import has_structure_reader, is_run_folder
-
-    inputs, left_out = [], []
-    for parent, subfolders, names in os.walk(folder, followlinks=False):
-        parent = Path(parent)
-        # as a folder's walk: hidden folders, linked ones and run folders are not inputs
-        left_out += [parent / s for s in subfolders if s.startswith(".") or (parent / s).is_symlink()
-                     or is_run_folder(parent / s)]
-        subfolders[:] = sorted(s for s in subfolders if parent / s not in left_out)
-        for name in sorted(names):
-            if not name.startswith(".") and has_structure_reader(name):
-                inputs.append(str(parent / name))
-            else:
-                left_out.append(parent / name)
-    return inputs, left_out
-
-
 def structure_key(source: str) -> str:
     """The label id a structure file answers to: its file name up to the first dot."""
     return Path(str(source).split("#")[0]).name.split(".")[0]

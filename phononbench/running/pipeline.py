@@ -137,6 +137,7 @@ def run_benchmark(
     command: str | None = None,
     chunk_size: int = 32,
     retry_failed: bool = True,
+    deduplicate_within_generators: bool = True,
 ):
     """Run the benchmark on ``inputs`` into ``out``; returns the summary DataFrame.
 
@@ -144,7 +145,8 @@ def run_benchmark(
     settings is resumed by content: a structure whose input is unchanged keeps its row, an edited one is
     computed again, a removed one leaves the results, a moved copy takes its result; rows of structures
     whose worker timed out or died are computed once more (``retry_failed``). A folder that ``dedup`` wrote
-    is taken up (its dedup reused). One run at a time may write to ``out``. ``executor`` decides where
+    is taken up (its dedup reused). ``deduplicate_within_generators=False`` computes every structure (a
+    validation: DFT-labelled polymorphs that StructureMatcher calls one crystal are two materials). One run at a time may write to ``out``. ``executor`` decides where
     workers and the ingest and dedup tasks run (in-process by default, or Ray).
     """
     ensure_engine(spec.engine)
@@ -152,7 +154,8 @@ def run_benchmark(
     ensure_run_settings(chunk_size, limit_per_generator)
     executor = executor or InProcessExecutor()
     info = _run_info("run", inputs, spec.protocol, executor, command, limit_per_generator,
-                     engine=spec.engine, chunk_size=chunk_size, potential=potential_info)
+                     engine=spec.engine, chunk_size=chunk_size, potential=potential_info,
+                     **({} if deduplicate_within_generators else {"deduplicate": False}))
     return _in_run_folder(Path(out), info, executor, spec, lambda out, info, previous: _run(
         out, spec, info, previous, executor, limit_per_generator, reporter, chunk_size, retry_failed))
 
@@ -279,7 +282,7 @@ def _prepare(out: Path, info: dict, protocol: ProtocolSettings, executor, limit_
         log.info(skipped.summary())
     read = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
-        duplicate_of = deduplicate(items, out, executor, reporter)
+        duplicate_of = deduplicate(items, out, executor, reporter) if info.get("deduplicate", True) else {}
     deduplicated = time.perf_counter()
     rows = results_io.recorded_rows(out, repair=True)  # a lost or damaged part: its structures computed again
     info["stage_s"] = {"read_inputs": round(read - started, 2), "dedup": round(deduplicated - read, 2),

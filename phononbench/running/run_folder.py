@@ -126,6 +126,8 @@ def ensure_resumable(previous: dict, info: dict) -> None:
         differing += _differing_protocol(previous, info)
         differing += [f"potential.{k}" for k in RESUME_POTENTIAL_KEYS
                       if (previous.get("potential") or {}).get(k) != info["potential"].get(k)]
+    # a validation computes every structure (no dedup): not to be mixed with rows or a dedup that ran one
+    differing += ["deduplicate"] if previous.get("deduplicate", True) != info.get("deduplicate", True) else []
     # a run from before the fingerprint was recorded (or without sources to take it from) cannot be told apart: it
     # resumes, as it did then
     before, now = previous.get("method_sha256"), info.get("method_sha256")

@@ -455,11 +455,6 @@ def _parse_table_rows(data: tuple, sid: str, generator: str, source: str) -> Ite
         yield item
 
 
-def has_structure_reader(name: str) -> bool:
-    """Whether a file of this name is read as structures (by its extension, or a POSCAR name; ``X.gz`` as X)."""
-    return _reader_for(name[:-3] if name.lower().endswith(".gz") else name) is not None
-
-
 def _reader_for(name: str):
     path = PurePosixPath(name)
     suffix = path.suffix.lower()
