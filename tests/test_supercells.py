@@ -181,7 +181,7 @@ def test_the_zone_path_on_a_supercell_that_loses_rotations_does_not_depend_on_ho
     from scipy.spatial.transform import Rotation
 
     from phononbench.science.phonons import (force_constants_one, frequencies_at, high_symmetry_path, star_of,
-                                             zone_frequencies)
+                                             supercell_rotations, zone_frequencies)
 
     emt, aluminium = load_potential("emt"), bulk("Al", "bcc", a=3.24)
     turned = aluminium.copy()
@@ -198,6 +198,14 @@ def test_the_zone_path_on_a_supercell_that_loses_rotations_does_not_depend_on_ho
     keeps = force_constants_one(aluminium, emt.forces, np.diag([2, 2, 2]))
     q = np.random.default_rng(0).random((4, 3))
     assert np.array_equal(star_of(keeps, q), q)
+    # a cell that is not primitive (bcc doubled along c): its 2x2x1 supercell has rotations its lattice lacks,
+    # not integer in its basis; those are left out, the rest a group of the lattice's rotations
+    doubled = Atoms("Al2", cell=aluminium.cell[:] * np.array([[1], [1], [2]]), pbc=True,
+                    positions=[[0, 0, 0], aluminium.cell[2]])
+    rotations = supercell_rotations(force_constants_one(doubled, emt.forces, np.diag([2, 2, 1])))
+    assert 1 < len(rotations) < 48 and set(np.rint(np.abs(np.linalg.det(rotations))).astype(int)) == {1}
+    products = {(a @ b).tobytes() for a in rotations for b in rotations}
+    assert products == {r.tobytes() for r in rotations}  # closed under products
 
 
 @pytest.mark.parametrize("name", ["mp-9252", "mp-7492"])

@@ -225,9 +225,12 @@ def zone_frequencies(phonon: Phonopy, npoints: int = 101, mesh_length_a: float =
 
 def supercell_rotations(phonon: Phonopy) -> np.ndarray:
     """The rotations of the supercell's own space group (with which phonopy symmetrizes the force constants),
-    in the input cell's fractional basis (M R M^-1)."""
+    in the input cell's fractional basis (M R M^-1), those that are rotations of the input cell's lattice: on a
+    cell that is not primitive, the supercell can have rotations its lattice does not (not integer there)."""
     matrix = np.asarray(phonon.supercell_matrix, dtype=float)
-    return np.rint(matrix @ phonon.symmetry.pointgroup_operations @ np.linalg.inv(matrix)).astype("intc")
+    exact = matrix @ phonon.symmetry.pointgroup_operations @ np.linalg.inv(matrix)
+    integer = np.abs(exact - np.rint(exact)).max(axis=(1, 2)) < 1e-6
+    return np.rint(exact[integer]).astype("intc")
 
 
 def star_of(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
@@ -242,8 +245,17 @@ def star_of(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
     for rotation in crystal:  # S and S h (h kept) give the same frequencies: one S per coset S H
         if not any(np.rint(np.linalg.inv(c) @ rotation).astype("intc").tobytes() in kept for c in cosets):
             cosets.append(rotation)
+    if len(cosets) == 1:
+        return qpoints
     # a rotation S of fractional coordinates takes q to q S (row vectors); over a group, the same set as S^-T q
-    return np.concatenate([qpoints @ c for c in cosets]) if len(cosets) > 1 else qpoints
+    copies = np.concatenate([qpoints @ c for c in cosets])
+    # one q-point of each set that the supercell's rotations and time reversal make equivalent (the same
+    # frequencies): copies on symmetry lines coincide. The path's own points come first, so they are kept
+    images = np.einsum("nj,kji->nki", copies, supercell_rotations(phonon))
+    grid = np.rint(np.mod(np.concatenate([images, -images], axis=1), 1.0) * 1e6).astype(np.int64) % 1_000_000
+    canonical = (grid[..., 0] * 1_000_000 + grid[..., 1]) * 1_000_000 + grid[..., 2]
+    _, first = np.unique(canonical.min(axis=1), return_index=True)
+    return copies[np.sort(first)]
 
 
 def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
