@@ -300,7 +300,10 @@ def is_stable_bz(rows: pd.DataFrame, threshold_thz: float) -> pd.Series:
 
 
 def is_not_3d(rows: pd.DataFrame) -> pd.Series:
-    """The relaxed structure's bonded network is not three-dimensional (molecule, chain, layer)."""
+    """The relaxed structure's bonded network is not three-dimensional (molecule, chain, layer); rows from
+    before the column was recorded say nothing of it."""
+    if Col.DIMENSIONALITY not in rows:
+        return pd.Series(False, index=rows.index)
     return rows[Col.DIMENSIONALITY].notna() & (rows[Col.DIMENSIONALITY] != "3D")
 
 

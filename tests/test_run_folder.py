@@ -494,17 +494,19 @@ def test_a_board_is_the_same_in_any_order_and_refuses_what_would_mix_thresholds_
     pq.write_table(table.set_column(column, "stable_bz_at_-0.001_thz", pa.array([False] * table.num_rows)), part)
     board = runner.invoke(app, ["leaderboard", str(run), str(strict)])
     assert board.exit_code == 0 and "other verdicts" not in board.output, board.output
-    layered = tmp_path / "layered"  # the same verdicts, another dimensionality: the "stable, not 3D" count differs
-    shutil.copytree(run, layered)
+    layered = tmp_path / "layered"  # flip's rows, every structure 2D: the "stable, not 3D" count differs by the
+    shutil.copytree(flip, layered)  # one stable in both (said), not by the one unstable in both
     (part,) = (layered / "structures").glob("part-*.parquet")
     table = pq.read_table(part)
-    dims = table.column("dimensionality").to_pylist()
-    assert dims[0] == "3D", dims
+    assert set(table.column("dimensionality").to_pylist()) == {"3D"}
+    verdicts = table.column("stable_at_-0.1_thz").to_pylist()
+    assert sorted(verdicts) == [False, True], verdicts
+    stable = table.column("structure_id")[verdicts.index(True)]
     pq.write_table(table.set_column(table.column_names.index("dimensionality"), "dimensionality",
-                                    pa.array(["2D", *dims[1:]], pa.string())), part)
-    board = runner.invoke(app, ["leaderboard", str(run), str(layered)])
-    assert board.exit_code == 0 and "have other verdicts" in board.stderr
-    assert "(emt, published): not 3D-bonded: yes in layered, no in run)" in board.stderr, board.stderr  # first by path
+                                    pa.array(["2D"] * table.num_rows, pa.string())), part)
+    board = runner.invoke(app, ["leaderboard", str(flip), str(layered)])
+    assert board.exit_code == 0 and "1 structure(s) computed in more than one run" in board.stderr, board.stderr
+    assert f"'{stable}' of 'metals' (emt, published): stable, not 3D: no in flip, yes in layered)" in board.stderr
 
     nobz = tmp_path / "nobz"  # rows from before the zone verdict: refused, not counted unstable
     shutil.copytree(run, nobz)

@@ -38,7 +38,7 @@ COUNTS = [Col.RANK, Col.N_STABLE, Col.N_RELAXED, Col.N_STABLE_BZ, Col.N_STABLE_N
           Col.N_DECIDED, PUBLISHED_STABLE, PUBLISHED_RELAXED]
 _AS_NAMED = "generator_as_named"  # the generator's own name, before an entry's label qualifies it
 _CODE = "method_code"  # run.json's method_sha256, short: rows of one entry from two codes are not pooled
-_NOT_3D = "not_3d"  # the relaxed structure is not 3D-bonded: the board's "stable, not 3D" reads it
+_NOT_3D = "stable_not_3d"  # stable at the headline and not 3D-bonded: what the board's "stable, not 3D" counts
 _PATH = "run_path"  # the run folder's resolved path: the order in which the runs of an entry count
 _RUNS = "entry_runs"  # every run of the entry, those whose rows all counted elsewhere too
 
@@ -136,9 +136,10 @@ def _verdicts_that_differ(preference: pd.DataFrame, one_structure: list[str], in
     for column, name in ((by(headline), f"{headline:g} THz"), (bz_verdict_column(headline), f"{headline:g} THz, Brillouin zone"),
                          (by(strict), f"{strict:g} THz (strict)")):
         columns.setdefault(column, name)
-    # the board's "stable, not 3D" count reads the dimensionality too: a row that calls it otherwise is said
-    computed = computed.assign(**{_NOT_3D: is_not_3d(computed)})
-    columns[_NOT_3D] = "not 3D-bonded"
+    # the board's "stable, not 3D" count reads the dimensionality too: a row that counts there otherwise is said
+    stable = computed[by(headline)].astype("boolean").fillna(False).astype(bool)
+    computed = computed.assign(**{_NOT_3D: stable & is_not_3d(computed)})
+    columns[_NOT_3D] = "stable, not 3D"
     # each verdict as 0, 1 or 2 (none), all of them one number per row: a structure differs where its rows do
     code = sum(3 ** k * np.where(computed[c].isna(), 2, computed[c].fillna(False).astype(bool)).astype(np.int64)
                for k, c in enumerate(columns))
