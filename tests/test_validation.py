@@ -244,6 +244,26 @@ def test_labelled_polymorphs_that_structure_matcher_calls_one_crystal_are_scored
     assert run.exit_code != 0 and "other settings (deduplicate)" in run.output, run.output
 
 
+def test_validate_names_an_id_that_several_files_answer_to_and_reads_ids_under_a_folder_with_a_hash(tmp_path):
+    """Two files of one id (mp-1.cif, mp-1.POSCAR) are both scored, and validate says so; a '#' in the folder's
+    name (several-structure files name theirs file#k) does not change the ids."""
+    from ase.build import bulk
+    from ase.io import write
+
+    folder = tmp_path / "set#1"
+    folder.mkdir()
+    write(folder / "mp-1.cif", bulk("Cu", "fcc", a=3.61))
+    write(folder / "mp-1.POSCAR", bulk("Cu", "fcc", a=3.61, cubic=True), format="vasp")
+    write(folder / "mp-2.cif", bulk("Al", "fcc", a=4.05))
+    (tmp_path / "labels.csv").write_text("mp_id,label\nmp-1,stable\nmp-2,stable\n")
+    result = CliRunner().invoke(app, ["validate", "--labels", str(tmp_path / "labels.csv"), "--structures", str(folder),
+                                      "--model", "emt", "--out", str(tmp_path / "out"), "--in-process"])
+    assert result.exit_code == 0, result.output
+    assert "1 id(s) answer to more than one structure, each scored (e.g. mp-1: validation/mp-1.POSCAR, " \
+        "validation/mp-1.cif)" in result.stderr, result.stderr
+    assert json.loads((tmp_path / "out" / "validation.json").read_text())["n_scored"] == 3
+
+
 def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):
     """--max-supercell-atoms reaches validate's protocol: a structure above it is phonon_failed, saying so,
     and scored as predicted unstable (a 20 A run of phonondb_dev has supercells above 1000 atoms)."""

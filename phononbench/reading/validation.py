@@ -44,8 +44,9 @@ def _first_five(values) -> str:
 
 
 def structure_key(source: str) -> str:
-    """The label id a structure file answers to: its file name up to the first dot."""
-    return Path(str(source).split("#")[0]).name.split(".")[0]
+    """The label id a structure file answers to: its file name up to the first dot (a structure of a
+    several-structure file is ``file#k``; a folder's name may hold a ``#`` too)."""
+    return Path(str(source)).name.split("#")[0].split(".")[0]
 
 
 def rows_by_material(folders, keep=None) -> pd.DataFrame:
@@ -222,8 +223,8 @@ def supercell_label(protocol: dict) -> str:
 def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dict, pd.DataFrame]]:
     """Run name -> (its run.json with ``n_inputs`` and ``input_keys``, its rows), for ``table`` and
     ``differing_verdicts``. A run still going is read as far as it has come (``n_inputs`` says how far it
-    will go); one with no rows yet is left out, saying so in ``left_out`` (else in the log); a folder given
-    twice (or through a link) is read once."""
+    will go); one with no rows yet is left out, saying so in ``left_out`` (else in the log), as is an id that
+    several structures answer to; a folder given twice (or through a link) is read once."""
     from phononbench.running.run_folder import RUN_FILE, has_rows, read_manifest, read_run_info, read_structures
 
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
@@ -240,7 +241,15 @@ def read_runs(folders, left_out: list[str] | None = None) -> dict[str, tuple[dic
         manifest = read_manifest(where)
         info = {**read_run_info(where), "n_inputs": None if manifest is None else len(manifest),
                 "input_keys": None if manifest is None else set(manifest[Col.SOURCE].map(structure_key))}
-        runs[where.name if where.name not in runs else str(where)] = (info, read_structures(where))
+        rows = read_structures(where)
+        keys = rows[Col.SOURCE].map(structure_key)
+        shared = keys[keys.duplicated(keep=False)]
+        if not shared.empty:  # each is scored: say so, a label counted more than once is not what one expects
+            first = shared.iloc[0]
+            message = (f"{folder}: {shared.nunique()} id(s) answer to more than one structure, each scored (e.g. "
+                       f"{first}: {', '.join(rows.loc[keys == first, Col.STRUCTURE_ID].astype(str))})")
+            left_out.append(message) if left_out is not None else log.warning(message)
+        runs[where.name if where.name not in runs else str(where)] = (info, rows)
     return runs
 
 
