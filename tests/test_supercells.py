@@ -180,8 +180,8 @@ def test_the_zone_path_on_a_supercell_that_loses_rotations_does_not_depend_on_ho
     frequency (the path alone did not: -2.306 against -2.277 THz here); a 2x2x2 keeps the path as it is."""
     from scipy.spatial.transform import Rotation
 
-    from phononbench.science.phonons import (force_constants_one, frequencies_at, high_symmetry_path, star_of,
-                                             supercell_rotations, zone_frequencies)
+    from phononbench.science.phonons import (force_constants_one, frequencies_at, high_symmetry_path, loses_rotations,
+                                             star_of, supercell_rotations, zone_frequencies)
 
     emt, aluminium = load_potential("emt"), bulk("Al", "bcc", a=3.24)
     turned = aluminium.copy()
@@ -197,7 +197,7 @@ def test_the_zone_path_on_a_supercell_that_loses_rotations_does_not_depend_on_ho
     assert min(path_alone) >= lowest[0] - 1e-9
     keeps = force_constants_one(aluminium, emt.forces, np.diag([2, 2, 2]))
     q = np.random.default_rng(0).random((4, 3))
-    assert np.array_equal(star_of(keeps, q), q)
+    assert np.array_equal(star_of(keeps, q), q) and not loses_rotations(keeps) and loses_rotations(phonon)
     # a cell that is not primitive (bcc doubled along c): its 2x2x1 supercell has rotations its lattice lacks,
     # not integer in its basis; those are left out, the rest a group of the lattice's rotations
     doubled = Atoms("Al2", cell=aluminium.cell[:] * np.array([[1], [1], [2]]), pbc=True,

@@ -255,13 +255,27 @@ def test_validate_names_an_id_that_several_files_answer_to_and_reads_ids_under_a
     write(folder / "mp-1.cif", bulk("Cu", "fcc", a=3.61))
     write(folder / "mp-1.POSCAR", bulk("Cu", "fcc", a=3.61, cubic=True), format="vasp")
     write(folder / "mp-2.cif", bulk("Al", "fcc", a=4.05))
-    (tmp_path / "labels.csv").write_text("mp_id,label\nmp-1,stable\nmp-2,stable\n")
+    (tmp_path / "labels.csv").write_text("mp_id,label\nmp-1,stable\nmp-2,stable\nmp-3,unstable\n")
     result = CliRunner().invoke(app, ["validate", "--labels", str(tmp_path / "labels.csv"), "--structures", str(folder),
                                       "--model", "emt", "--out", str(tmp_path / "out"), "--in-process"])
     assert result.exit_code == 0, result.output
     assert "1 id(s) answer to more than one structure, each scored (e.g. mp-1: validation/mp-1.POSCAR, " \
         "validation/mp-1.cif)" in result.stderr, result.stderr
-    assert json.loads((tmp_path / "out" / "validation.json").read_text())["n_scored"] == 3
+    assert f"warning: 1 labelled id(s) have no structure under {folder}, not scored (e.g. mp-3)" in result.stderr
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert (report["n_labelled"], report["n_scored"], report["n_labels_scored"]) == (3, 3, 2)
+
+    # a benchmark run of the same folder deduplicates (the cubic copper is the primitive's duplicate): not pooled
+    # with the validation, whose every structure has its own verdict, on either board
+    import phononbench as pb
+
+    run = CliRunner().invoke(app, ["run", f"validation={folder}", "--out", str(tmp_path / "run"), "--model", "emt",
+                                   "--in-process"])
+    assert run.exit_code == 0, run.output
+    board = pb.validate(tmp_path / "labels.csv", [tmp_path / "run", tmp_path / "out"])
+    assert not board["run"].str.startswith("pooled").any(), board["run"].unique()
+    entries = pb.leaderboard([tmp_path / "run", tmp_path / "out"])
+    assert sorted(entries["n_unique"]) == [2, 3] and entries["protocol"].str.endswith("no dedup").sum() == 1
 
 
 def test_validate_takes_the_supercell_atom_cap(data_dir, tmp_path):

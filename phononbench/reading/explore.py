@@ -178,7 +178,7 @@ def band_figures(out: Path, row: pd.Series, info: dict, potential_for: Callable[
     """The structure's band structures as PNG files (kind -> path): ``published`` (the published scripts'
     q-points, where the published verdict looks) and ``bz`` (the high-symmetry path in the cell's own
     reciprocal basis); imaginary branches below the headline threshold in red. Made once, then read."""
-    from phononbench.science.phonons import band_path, high_symmetry_band_path
+    from phononbench.science.phonons import band_path, high_symmetry_band_path, loses_rotations
     from phononbench.reading.plots import band_structure_figure
 
     folder = bands_folder(out, row, info)
@@ -188,8 +188,9 @@ def band_figures(out: Path, row: pd.Series, info: dict, potential_for: Callable[
     protocol = ProtocolSettings.from_dict(info["protocol"])
     phonon = force_constants(out, row, info, potential_for)
     name = f"{row[Col.STRUCTURE_ID]} ({row[Col.FORMULA]})"
-    for kind, bands, where in (("published", band_path, "published q-points"),
-                               ("bz", high_symmetry_band_path, "Brillouin-zone path")):
+    # on a supercell that loses rotations the zone verdict also takes the path's copies under them, not drawn
+    zone = "Brillouin-zone path" + (" (one copy; the verdict takes all)" if loses_rotations(phonon) else "")
+    for kind, bands, where in (("published", band_path, "published q-points"), ("bz", high_symmetry_band_path, zone)):
         partial = folder / f".{kind}.partial.png"
         band_structure_figure(bands(phonon, protocol.band_npoints), f"{name}: {where}", partial,
                               protocol.headline_threshold_thz)

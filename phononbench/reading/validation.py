@@ -174,7 +174,7 @@ def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
 def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
     dft_stable = merged["label"] == "stable"
     computed = merged[merged[Col.STATUS] == Status.OK]
-    report = {"n_labelled": n_labelled, "n_scored": len(merged),
+    report = {"n_labelled": n_labelled, "n_scored": len(merged), "n_labels_scored": int(merged["label_id"].nunique()),
               "status_counts": {str(k): int(v) for k, v in merged[Col.STATUS].value_counts().items()},
               "cost": {"mean_supercell_atoms": _mean(computed, Col.N_SUPERCELL_ATOMS),
                        "max_supercell_atoms": float(computed[Col.N_SUPERCELL_ATOMS].max())
@@ -499,8 +499,9 @@ def _plain(value):
 
 
 def _settings(info: dict) -> str:
-    """What must be equal for two runs' verdicts to be scored as one: protocol, engine, potential's weights, and the
-    method's code (runs from before it was recorded pool with each other only)."""
+    """What must be equal for two runs' verdicts to be scored as one: protocol, engine, potential's weights, the
+    method's code (runs from before it was recorded pool with each other only), and the dedup (a run's duplicate
+    takes its original's verdict, which a validation, computing every structure, does not)."""
     import json
 
     from phononbench.running.run_folder import RESUME_POTENTIAL_KEYS, protocol_as_recorded
@@ -508,7 +509,7 @@ def _settings(info: dict) -> str:
     potential = info.get("potential") or {}
     protocol = protocol_as_recorded(info["protocol"])  # as a resume compares them
     return json.dumps([protocol, info.get("engine"), [potential.get(k) for k in RESUME_POTENTIAL_KEYS],
-                       info.get("method_sha256")], sort_keys=True, default=str)
+                       info.get("method_sha256"), info.get("deduplicate", True)], sort_keys=True, default=str)
 
 
 def _table_rows(name: str, info: dict, complete: bool, n_inputs, merged: pd.DataFrame, n_labelled: int) -> list[dict]:

@@ -233,6 +233,11 @@ def supercell_rotations(phonon: Phonopy) -> np.ndarray:
     return np.rint(exact[integer]).astype("intc")
 
 
+def loses_rotations(phonon: Phonopy) -> bool:
+    """Whether the supercell keeps fewer rotations than the crystal has (its zone path then takes copies)."""
+    return len(supercell_rotations(phonon)) < len(phonon.primitive_symmetry.pointgroup_operations)
+
+
 def star_of(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
     """The q-points and their copies under each rotation of the crystal that the supercell loses (one per coset
     of the supercell's own rotations). On such a supercell the copies of a high-symmetry point have different
