@@ -289,7 +289,8 @@ def validate(
             missing = sorted(set(label_table["label_id"]) - set(rows[Col.SOURCE].map(validation.structure_key)))
             if missing:
                 err_console.print(f"warning: {len(missing)} labelled id(s) have no structure under {structures}, not "
-                                  f"scored (e.g. {', '.join(missing[:3])})", markup=False, highlight=False, soft_wrap=True)
+                                  f"scored (e.g. {', '.join(missing[:3])})",
+                                  markup=False, highlight=False, soft_wrap=True)
             report = validation.validate(rows, label_table, protocol.thresholds_thz)
             report["model"] = model
             (folder / "validation.json").write_text(json.dumps(report, indent=2))

@@ -83,7 +83,8 @@ def load_runs(run_dirs: list[str | Path], problems: list[str] | None = None,
         frames.append(rows.assign(**{
             Col.RUN: name, _PATH: str(directory), Col.MODEL: model,
             # a run that computed every structure (a validation) counts duplicates: an entry of its own
-            Col.PROTOCOL: _protocol_label(info["protocol"]) + (", no dedup" if info.get("deduplicate") is False else ""),
+            Col.PROTOCOL: _protocol_label(info["protocol"]) + (", no dedup" if info.get("deduplicate") is False
+                                                               else ""),
             Col.COMPLETE: info.get("status") == "complete", _CODE: (info.get("method_sha256") or "unrecorded")[:8]}))
         infos[name] = info
     if not frames:

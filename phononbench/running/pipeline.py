@@ -146,8 +146,9 @@ def run_benchmark(
     computed again, a removed one leaves the results, a moved copy takes its result; rows of structures
     whose worker timed out or died are computed once more (``retry_failed``). A folder that ``dedup`` wrote
     is taken up (its dedup reused). ``deduplicate_within_generators=False`` computes every structure (a
-    validation: DFT-labelled polymorphs that StructureMatcher calls one crystal are two materials). One run at a time may write to ``out``. ``executor`` decides where
-    workers and the ingest and dedup tasks run (in-process by default, or Ray).
+    validation: DFT-labelled polymorphs that StructureMatcher calls one crystal are two materials). One run at
+    a time may write to ``out``. ``executor`` decides where workers and the ingest and dedup tasks run
+    (in-process by default, or Ray).
     """
     ensure_engine(spec.engine)
     spec.protocol.ensure_runnable()

@@ -270,7 +270,8 @@ def irreducible_mesh(phonon: Phonopy, mesh) -> np.ndarray:
     q-points those would map onto each other have different interpolated frequencies, and all are kept."""
     import spglib
 
-    mapping, addresses = spglib.get_stabilized_reciprocal_mesh(np.asarray(mesh, dtype="intc"), supercell_rotations(phonon),
+    rotations = supercell_rotations(phonon)
+    mapping, addresses = spglib.get_stabilized_reciprocal_mesh(np.asarray(mesh, dtype="intc"), rotations,
                                                                is_shift=[0, 0, 0], is_time_reversal=True)
     return addresses[np.unique(mapping)] / np.asarray(mesh, dtype=float)
 
