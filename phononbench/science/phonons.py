@@ -244,7 +244,8 @@ def star_of(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
     interpolated frequencies, and which copy seekpath's path passes through depends on how the cell is oriented
     in space (bcc Al on a 1x2x2: N at (1/2, 0, 0) or (0, 0, 1/2)); the zone takes them all. A supercell that keeps
     every rotation (2x2x2, ``-sym``) gives the q-points unchanged."""
-    kept = {r.tobytes() for r in supercell_rotations(phonon)}
+    own = supercell_rotations(phonon)
+    kept = {r.tobytes() for r in own}
     crystal = np.asarray(phonon.primitive_symmetry.pointgroup_operations, dtype="intc")  # the cell is its primitive
     cosets = [np.eye(3, dtype="intc")]
     for rotation in crystal:  # S and S h (h kept) give the same frequencies: one S per coset S H
@@ -256,7 +257,7 @@ def star_of(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
     copies = np.concatenate([qpoints @ c for c in cosets])
     # one q-point of each set that the supercell's rotations and time reversal make equivalent (the same
     # frequencies): copies on symmetry lines coincide. The path's own points come first, so they are kept
-    images = np.einsum("nj,kji->nki", copies, supercell_rotations(phonon))
+    images = np.einsum("nj,kji->nki", copies, own)
     grid = np.rint(np.mod(np.concatenate([images, -images], axis=1), 1.0) * 1e6).astype(np.int64) % 1_000_000
     canonical = (grid[..., 0] * 1_000_000 + grid[..., 1]) * 1_000_000 + grid[..., 2]
     _, first = np.unique(canonical.min(axis=1), return_index=True)
