@@ -286,12 +286,12 @@ def validate(
                           reporter=ProgressReporter(protocol.headline_threshold_thz, protocol.ranks_by_zone),
                           command=shlex.join(["phononbench", *sys.argv[1:]]), deduplicate_within_generators=False)
             rows = read_structures(folder)
-            missing = sorted(set(label_table["label_id"]) - set(rows[Col.SOURCE].map(validation.structure_key)))
+            report = validation.validate(rows, label_table, protocol.thresholds_thz)
+            missing = report["label_ids_without_structure"]
             if missing:
                 err_console.print(f"warning: {len(missing)} labelled id(s) have no structure under {structures}, not "
                                   f"scored (e.g. {', '.join(missing[:3])})",
                                   markup=False, highlight=False, soft_wrap=True)
-            report = validation.validate(rows, label_table, protocol.thresholds_thz)
             report["model"] = model
             (folder / "validation.json").write_text(json.dumps(report, indent=2))
             validation.scatter_plot(rows, label_table, protocol.thresholds_thz, folder / "validation_scatter.png")

@@ -167,8 +167,11 @@ def predicted_stable(merged: pd.DataFrame, verdict: str, threshold_thz: float) -
 
 def validate(rows: pd.DataFrame, labels: pd.DataFrame, thresholds_thz) -> dict:
     """Scores per threshold and verdict. A structure that failed to relax or to give phonons is predicted
-    unstable (``predicted_stable``)."""
-    return _report(merge_with_labels(rows, labels, thresholds_thz), len(labels), thresholds_thz)
+    unstable (``predicted_stable``); labelled ids that no structure answers to are listed, not scored."""
+    merged = merge_with_labels(rows, labels, thresholds_thz)
+    report = _report(merged, len(labels), thresholds_thz)
+    report["label_ids_without_structure"] = sorted(set(labels["label_id"]) - set(merged["label_id"]))
+    return report
 
 
 def _report(merged: pd.DataFrame, n_labelled: int, thresholds_thz) -> dict:
